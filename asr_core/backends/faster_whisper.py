@@ -1,0 +1,162 @@
+"""faster-whisper backend (CTranslate2, CPU or CUDA).
+
+Options (all optional, given as keyword arguments or in the worker's
+``options:`` mapping):
+
+``device``        ``auto`` (CUDA when a GPU is present, else CPU), ``cpu``, ``cuda``
+``compute_type``  ``auto`` (float16 on CUDA, int8 on CPU) or any CTranslate2 type
+``beam_size``     beam width (5)
+``cpu_threads``   threads per decode call (1: the cheapest in CPU seconds)
+``num_workers``   CTranslate2 workers for concurrent calls (1)
+``window``        ``short`` (default: encode only the audio there is) or
+                  ``full`` (faster-whisper's own loop, padded to 30 s windows)
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..base import ASRBase, BackendUnavailable, Capabilities, ModelNotFound, check_audio
+from ..models import bundled_hint, resolve_ct2_model
+from ..result import Segment
+
+try:  # the dependency check is cheap; the model loads in load_model()
+    import faster_whisper  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without the package
+    raise BackendUnavailable(
+        "the faster-whisper backend needs the faster-whisper package: pip install voxpipe "
+        f"(or pip install faster-whisper) [{exc}]"
+    ) from exc
+
+
+def pick_device(device: str = "auto", compute_type: str = "auto") -> tuple[str, str]:
+    """``auto`` means CUDA float16 when a GPU is visible, else CPU int8."""
+    if device == "auto":
+        try:
+            import ctranslate2
+
+            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        except Exception:  # noqa: BLE001 - no CUDA runtime at all
+            device = "cpu"
+    if compute_type == "auto":
+        compute_type = "float16" if device == "cuda" else "int8"
+    return device, compute_type
+
+
+class FasterWhisperASR(ASRBase):
+    backend_name = "faster-whisper"
+    sep = ""  # words carry their own leading space
+    capabilities = Capabilities(quality_signals=True)
+
+    def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
+        from faster_whisper import WhisperModel
+
+        from .ct2_window import WindowDecoder, WindowOptions
+
+        opts = self.options
+        device, compute_type = pick_device(opts.get("device", "auto"), opts.get("compute_type", "auto"))
+        self.device, self.compute_type = device, compute_type
+        self.beam_size = int(opts.get("beam_size", 5))
+        self.window = str(opts.get("window", "short"))
+        if self.window not in ("short", "full"):
+            raise ValueError(f"faster-whisper option window must be 'short' or 'full', not {self.window!r}")
+        resolved = resolve_ct2_model(modelsize, model_dir, cache_dir)
+        self.resolved = resolved
+        t0 = time.monotonic()
+        try:
+            model = WhisperModel(
+                resolved.location,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=int(opts.get("cpu_threads", 1)),
+                num_workers=int(opts.get("num_workers", 1)),
+                download_root=cache_dir,
+            )
+        except Exception as exc:  # noqa: BLE001 - turn any load failure into one line
+            where = resolved.location if resolved.is_local else f"the Hugging Face hub ({resolved.name})"
+            raise ModelNotFound(
+                f"cannot load faster-whisper model {resolved.name!r} from {where}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                f"{bundled_hint(resolved.name)}"
+            ) from exc
+        self.log.info(
+            "loaded %s (%s) on %s/%s in %.1fs",
+            resolved.name, resolved.source, device, compute_type, time.monotonic() - t0,
+        )
+        self.decoder = WindowDecoder(
+            model,
+            WindowOptions(
+                beam_size=self.beam_size,
+                max_initial_timestamp=float(opts.get("max_initial_timestamp", 1.0)),
+            ),
+        )
+        if not model.model.is_multilingual and self.original_language not in (None, "en"):
+            raise ModelNotFound(
+                f"model {resolved.name!r} is English-only but language {self.original_language!r} was asked for"
+            )
+        return model
+
+    @property
+    def model_name(self) -> str:
+        return str(self.resolved.name)
+
+    def transcribe(self, audio, init_prompt: str = "") -> list[Segment]:
+        audio = check_audio(audio)
+        task = self.transcribe_kargs.get("task", "transcribe")
+        if self.window == "short" and len(audio) <= 29 * 16000 and not self.transcribe_kargs.get("vad_filter"):
+            return self.decoder.decode(audio, init_prompt, self.original_language, task)
+        return self._transcribe_full(audio, init_prompt, task)
+
+    def _transcribe_full(self, audio: np.ndarray, init_prompt: str, task: str) -> list[Segment]:
+        segments, _info = self.model.transcribe(
+            audio,
+            language=self.original_language,
+            task=task,
+            initial_prompt=init_prompt or None,
+            beam_size=self.beam_size,
+            word_timestamps=True,
+            condition_on_previous_text=True,
+            vad_filter=bool(self.transcribe_kargs.get("vad_filter", False)),
+        )
+        out = []
+        for s in segments:  # materialise: decoding happens here, not in the caller
+            out.append(
+                Segment(
+                    start=s.start,
+                    end=s.end,
+                    text=s.text.strip(),
+                    words=[(w.start, w.end, w.word) for w in (s.words or [])],
+                    no_speech_prob=s.no_speech_prob,
+                    avg_logprob=s.avg_logprob,
+                    compression_ratio=s.compression_ratio,
+                )
+            )
+        return out
+
+    def ts_words(self, result: list[Segment]) -> list[tuple]:
+        words = []
+        for seg in result:
+            if seg.no_speech_prob > 0.9 and seg.avg_logprob < -1.0:
+                continue  # the model itself says this is not speech
+            words.extend(seg.words)
+        return words
+
+    def segments_end_ts(self, result: list[Segment]) -> list[float]:
+        return [s.end for s in result]
+
+    def use_vad(self) -> None:
+        self.transcribe_kargs["vad_filter"] = True
+
+    def set_translate_task(self) -> None:
+        self.transcribe_kargs["task"] = "translate"
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.backend_name,
+            "model": self.model_name,
+            "device": self.device,
+            "compute_type": self.compute_type,
+            "window": self.window,
+        }

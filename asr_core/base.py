@@ -1,0 +1,137 @@
+"""The backend interface every ASR engine implements.
+
+The shape of :class:`ASRBase` follows the interface that custom streaming
+engines are commonly written against (constructor arguments, ``load_model``,
+``transcribe``, ``ts_words``, ``segments_end_ts``, ``use_vad``,
+``set_translate_task`` and the ``sep`` attribute), so an existing engine
+class ports to voxpipe by changing its base class.
+
+Contract:
+
+* ``transcribe(audio, init_prompt="")`` takes float32 mono 16 kHz audio and
+  returns a *finished* result (a list, never a lazy generator); it may be any
+  object the backend's own ``ts_words`` and ``segments_end_ts`` understand.
+* ``ts_words(result)`` returns ``[(beg, end, word), ...]`` in seconds relative
+  to the start of the audio passed to ``transcribe``.
+* ``segments_end_ts(result)`` returns the end times of the engine's segments,
+  also relative to the start of that audio.
+* ``lan="auto"`` means: detect the language.
+* Heavy loading happens once, in the constructor via ``load_model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+SAMPLING_RATE = 16000
+
+Word = tuple  # (beg: float, end: float, text: str)
+
+
+class BackendError(RuntimeError):
+    """A backend failed in a way the caller should report in one line."""
+
+
+class BackendUnavailable(BackendError):
+    """A backend's dependency is not installed (the message names the extra)."""
+
+
+class ModelNotFound(BackendError):
+    """A model name or folder could not be resolved to loadable weights."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, so callers need not probe it."""
+
+    word_timestamps: bool = True
+    translate: bool = True
+    language_detection: bool = True
+    internal_vad: bool = False
+    # True when transcribe() reports per-segment quality signals that the
+    # streaming processor can use to reject hallucinations.
+    quality_signals: bool = False
+
+
+class ASRBase:
+    """Base class of every ASR backend.
+
+    Subclasses override :meth:`load_model`, :meth:`transcribe`,
+    :meth:`ts_words` and :meth:`segments_end_ts`; :meth:`use_vad` and
+    :meth:`set_translate_task` have working defaults.
+    """
+
+    #: separator used to join the words returned by :meth:`ts_words`
+    sep = " "
+    #: registry name; set by each backend
+    backend_name = "custom"
+    capabilities = Capabilities()
+
+    def __init__(
+        self,
+        lan: str,
+        modelsize: str | None = None,
+        cache_dir: str | None = None,
+        model_dir: str | None = None,
+        logfile: Any = sys.stderr,
+        **kwargs: Any,
+    ) -> None:
+        self.logfile = logfile
+        self.log = logging.getLogger(f"voxpipe.asr.{self.backend_name}")
+        self.transcribe_kargs: dict[str, Any] = {}
+        self.original_language = None if lan in (None, "", "auto") else lan
+        self.modelsize = modelsize
+        self.options = dict(kwargs)
+        self.model = self.load_model(modelsize, cache_dir, model_dir)
+
+    # -- to implement ------------------------------------------------------
+    def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
+        raise NotImplementedError("a backend must implement load_model()")
+
+    def transcribe(self, audio: np.ndarray, init_prompt: str = ""):
+        raise NotImplementedError("a backend must implement transcribe()")
+
+    def ts_words(self, result) -> list[Word]:
+        raise NotImplementedError("a backend must implement ts_words()")
+
+    def segments_end_ts(self, result) -> list[float]:
+        raise NotImplementedError("a backend must implement segments_end_ts()")
+
+    # -- defaults ----------------------------------------------------------
+    def use_vad(self) -> None:
+        """Ask the engine to skip non-speech internally, where it can."""
+        self.transcribe_kargs["vad_filter"] = True
+
+    def set_translate_task(self) -> None:
+        """Translate into English instead of transcribing."""
+        self.transcribe_kargs["task"] = "translate"
+
+    @property
+    def model_name(self) -> str:
+        return str(self.modelsize or "custom")
+
+    def describe(self) -> dict:
+        """A short record for heartbeats and logs."""
+        return {"backend": self.backend_name, "model": self.model_name}
+
+
+def check_audio(audio: Any) -> np.ndarray:
+    """Return ``audio`` as a contiguous float32 mono array or raise ValueError."""
+    arr = np.asarray(audio)
+    if arr.ndim != 1:
+        raise ValueError(f"audio must be mono (1-D), got shape {arr.shape}")
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError("audio contains NaN or infinite samples")
+    return np.ascontiguousarray(arr)
+
+
+def words_text(words: Iterable[Word], sep: str = " ") -> str:
+    """Join word texts with the backend separator, trimming outer spaces."""
+    return sep.join(w[2] for w in words).strip()

@@ -1,0 +1,162 @@
+"""LocalAgreement: commit the words that consecutive hypotheses agree on.
+
+Words are ``(beg, end, text)`` tuples in absolute stream seconds. Each new
+hypothesis is compared with the previous one; their longest common prefix is
+committed. Three deliberate departures from the textbook rule:
+
+* words are compared by a *key* that ignores case and punctuation, so that
+  "word" and "word," agree (the newer spelling is the one committed);
+* a phrase repeated in a loop ("and the and the and the") is cut from the
+  hypothesis before comparison, so a stable loop can never commit;
+* a word at the head of a hypothesis that repeats the tail of the committed
+  text is dropped only when it also overlaps it in time, so that words that
+  are really said twice survive.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+Word = tuple  # (beg, end, text)
+
+# how far back (s) a new word may start before the last commit and still count
+COMMIT_TOLERANCE = 0.1
+MAX_NGRAM = 5
+LONG_REPEAT = 5  # words in a phrase whose second occurrence marks a replay
+
+_PUNCT = re.compile(r"[^\w']+", re.UNICODE)
+
+
+def word_key(text: str) -> str:
+    """Comparison key: case-folded, accents kept, punctuation dropped."""
+    t = unicodedata.normalize("NFKC", text).casefold()
+    t = _PUNCT.sub("", t).strip("'")
+    return t
+
+
+def find_loop(words: list[Word], min_repeats: int = 3, max_n: int = 8) -> int | None:
+    """Index where a looping repetition starts to repeat, or None.
+
+    A loop is an n-gram (1 <= n <= max_n) repeated at least ``min_repeats``
+    times in a row (single words: one more). The returned index is the start
+    of the *second* copy, so one copy of the phrase survives.
+    """
+    keys = [word_key(w[2]) for w in words]
+    n_words = len(keys)
+    best: int | None = None
+    for n in range(1, max_n + 1):
+        need = min_repeats + (1 if n == 1 else 0)
+        if n * need > n_words:
+            break
+        for i in range(0, n_words - n * need + 1):
+            phrase = keys[i : i + n]
+            if not all(phrase):
+                continue
+            reps = 1
+            j = i + n
+            while j + n <= n_words and keys[j : j + n] == phrase:
+                reps += 1
+                j += n
+            if reps >= need:
+                cut = i + n
+                if best is None or cut < best:
+                    best = cut
+                break
+    # A long phrase said twice in one window is Whisper replaying itself
+    # ("... in a tin. Leave it in a covered bowl ... in a tin."), not speech.
+    n = LONG_REPEAT
+    seen: dict[tuple, int] = {}
+    for i in range(0, n_words - n + 1):
+        gram = tuple(keys[i : i + n])
+        if not all(gram):
+            continue
+        first = seen.setdefault(gram, i)
+        if first != i and i >= first + n:
+            if best is None or i < best:
+                best = i
+            break
+    return best
+
+
+class HypothesisBuffer:
+    def __init__(self) -> None:
+        self.committed_in_buffer: list[Word] = []  # committed words whose audio is still buffered
+        self.previous: list[Word] = []  # last hypothesis, not yet committed
+        self.new: list[Word] = []
+        self.last_committed_time = 0.0
+        self.looping = False
+
+    def insert(self, words: list[Word], offset: float) -> None:
+        """Take a new hypothesis (times relative to ``offset``)."""
+        shifted = [(round(b + offset, 3), round(e + offset, 3), t) for b, e, t in words if t.strip()]
+        loop_at = find_loop(shifted)
+        self.looping = loop_at is not None
+        if loop_at is not None:
+            shifted = shifted[:loop_at]
+        new = [w for w in shifted if w[0] > self.last_committed_time - COMMIT_TOLERANCE]
+        self.new = self._drop_recommitted(new)
+
+    def _drop_recommitted(self, new: list[Word]) -> list[Word]:
+        if not new or not self.committed_in_buffer:
+            return new
+        if abs(new[0][0] - self.last_committed_time) >= 1.0:
+            return new
+        tail = self.committed_in_buffer
+        for n in range(min(MAX_NGRAM, len(tail), len(new)), 0, -1):
+            old = tail[-n:]
+            head = new[:n]
+            if [word_key(w[2]) for w in old] == [word_key(w[2]) for w in head]:
+                # same words: drop them only if they are the same sounds (overlap in time)
+                if head[0][0] < old[-1][1]:
+                    return new[n:]
+        return new
+
+    def flush(self) -> list[Word]:
+        """Commit the agreed prefix of the new and previous hypotheses."""
+        commit: list[Word] = []
+        while self.new and self.previous:
+            cand = self.new[0]
+            if word_key(cand[2]) != word_key(self.previous[0][2]) or not word_key(cand[2]):
+                # punctuation-only words agree on their text
+                if not (cand[2].strip() == self.previous[0][2].strip() and cand[2].strip()):
+                    break
+            commit.append(cand)
+            self.last_committed_time = cand[1]
+            self.previous.pop(0)
+            self.new.pop(0)
+        self.previous = self.new
+        self.new = []
+        self.committed_in_buffer.extend(commit)
+        return commit
+
+    def commit_all(self) -> list[Word]:
+        """Commit everything still pending (end of an utterance or stream)."""
+        source = self.new if self.new else self.previous
+        words = [w for w in source if w[0] > self.last_committed_time - COMMIT_TOLERANCE]
+        if words:
+            self.last_committed_time = words[-1][1]
+        self.committed_in_buffer.extend(words)
+        self.new = []
+        self.previous = []
+        return words
+
+    def commit_until(self, t: float) -> list[Word]:
+        """Force-commit pending words ending before ``t`` (buffer bound reached)."""
+        source = self.new if self.new else self.previous
+        words = [w for w in source if w[1] <= t and w[0] > self.last_committed_time - COMMIT_TOLERANCE]
+        if words:
+            self.last_committed_time = words[-1][1]
+            self.committed_in_buffer.extend(words)
+            self.previous = [w for w in source if w[1] > t]
+            self.new = []
+        return words
+
+    def pop_committed(self, time: float) -> None:
+        """Forget committed words that end before ``time`` (the buffer was cut there)."""
+        while self.committed_in_buffer and self.committed_in_buffer[0][1] <= time:
+            self.committed_in_buffer.pop(0)
+
+    def pending(self) -> list[Word]:
+        """The unconfirmed tail: the latest hypothesis beyond what was committed."""
+        return list(self.previous)

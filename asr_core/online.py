@@ -1,0 +1,253 @@
+"""OnlineASRProcessor: a growing audio buffer in, committed words out.
+
+Each :meth:`process_iter` re-transcribes the whole buffer (prompted with the
+committed text that has already scrolled out of it) and commits the words on
+which this hypothesis and the previous one agree. The buffer is trimmed at a
+segment or sentence end once it is longer than ``buffer_trimming_sec``, and
+is hard-bounded at ``max_buffer_sec`` even when nothing agrees, so latency
+cannot grow without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .base import SAMPLING_RATE, check_audio
+from .hypothesis import HypothesisBuffer
+
+log = logging.getLogger("voxpipe.online")
+
+SENTENCE_END = (".", "?", "!", "。", "？", "！")
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A committed span; unpacks as ``beg, end, text`` like the classic tuple."""
+
+    beg: float | None = None
+    end: float | None = None
+    text: str = ""
+    words: tuple = ()
+
+    def __iter__(self):
+        return iter((self.beg, self.end, self.text))
+
+    def __bool__(self) -> bool:
+        return bool(self.words)
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    buffer_trimming: str = "segment"  # "segment" | "sentence"
+    buffer_trimming_sec: float = 15.0
+    # hard bound: past it, words seen once are committed and the buffer is cut
+    max_buffer_sec: float = 25.0
+    # how much audio to keep when the hard bound cuts the buffer
+    keep_after_cut_sec: float = 5.0
+    # a buffer with no words in it at all is cut down to this much audio
+    silence_keep_sec: float = 1.5
+    silence_trim_sec: float = 6.0
+    prompt_chars: int = 200
+    history_words: int = 400  # committed words remembered for the prompt
+
+    def __post_init__(self):
+        if self.buffer_trimming not in ("segment", "sentence"):
+            raise ValueError(f"buffer_trimming must be 'segment' or 'sentence', not {self.buffer_trimming!r}")
+        if self.buffer_trimming_sec <= 0:
+            raise ValueError("buffer_trimming_sec must be positive")
+
+
+@dataclass
+class ProcessorStats:
+    decodes: int = 0
+    decode_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    committed_words: int = 0
+    forced_cuts: int = 0
+    loops_cut: int = 0
+
+    @property
+    def rtf(self) -> float:
+        return self.decode_seconds / self.audio_seconds if self.audio_seconds else 0.0
+
+
+class OnlineASRProcessor:
+    SAMPLING_RATE = SAMPLING_RATE
+
+    def __init__(
+        self,
+        asr,
+        tokenizer=None,
+        buffer_trimming=("segment", 15),
+        logfile=sys.stderr,
+        options: StreamingOptions | None = None,
+    ):
+        self.asr = asr
+        self.tokenizer = tokenizer  # accepted for interface compatibility; unused
+        self.logfile = logfile
+        if options is None:
+            options = StreamingOptions(buffer_trimming=buffer_trimming[0], buffer_trimming_sec=float(buffer_trimming[1]))
+        self.options = options
+        self.sep = getattr(asr, "sep", " ")
+        self.stats = ProcessorStats()
+        self.history: deque = deque(maxlen=options.history_words)
+        self.init()
+
+    # -- state ----------------------------------------------------------------
+    def init(self, offset: float | None = None) -> None:
+        """Start a fresh buffer at stream time ``offset`` (keeps the prompt history)."""
+        self.audio_buffer = np.zeros(0, dtype=np.float32)
+        self.buffer_time_offset = float(offset or 0.0)
+        self.decoded_until = self.buffer_time_offset
+        self.hyp = HypothesisBuffer()
+        self.hyp.last_committed_time = self.buffer_time_offset
+        self.last_segment_ends: list[float] = []
+
+    @property
+    def buffer_duration(self) -> float:
+        return len(self.audio_buffer) / SAMPLING_RATE
+
+    @property
+    def buffer_end(self) -> float:
+        return self.buffer_time_offset + self.buffer_duration
+
+    def insert_audio_chunk(self, audio, t: float | None = None) -> None:
+        """Append audio; ``t`` (stream seconds of its first sample) handles gaps."""
+        audio = check_audio(audio)
+        if t is not None:
+            if len(self.audio_buffer) == 0:
+                if t > self.buffer_time_offset:
+                    self.buffer_time_offset = self.decoded_until = self.hyp.last_committed_time = float(t)
+            else:
+                gap = t - self.buffer_end
+                if gap > 1.0 / SAMPLING_RATE:
+                    fill = np.zeros(int(round(gap * SAMPLING_RATE)), dtype=np.float32)
+                    self.audio_buffer = np.concatenate([self.audio_buffer, fill])
+                elif gap < -1.0 / SAMPLING_RATE:
+                    audio = audio[int(round(-gap * SAMPLING_RATE)):]
+        self.audio_buffer = np.concatenate([self.audio_buffer, audio])
+        self.stats.audio_seconds += len(audio) / SAMPLING_RATE
+
+    @property
+    def undecoded_seconds(self) -> float:
+        return self.buffer_end - self.decoded_until
+
+    # -- prompt ---------------------------------------------------------------
+    def prompt(self) -> tuple[str, str]:
+        """(prompt, context): committed text before the buffer, and inside it."""
+        before = [w for w in self.history if w[1] <= self.buffer_time_offset]
+        parts: list[str] = []
+        size = 0
+        for w in reversed(before):
+            if size + len(w[2]) + 1 > self.options.prompt_chars:
+                break
+            parts.append(w[2])
+            size += len(w[2]) + 1
+        prompt = self.sep.join(reversed(parts)).strip()
+        context = self.sep.join(w[2] for w in self.hyp.committed_in_buffer).strip()
+        return prompt, context
+
+    # -- one iteration --------------------------------------------------------
+    def _decode(self) -> list:
+        prompt, _ = self.prompt()
+        t0 = time.perf_counter()
+        result = self.asr.transcribe(self.audio_buffer, init_prompt=prompt)
+        self.stats.decode_seconds += time.perf_counter() - t0
+        self.stats.decodes += 1
+        self.decoded_until = self.buffer_end
+        words = self.asr.ts_words(result)
+        self.last_segment_ends = [self.buffer_time_offset + e for e in self.asr.segments_end_ts(result)]
+        self.hyp.insert(words, self.buffer_time_offset)
+        if self.hyp.looping:
+            self.stats.loops_cut += 1
+            log.debug("repetition loop cut from hypothesis at %.2fs", self.buffer_time_offset)
+        return words
+
+    def process_iter(self) -> Commit:
+        """Transcribe the buffer once and return what got committed (maybe nothing)."""
+        if len(self.audio_buffer) == 0 or self.undecoded_seconds <= 0:
+            return Commit()
+        words = self._decode()
+        committed = self.hyp.flush()
+        committed += self._bound_buffer(bool(words))
+        if not committed and not words:
+            pass
+        self._trim()
+        return self._record(committed)
+
+    def finish(self) -> Commit:
+        """Decode what has not been decoded yet, commit everything, start afresh."""
+        if len(self.audio_buffer) and self.undecoded_seconds > 0.05:
+            self._decode()
+        committed = self.hyp.commit_all()
+        end = self.buffer_end
+        self.init(end)
+        return self._record(committed)
+
+    def partial(self) -> Commit:
+        """The unconfirmed tail of the latest hypothesis, for live displays."""
+        return self._span(self.hyp.pending())
+
+    # -- trimming -------------------------------------------------------------
+    def _bound_buffer(self, heard_words: bool) -> list:
+        """Keep the buffer bounded whatever the hypotheses do (nothing may agree)."""
+        o = self.options
+        if not heard_words and not self.hyp.pending() and self.buffer_duration > o.silence_trim_sec:
+            self.chunk_at(self.buffer_end - o.silence_keep_sec)
+            return []
+        if self.buffer_duration <= o.max_buffer_sec:
+            return []
+        cut = self.buffer_end - o.keep_after_cut_sec
+        forced = self.hyp.commit_until(cut)
+        self.stats.forced_cuts += 1
+        log.warning(
+            "buffer reached %.1fs without agreement; force-committed %d word(s) and cut at %.2fs",
+            self.buffer_duration, len(forced), cut,
+        )
+        self.chunk_at(cut)
+        return forced
+
+    def _trim(self) -> None:
+        o = self.options
+        if self.buffer_duration <= o.buffer_trimming_sec:
+            return
+        if o.buffer_trimming == "sentence":
+            ends = [w[1] for w in self.hyp.committed_in_buffer if w[2].strip().endswith(SENTENCE_END)]
+            if len(ends) >= 2:
+                self.chunk_at(ends[-2])
+                return
+        # segment mode, and the fallback of sentence mode
+        limit = self.hyp.last_committed_time
+        ends = [e for e in self.last_segment_ends[:-1] if self.buffer_time_offset < e <= limit]
+        if ends:
+            self.chunk_at(ends[-1])
+
+    def chunk_at(self, t: float) -> None:
+        """Drop buffered audio before stream time ``t``."""
+        if t <= self.buffer_time_offset:
+            return
+        t = min(t, self.buffer_end)
+        cut = int(round((t - self.buffer_time_offset) * SAMPLING_RATE))
+        self.audio_buffer = self.audio_buffer[cut:]
+        self.buffer_time_offset = t
+        self.hyp.pop_committed(t)
+        self.hyp.previous = [w for w in self.hyp.previous if w[0] >= t - 0.05]
+        self.hyp.last_committed_time = max(self.hyp.last_committed_time, t)
+
+    # -- output ---------------------------------------------------------------
+    def _span(self, words) -> Commit:
+        if not words:
+            return Commit()
+        text = self.sep.join(w[2] for w in words).strip()
+        return Commit(words[0][0], words[-1][1], text, tuple((w[0], w[1], w[2].strip()) for w in words))
+
+    def _record(self, committed: list) -> Commit:
+        self.history.extend(committed)
+        self.stats.committed_words += len(committed)
+        return self._span(committed)

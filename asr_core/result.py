@@ -1,0 +1,52 @@
+"""The finished transcription result that built-in backends return.
+
+Backends may return anything their own ``ts_words`` understands; the built-in
+ones return a list of :class:`Segment`, so the streaming processor can also
+read quality signals (no-speech probability, log probability, compression).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: list = field(default_factory=list)  # [(beg, end, word), ...]
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 1.0
+
+
+def compression_ratio(text: str) -> float:
+    """How well ``text`` compresses: loops ("the the the ...") score high."""
+    data = text.encode("utf-8")
+    if not data:
+        return 0.0
+    return len(data) / len(zlib.compress(data))
+
+
+def spread_words(start: float, end: float, text: str) -> list[tuple[float, float, str]]:
+    """Word times spread over a segment, proportional to word length.
+
+    For engines that report segment times only; each word gets a share of
+    the segment's duration proportional to its number of characters (+1 for
+    the gap), so that long words take longer, as they do when spoken.
+    """
+    words = text.split()
+    if not words:
+        return []
+    end = max(end, start)
+    weights = [len(w) + 1 for w in words]
+    total = float(sum(weights))
+    out = []
+    t = start
+    for word, weight in zip(words, weights):
+        dur = (end - start) * weight / total
+        out.append((round(t, 3), round(t + dur, 3), word))
+        t += dur
+    return out

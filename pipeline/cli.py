@@ -1,0 +1,62 @@
+"""The ``voxpipe`` command line: one console script, one subcommand per module.
+
+Each module listed in :data:`COMMANDS` exposes ``register(subparsers)``,
+which adds its subcommand and sets ``func`` (called with the parsed args,
+returning the exit code). Modules are imported only to build the parser, and
+heavy imports (models, numpy-heavy code) stay inside each ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# subcommand modules, in the order they appear in --help
+COMMANDS = [
+    "asr_core.simulate",
+]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_MODEL = 4
+EXIT_RUNTIME = 1
+
+
+def setup_logging(level: str | None = None) -> None:
+    level = (level or os.environ.get("VOXPIPE_LOG_LEVEL") or "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxpipe",
+        description="Real-time speech-to-text: a multiprocess actor pipeline over ZeroMQ.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "log_level", None))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
