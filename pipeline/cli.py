@@ -17,6 +17,7 @@ import sys
 # subcommand modules, in the order they appear in --help
 COMMANDS = [
     "asr_core.simulate",
+    "workers.broker",
 ]
 
 EXIT_OK = 0

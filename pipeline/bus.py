@@ -1,0 +1,142 @@
+"""Sockets on the voxpipe bus: a publisher and a subscriber per actor.
+
+Every actor's PUB connects to the broker's XSUB endpoint and every SUB to its
+XPUB endpoint; endpoints come from the config (:class:`pipeline.config.BusConfig`).
+High-water marks bound every queue (a slow subscriber loses messages, it never
+slows the publisher down), ``linger`` bounds shutdown, and reconnection is
+automatic, so actors survive a broker restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Iterable
+
+import zmq
+
+from . import messages as m
+
+log = logging.getLogger("voxpipe.bus")
+
+
+class Sequencer:
+    """Per-stream sequence numbers for one sender, from 0."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = defaultdict(int)
+
+    def __call__(self, stream: str) -> int:
+        n = self._next[stream]
+        self._next[stream] = n + 1
+        return n
+
+    def forget(self, stream: str) -> None:
+        self._next.pop(stream, None)
+
+
+def _apply_common(sock: zmq.Socket, bus) -> None:
+    sock.setsockopt(zmq.LINGER, int(bus.linger_ms))
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    security = getattr(bus, "security", None)
+    if security is not None and security.enabled:
+        from .security import apply_client_keys
+
+        apply_client_keys(sock, security)
+
+
+class Publisher:
+    """PUB socket connected to the broker's XSUB; counts what it could not send."""
+
+    def __init__(self, ctx: zmq.Context, bus) -> None:
+        self.sock = ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.SNDHWM, int(bus.hwm))
+        _apply_common(self.sock, bus)
+        self.sock.connect(bus.xsub)
+        self.seq = Sequencer()
+        self.sent = 0
+        self.dropped = 0
+
+    def send(self, topic: str, msg: m.Message) -> bool:
+        try:
+            self.sock.send_multipart(m.encode(topic, msg), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Subscriber:
+    """SUB socket connected to the broker's XPUB, subscribed to topic prefixes."""
+
+    def __init__(self, ctx: zmq.Context, bus, prefixes: Iterable[str]) -> None:
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, int(bus.hwm))
+        _apply_common(self.sock, bus)
+        self.sock.connect(bus.xpub)
+        self.prefixes: list[str] = []
+        for p in prefixes:
+            self.subscribe(p)
+
+    def subscribe(self, prefix: str) -> None:
+        self.sock.setsockopt(zmq.SUBSCRIBE, prefix.encode("utf-8"))
+        self.prefixes.append(prefix)
+
+    def recv_frames(self, timeout_ms: int | None = None) -> list[bytes] | None:
+        if timeout_ms is not None and not self.sock.poll(timeout_ms):
+            return None
+        return self.sock.recv_multipart(copy=True)
+
+    def recv(self, timeout_ms: int | None = None) -> tuple[str, m.Message] | None:
+        """Next valid message, or None on timeout; raises ProtocolError on a bad one."""
+        frames = self.recv_frames(timeout_ms)
+        return None if frames is None else m.decode(frames)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def handshake(
+    pub: Publisher, sub: Subscriber, name: str, timeout: float = 10.0, backlog: list | None = None
+) -> bool:
+    """Wait until a probe sent on our PUB comes back on our SUB through the broker.
+
+    Proves both directions through the broker work and that subscriptions
+    already made by other actors have reached our publisher, so nothing we
+    send next is lost to the "slow joiner" race. Other messages that arrive
+    meanwhile are appended to ``backlog`` (when given) rather than lost.
+    Returns False on timeout.
+    """
+    topic = m.status_topic(name)
+    sub.subscribe(topic)
+    deadline = time.monotonic() + timeout
+    probe_seq = 0
+    while time.monotonic() < deadline:
+        pub.send(topic, m.Heartbeat(stream="", seq=probe_seq, name=name, role="probe", time=time.time()))
+        probe_seq += 1
+        end = time.monotonic() + 0.1
+        while time.monotonic() < end:
+            frames = sub.recv_frames(timeout_ms=20)
+            if frames is None:
+                continue
+            try:
+                t, msg = m.decode(frames)
+            except m.ProtocolError:
+                t, msg = "", None
+            if t != topic or not isinstance(msg, m.Heartbeat) or msg.role != "probe":
+                if backlog is not None:
+                    backlog.append(frames)
+                continue
+            else:
+                sub.sock.setsockopt(zmq.UNSUBSCRIBE, topic.encode())
+                sub.prefixes.remove(topic)
+                return True
+    sub.sock.setsockopt(zmq.UNSUBSCRIBE, topic.encode())
+    sub.prefixes.remove(topic)
+    return False

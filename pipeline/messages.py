@@ -1,0 +1,330 @@
+"""The voxpipe wire format, version 1: typed envelopes over ZeroMQ multipart.
+
+Every message is ``[topic, header]`` or ``[topic, header, payload]``:
+
+* ``topic``: UTF-8 text, e.g. ``audio.<stream>`` (see the ``*_topic`` helpers);
+* ``header``: a msgpack map that always has ``v`` (1), ``kind``, ``stream``
+  and ``seq`` (per sender and stream, from 0);
+* ``payload``: raw bytes beside the header (only ``audio``: mono int16
+  little-endian PCM), never inside it.
+
+Kinds form a closed table (:data:`KINDS`). Decoding checks the version, the
+kind, every required field's type and range, that the topic agrees with the
+header, and the audio payload; anything else raises :class:`ProtocolError`.
+No class is ever looked up by a name taken from the wire.
+
+This module is the public contract described in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+VERSION = 1
+SAMPLE_RATE = 16000
+MAX_AUDIO_BYTES = SAMPLE_RATE * 2 * 5  # 5 s of 16 kHz int16 mono in one frame
+MAX_HEADER_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 20000
+MAX_WORDS = 5000
+_ID = re.compile(r"^[A-Za-z0-9_\-:@]{1,64}$")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; ``reason`` is a short tag."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def valid_id(value: str) -> bool:
+    """Stream, worker and actor ids: 1-64 of letters, digits, ``_ - : @`` (no dots)."""
+    return isinstance(value, str) and bool(_ID.match(value))
+
+
+# -- topics ------------------------------------------------------------------
+def audio_topic(stream: str) -> str:
+    return f"audio.{stream}"
+
+
+def speech_topic(stream: str) -> str:
+    return f"speech.{stream}"
+
+
+def transcript_topic(worker: str, stream: str) -> str:
+    return f"transcript.{worker}.{stream}"
+
+
+def partial_topic(worker: str, stream: str) -> str:
+    return f"partial.{worker}.{stream}"
+
+
+def status_topic(actor: str) -> str:
+    return f"status.{actor}"
+
+
+# -- message types -------------------------------------------------------------
+@dataclass(frozen=True)
+class Message:
+    kind: ClassVar[str] = ""
+    # topic families ("audio", "speech", ...) this kind may travel on
+    families: ClassVar[tuple[str, ...]] = ()
+    stream: str
+    seq: int
+
+    def header(self) -> dict[str, Any]:
+        h = {"v": VERSION, "kind": self.kind}
+        for f in fields(self):
+            if f.name != "pcm":
+                h[f.name] = getattr(self, f.name)
+        return h
+
+
+@dataclass(frozen=True)
+class Audio(Message):
+    kind: ClassVar[str] = "audio"
+    families: ClassVar[tuple[str, ...]] = ("audio", "speech")
+    t: float = 0.0  # stream seconds of the first sample
+    sr: int = SAMPLE_RATE
+    wall0: float = 0.0  # Unix time at which stream time 0 was captured
+    pcm: bytes = b""  # travels as the third frame
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / 2 / self.sr
+
+
+@dataclass(frozen=True)
+class EndOfStream(Message):
+    kind: ClassVar[str] = "eos"
+    families: ClassVar[tuple[str, ...]] = ("audio", "speech", "transcript")
+    t: float | None = None  # stream seconds at which the stream ended, when known
+    worker: str | None = None  # set on transcript topics
+
+
+@dataclass(frozen=True)
+class SpeechStart(Message):
+    kind: ClassVar[str] = "speech_start"
+    families: ClassVar[tuple[str, ...]] = ("speech",)
+    t: float = 0.0
+    wall0: float | None = None
+
+
+@dataclass(frozen=True)
+class SpeechEnd(Message):
+    kind: ClassVar[str] = "speech_end"
+    families: ClassVar[tuple[str, ...]] = ("speech",)
+    t: float = 0.0
+    wall0: float | None = None
+
+
+@dataclass(frozen=True)
+class Commit(Message):
+    kind: ClassVar[str] = "commit"
+    families: ClassVar[tuple[str, ...]] = ("transcript",)
+    beg: float = 0.0
+    end: float = 0.0
+    text: str = ""
+    words: list = field(default_factory=list)  # [[beg, end, word], ...]
+    worker: str = ""
+    backend: str = ""
+    model: str = ""
+    emitted: float = 0.0  # Unix time the commit was published
+    wall0: float = 0.0  # copied from the stream
+
+    @property
+    def latency(self) -> float:
+        """Seconds from the end of the span being spoken to its publication."""
+        return self.emitted - self.wall0 - self.end
+
+
+@dataclass(frozen=True)
+class Partial(Message):
+    kind: ClassVar[str] = "partial"
+    families: ClassVar[tuple[str, ...]] = ("partial",)
+    beg: float | None = None
+    end: float | None = None
+    text: str = ""
+    worker: str = ""
+    emitted: float = 0.0
+    wall0: float = 0.0
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    kind: ClassVar[str] = "error"
+    families: ClassVar[tuple[str, ...]] = ("transcript",)
+    message: str = ""
+    worker: str = ""
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    kind: ClassVar[str] = "heartbeat"
+    families: ClassVar[tuple[str, ...]] = ("status",)
+    name: str = ""
+    role: str = ""
+    ready: bool = False
+    pid: int = 0
+    time: float = 0.0
+    counters: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+KINDS: dict[str, type[Message]] = {
+    cls.kind: cls for cls in (Audio, EndOfStream, SpeechStart, SpeechEnd, Commit, Partial, Error, Heartbeat)
+}
+
+# field name -> (accepted types, required, check)
+_NUM = (int, float)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, _NUM) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _nonneg(x) -> bool:
+    return _finite(x) and x >= 0
+
+
+def _opt(check):
+    return lambda x: x is None or check(x)
+
+
+def _words(x) -> bool:
+    if not isinstance(x, list) or len(x) > MAX_WORDS:
+        return False
+    for w in x:
+        if not (isinstance(w, (list, tuple)) and len(w) == 3 and _finite(w[0]) and _finite(w[1]) and isinstance(w[2], str)):
+            return False
+    return True
+
+
+def _text(x) -> bool:
+    return isinstance(x, str) and len(x) <= MAX_TEXT_CHARS
+
+
+def _name(x) -> bool:
+    return x == "" or valid_id(x)
+
+
+_CHECKS: dict[str, Any] = {
+    "t": _nonneg,
+    "sr": lambda x: isinstance(x, int) and not isinstance(x, bool),
+    "wall0": _finite,
+    "beg": _nonneg,
+    "end": _nonneg,
+    "text": _text,
+    "words": _words,
+    "worker": _name,
+    "backend": _text,
+    "model": _text,
+    "emitted": _finite,
+    "message": _text,
+    "name": _name,
+    "role": _text,
+    "ready": lambda x: isinstance(x, bool),
+    "pid": lambda x: isinstance(x, int) and not isinstance(x, bool),
+    "time": _finite,
+    "counters": lambda x: isinstance(x, dict),
+    "info": lambda x: isinstance(x, dict),
+}
+_OPTIONAL = {
+    ("eos", "t"), ("eos", "worker"), ("speech_start", "wall0"), ("speech_end", "wall0"),
+    ("partial", "beg"), ("partial", "end"), ("heartbeat", "info"), ("heartbeat", "pid"),
+    ("heartbeat", "time"), ("heartbeat", "ready"), ("partial", "emitted"), ("partial", "wall0"),
+}
+
+
+# -- encoding --------------------------------------------------------------------
+def encode(topic: str, msg: Message) -> list[bytes]:
+    """Frames for ``msg`` on ``topic``: [topic, header] or [topic, header, pcm]."""
+    header = msgpack.packb(msg.header(), use_bin_type=True)
+    frames = [topic.encode("utf-8"), header]
+    if isinstance(msg, Audio):
+        frames.append(msg.pcm)
+    return frames
+
+
+def decode(frames: list[bytes]) -> tuple[str, Message]:
+    """Parse and validate a multipart message; raises ProtocolError."""
+    if len(frames) not in (2, 3):
+        raise ProtocolError("frames", f"expected 2 or 3 frames, got {len(frames)}")
+    try:
+        topic = bytes(frames[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("topic", "topic is not UTF-8") from None
+    raw = bytes(frames[1])
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError("size", f"header of {len(raw)} bytes")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several types
+        raise ProtocolError("msgpack", type(exc).__name__) from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header", "header is not a map")
+    if header.get("v") != VERSION:
+        raise ProtocolError("version", f"unsupported v={header.get('v')!r}")
+    kind = header.get("kind")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError("kind", f"unknown kind {kind!r}")
+    stream, seq = header.get("stream"), header.get("seq")
+    if not (stream == "" and cls is Heartbeat) and not valid_id(stream):
+        raise ProtocolError("field", f"bad stream id {stream!r}")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ProtocolError("field", f"bad seq {seq!r}")
+    kwargs: dict[str, Any] = {"stream": stream, "seq": seq}
+    for f in fields(cls):
+        if f.name in ("stream", "seq", "pcm"):
+            continue
+        if f.name not in header:
+            if (kind, f.name) in _OPTIONAL:
+                continue
+            raise ProtocolError("field", f"{kind} without {f.name!r}")
+        value = header[f.name]
+        check = _CHECKS[f.name]
+        if (kind, f.name) in _OPTIONAL:
+            check = _opt(check)
+        if not check(value):
+            raise ProtocolError("field", f"{kind}.{f.name} has a bad value")
+        kwargs[f.name] = value
+    family, _, rest = topic.partition(".")
+    if family not in cls.families or not rest:
+        raise ProtocolError("topic", f"{kind} on topic {topic!r}")
+    topic_stream = rest.rsplit(".", 1)[-1]
+    if stream and topic_stream != stream:
+        raise ProtocolError("topic", f"topic {topic!r} does not match stream {stream!r}")
+    if cls is Audio:
+        kwargs["pcm"] = _check_pcm(frames, kwargs)
+    elif len(frames) == 3:
+        raise ProtocolError("frames", f"{kind} carries no payload")
+    return topic, cls(**kwargs)
+
+
+def _check_pcm(frames: list[bytes], kwargs: dict) -> bytes:
+    if len(frames) != 3:
+        raise ProtocolError("frames", "audio without a payload")
+    if kwargs["sr"] != SAMPLE_RATE:
+        raise ProtocolError("rate", f"sample rate {kwargs['sr']} (only {SAMPLE_RATE} Hz is accepted)")
+    pcm = bytes(frames[2])
+    if len(pcm) % 2:
+        raise ProtocolError("pcm", "odd number of PCM bytes")
+    if len(pcm) > MAX_AUDIO_BYTES:
+        raise ProtocolError("size", f"audio frame of {len(pcm)} bytes")
+    if not pcm:
+        raise ProtocolError("pcm", "empty audio frame")
+    return pcm
+
+
+def as_dict(msg: Message) -> dict[str, Any]:
+    """A JSON-friendly record of a message (without the PCM payload)."""
+    d = asdict(msg)
+    d.pop("pcm", None)
+    d["kind"] = msg.kind
+    return d

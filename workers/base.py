@@ -1,0 +1,266 @@
+"""The process base every voxpipe actor shares.
+
+An :class:`Actor` owns one PUB and one SUB socket on the bus, a named logger
+and a set of counters. :meth:`Actor.run` does, in order: install signal
+handlers, open sockets, :meth:`setup` (heavy loading: a worker's model), the
+bus handshake, then the loop: receive and validate messages, call
+:meth:`handle`, call :meth:`tick`, publish a heartbeat about once a second.
+
+* A malformed message is dropped, counted (``rejected``) and logged without
+  flooding the log; an exception in a handler is logged and counted
+  (``errors``); the actor never dies of either.
+* First SIGTERM/SIGINT: :meth:`drain` (capture sends ``eos``, workers flush,
+  sinks write), then exit 0 once :meth:`drained` says so. Second: exit now.
+* Sockets are closed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Iterable
+
+import zmq
+
+from pipeline import messages as m
+from pipeline.bus import Publisher, Subscriber, handshake
+from pipeline.config import BusConfig, Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_MODEL = 4
+EXIT_INTERRUPTED = 130
+
+
+class RateLimitedLog:
+    """Log the first few occurrences of a problem, then a count every interval."""
+
+    def __init__(self, log: logging.Logger, first: int = 5, every: float = 10.0):
+        self.log, self.first, self.every = log, first, every
+        self.counts: dict[str, int] = {}
+        self.suppressed: dict[str, int] = {}
+        self.last: dict[str, float] = {}
+
+    def warning(self, key: str, msg: str, *args) -> None:
+        n = self.counts.get(key, 0) + 1
+        self.counts[key] = n
+        now = time.monotonic()
+        if n <= self.first:
+            self.log.warning(msg, *args)
+            self.last[key] = now
+            return
+        self.suppressed[key] = self.suppressed.get(key, 0) + 1
+        if now - self.last.get(key, 0.0) >= self.every:
+            self.log.warning("%s (and %d more like it)", msg % args if args else msg, self.suppressed[key])
+            self.suppressed[key] = 0
+            self.last[key] = now
+
+
+class Actor:
+    role = "actor"
+
+    def __init__(self, name: str, bus: BusConfig, config: Config | None = None):
+        if not m.valid_id(name):
+            raise ConfigError(f"actor name {name!r} must be 1-64 letters, digits, '_', '-', ':' or '@'")
+        self.name = name
+        self.bus = bus
+        self.config = config
+        self.log = logging.getLogger(f"voxpipe.{self.role}.{name}")
+        self.limited = RateLimitedLog(self.log)
+        self.counters: dict[str, int | float] = {
+            "frames_in": 0, "frames_out": 0, "rejected": 0, "dropped": 0, "errors": 0, "streams_active": 0,
+        }
+        self.ready = False
+        self.stopping = False
+        self._signals = 0
+        self._drain_started = 0.0
+        self.drain_timeout = 30.0
+        self.ctx: zmq.Context | None = None
+        self.pub: Publisher | None = None
+        self.sub: Subscriber | None = None
+        self._next_heartbeat = 0.0
+        self._hb_seq = 0
+        self.poll_ms = 50
+
+    # -- to override ------------------------------------------------------------
+    def subscriptions(self) -> Iterable[str]:
+        return ()
+
+    def setup(self) -> None:
+        """Heavy start-up work; the actor reports ready only after it."""
+
+    def handle(self, topic: str, msg: m.Message) -> None:
+        """One valid message from the bus."""
+
+    def tick(self, now: float) -> None:
+        """Called every loop iteration (about every ``poll_ms``)."""
+
+    def drain(self) -> None:
+        """First stop signal: finish what is in flight (send eos, flush, write)."""
+
+    def drained(self) -> bool:
+        return True
+
+    def info(self) -> dict:
+        """Extra heartbeat fields (e.g. a worker's backend and model)."""
+        return {}
+
+    def teardown(self) -> None:
+        """Last words before sockets close (always called)."""
+
+    # -- helpers -----------------------------------------------------------------
+    def publish(self, topic: str, msg: m.Message) -> bool:
+        ok = self.pub.send(topic, msg)
+        if ok:
+            self.counters["frames_out"] += 1
+        else:
+            self.counters["dropped"] += 1
+        return ok
+
+    def heartbeat(self) -> None:
+        counters = dict(self.counters)
+        hb = m.Heartbeat(
+            stream="", seq=self._hb_seq, name=self.name, role=self.role, ready=self.ready,
+            pid=os.getpid(), time=time.time(), counters=counters, info=self.info(),
+        )
+        self._hb_seq += 1
+        self.send_status(m.status_topic(self.name), hb)
+
+    def send_status(self, topic: str, hb: m.Heartbeat) -> None:
+        self.pub.send(topic, hb)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self._signals += 1
+        if self._signals >= 2:
+            self.log.warning("second stop signal: exiting now")
+            raise SystemExit(EXIT_INTERRUPTED)
+        self.log.info("stop signal: draining")
+        self.stopping = True
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def receive(self, frames: list[bytes]) -> None:
+        self.counters["frames_in"] += 1
+        try:
+            topic, msg = m.decode(frames)
+        except m.ProtocolError as exc:
+            self.counters["rejected"] += 1
+            self.limited.warning(f"reject:{exc.reason}", "rejected a message: %s", exc)
+            return
+        if isinstance(msg, m.Heartbeat) and msg.role == "probe" and msg.name != self.name:
+            return
+        try:
+            self.handle(topic, msg)
+        except Exception:  # noqa: BLE001 - an actor never dies of one message
+            self.counters["errors"] += 1
+            self.log.exception("error while handling %s on %s", msg.kind, topic)
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self) -> int:
+        self.install_signals()
+        self.ctx = zmq.Context()
+        try:
+            self.pub = Publisher(self.ctx, self.bus)
+            self.sub = Subscriber(self.ctx, self.bus, self.subscriptions())
+            self.setup()
+            backlog: list = []
+            if not self.stopping:
+                if not handshake(self.pub, self.sub, self.name, timeout=5.0, backlog=backlog):
+                    self.log.warning("no answer through the broker yet (is it running?); going on")
+            self.ready = True
+            self.log.info("ready")
+            for frames in backlog:
+                self.receive(frames)
+            return self.loop()
+        finally:
+            try:
+                self.teardown()
+            finally:
+                for sock in (self.sub, self.pub):
+                    if sock is not None:
+                        sock.close()
+                self.ctx.term()
+
+    def loop(self) -> int:
+        interval = self.bus.heartbeat_interval
+        while True:
+            now = time.monotonic()
+            if now >= self._next_heartbeat:
+                self.heartbeat()
+                self._next_heartbeat = now + interval
+            if self.stopping:
+                if not self._drain_started:
+                    self._drain_started = now
+                    self.drain()
+                if self.drained() or now - self._drain_started > self.drain_timeout:
+                    self.heartbeat()
+                    return EXIT_OK
+            try:
+                if self.sub.sock.poll(self.poll_ms):
+                    # take what is queued, but never starve tick() and heartbeats
+                    for _ in range(1000):
+                        try:
+                            frames = self.sub.sock.recv_multipart(flags=zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.receive(frames)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EINTR:
+                    continue
+                raise
+            try:
+                self.tick(time.monotonic())
+            except Exception:  # noqa: BLE001
+                self.counters["errors"] += 1
+                self.log.exception("error in tick")
+
+
+# -- command-line plumbing shared by the actor subcommands -------------------------------
+def add_actor_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
+    p.add_argument("--config", "-c", default=None, help="pipeline YAML (bus endpoints and this actor's section)")
+    p.add_argument("--name", default=None, help=f"actor name (default: {default_name} or the config's)")
+    p.add_argument("--xsub", default=None, help="broker XSUB endpoint (overrides the config)")
+    p.add_argument("--xpub", default=None, help="broker XPUB endpoint (overrides the config)")
+    p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def actor_config(args) -> Config:
+    """The config for an actor subcommand, with endpoint overrides applied."""
+    import dataclasses
+
+    cfg = load_config(args.config) if args.config else load_config(None)
+    bus = cfg.bus
+    if args.xsub or args.xpub:
+        bus = dataclasses.replace(bus, xsub=args.xsub or bus.xsub, xpub=args.xpub or bus.xpub)
+        cfg = dataclasses.replace(cfg, bus=bus)
+    return cfg
+
+
+def run_actor(build) -> int:
+    """Build an actor (callable returning it) and run it with clean exit codes."""
+    from asr_core.base import BackendError
+
+    try:
+        actor = build()
+    except ConfigError as exc:
+        print(f"voxpipe: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return actor.run()
+    except ConfigError as exc:
+        print(f"voxpipe: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BackendError as exc:
+        print(f"voxpipe: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    except zmq.ZMQError as exc:
+        print(f"voxpipe: bus error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME

@@ -1,0 +1,131 @@
+"""The broker: XSUB (publishers connect) <-> XPUB (subscribers connect).
+
+It forwards messages one way and subscriptions the other, without decoding
+them: validation is every receiving actor's job, so the hop stays cheap. It
+counts what it carries and publishes its own heartbeat on ``status.<name>``.
+Per-subscriber queues are bounded by the XPUB high-water mark: a subscriber
+that stops reading loses messages (visible to it as gaps in ``seq``) and
+never slows anyone else down.
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from pipeline import messages as m
+
+from .base import Actor, add_actor_arguments, actor_config, run_actor
+
+
+class Broker(Actor):
+    role = "broker"
+
+    def __init__(self, name, bus, config=None):
+        super().__init__(name, bus, config)
+        self.xsub = None
+        self.xpub = None
+        self.counters.update({"messages": 0, "subscriptions": 0, "bytes": 0})
+        self._rate_window = (time.monotonic(), 0)
+        self.counters["messages_per_s"] = 0.0
+
+    def send_status(self, topic: str, hb: m.Heartbeat) -> None:
+        try:
+            self.xpub.send_multipart(m.encode(topic, hb), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["dropped"] += 1
+
+    def _bind(self):
+        from pipeline.security import apply_server_keys
+
+        self.xsub = self.ctx.socket(zmq.XSUB)
+        self.xpub = self.ctx.socket(zmq.XPUB)
+        for sock in (self.xsub, self.xpub):
+            sock.setsockopt(zmq.LINGER, int(self.bus.linger_ms))
+            if self.bus.security.enabled:
+                apply_server_keys(sock, self.bus.security)
+        self.xsub.setsockopt(zmq.RCVHWM, int(self.bus.hwm))
+        self.xpub.setsockopt(zmq.SNDHWM, int(self.bus.hwm))
+        try:
+            self.xsub.bind(self.bus.xsub)
+            self.xpub.bind(self.bus.xpub)
+        except zmq.ZMQError as exc:
+            raise zmq.ZMQError(exc.errno, f"cannot bind {self.bus.xsub} / {self.bus.xpub}: {exc.strerror}") from None
+
+    def info(self) -> dict:
+        return {"xsub": self.bus.xsub, "xpub": self.bus.xpub}
+
+    def run(self) -> int:
+        self.install_signals()
+        self.ctx = zmq.Context()
+        try:
+            self._bind()
+            self.ready = True
+            self.log.info("forwarding %s -> %s", self.bus.xsub, self.bus.xpub)
+            return self._forward()
+        finally:
+            for sock in (self.xsub, self.xpub):
+                if sock is not None:
+                    sock.close()
+            self.ctx.term()
+
+    def _forward(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self.xsub, zmq.POLLIN)
+        poller.register(self.xpub, zmq.POLLIN)
+        interval = self.bus.heartbeat_interval
+        while not self.stopping:
+            now = time.monotonic()
+            if now >= self._next_heartbeat:
+                self._update_rate(now)
+                self.heartbeat()
+                self._next_heartbeat = now + interval
+            try:
+                events = dict(poller.poll(100))
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EINTR:
+                    continue
+                raise
+            if self.xsub in events:
+                for _ in range(1000):
+                    try:
+                        frames = self.xsub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.counters["messages"] += 1
+                    self.counters["bytes"] += sum(len(f) for f in frames)
+                    try:
+                        self.xpub.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        self.counters["dropped"] += 1
+            if self.xpub in events:
+                while True:
+                    try:
+                        frame = self.xpub.recv(flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.counters["subscriptions"] += 1
+                    self.xsub.send(frame)
+        self.heartbeat()
+        return 0
+
+    def _update_rate(self, now: float) -> None:
+        t0, n0 = self._rate_window
+        if now > t0:
+            self.counters["messages_per_s"] = round((self.counters["messages"] - n0) / (now - t0), 1)
+        self._rate_window = (now, self.counters["messages"])
+
+
+def register(sub) -> None:
+    p = sub.add_parser("broker", help="run the bus broker (XSUB/XPUB forwarder)")
+    add_actor_arguments(p, "broker")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    def build():
+        cfg = actor_config(args)
+        return Broker(args.name or cfg.broker.name, cfg.bus, cfg)
+
+    return run_actor(build)
