@@ -18,6 +18,7 @@ import sys
 COMMANDS = [
     "asr_core.simulate",
     "workers.broker",
+    "workers.asr_worker",
 ]
 
 EXIT_OK = 0
