@@ -83,7 +83,10 @@ def backend_class(name: str) -> type[ASRBase]:
     else:
         eps = _entry_points()
         if key in eps:
-            cls = eps[key].load()
+            try:
+                cls = eps[key].load()
+            except (ImportError, AttributeError) as exc:
+                raise UnknownBackend(f"backend {key!r} (entry point {eps[key].value}) cannot be loaded: {exc}") from exc
         elif _is_import_path(key):
             try:
                 cls = _import_path(key)
