@@ -67,6 +67,7 @@ class StreamingOptions:
 class ProcessorStats:
     decodes: int = 0
     decode_seconds: float = 0.0
+    decoded_audio_seconds: float = 0.0  # sum of buffer lengths passed to the backend
     audio_seconds: float = 0.0
     committed_words: int = 0
     forced_cuts: int = 0
@@ -122,8 +123,12 @@ class OnlineASRProcessor:
         audio = check_audio(audio)
         if t is not None:
             if len(self.audio_buffer) == 0:
-                if t > self.buffer_time_offset:
-                    self.buffer_time_offset = self.decoded_until = self.hyp.last_committed_time = float(t)
+                # ``t`` is the truth for an empty buffer, also when it lies before
+                # the previous buffer's end (VAC's padding before a new utterance):
+                # the clock stays right, and the commit time keeps overlapping
+                # words of the previous utterance from being committed again.
+                self.buffer_time_offset = self.decoded_until = float(t)
+                self.hyp.last_committed_time = max(self.hyp.last_committed_time, float(t))
             else:
                 gap = t - self.buffer_end
                 if gap > 1.0 / SAMPLING_RATE:
@@ -160,9 +165,12 @@ class OnlineASRProcessor:
         result = self.asr.transcribe(self.audio_buffer, init_prompt=prompt)
         self.stats.decode_seconds += time.perf_counter() - t0
         self.stats.decodes += 1
+        self.stats.decoded_audio_seconds += self.buffer_duration
         self.decoded_until = self.buffer_end
         words = self.asr.ts_words(result)
-        self.last_segment_ends = [self.buffer_time_offset + e for e in self.asr.segments_end_ts(result)]
+        # on the same millisecond grid as the word times (HypothesisBuffer.insert), so a
+        # word ending at a segment end is "before" a buffer cut there, not straddling it
+        self.last_segment_ends = [round(self.buffer_time_offset + e, 3) for e in self.asr.segments_end_ts(result)]
         self.hyp.insert(words, self.buffer_time_offset)
         if self.hyp.looping:
             self.stats.loops_cut += 1
@@ -185,6 +193,9 @@ class OnlineASRProcessor:
         """Decode what has not been decoded yet, commit everything, start afresh."""
         if len(self.audio_buffer) and self.undecoded_seconds > 0.05:
             self._decode()
+            # this decode heard the whole buffer: it supersedes the unconfirmed
+            # tail of the previous one, also when it heard nothing new at all
+            self.hyp.previous = []
         committed = self.hyp.commit_all()
         end = self.buffer_end
         self.init(end)

@@ -157,7 +157,11 @@ def run(args) -> int:
         print(f"voxpipe simulate: {exc}", file=sys.stderr)
         return 4
     log.info("audio %s: %.1fs; backend %s", args.audio, len(audio) / 16000, asr.describe())
-    asr.transcribe(audio[:16000])  # warm-up, so the first chunk is not slower than the rest
     printer = Printer()
-    simulate(asr, audio, args, printer)
+    try:
+        asr.transcribe(audio[:16000])  # warm-up, so the first chunk is not slower than the rest
+        simulate(asr, audio, args, printer)
+    except BackendError as exc:
+        print(f"voxpipe simulate: {exc}", file=sys.stderr)
+        return 1
     return 0
