@@ -19,6 +19,8 @@ COMMANDS = [
     "asr_core.simulate",
     "workers.broker",
     "workers.asr_worker",
+    "workers.sink",
+    "pipeline.launch",
 ]
 
 EXIT_OK = 0

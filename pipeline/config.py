@@ -55,7 +55,7 @@ class BrokerConfig:
 @dataclass(frozen=True)
 class SourceConfig:
     name: str = "capture"
-    input: str = "mic"  # mic | file:PATH | stdin
+    input: str = "mic"  # mic | file:PATH | stdin | auto:PATH (mic if there is one, else the file)
     stream: str = ""  # stream id; default: the source's name
     device: Optional[str] = None  # mic: sounddevice device name or index
     speed: float = 1.0  # file: replay speed (1.0 = real time)
@@ -318,6 +318,11 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
             fail(f"sources[{i}]: stream id {s.stream_id!r} is used by two sources")
         streams.add(s.stream_id)
         kind, _, arg = s.input.partition(":")
+        if kind == "auto":  # resolved here, so every actor sees the same mic or file:PATH
+            if not arg:
+                fail(f"sources[{i}].input: 'auto:' needs the path of a fallback audio file")
+            kind, arg = ("mic", "") if _has_microphone() else ("file", arg)
+            s = dataclasses.replace(s, input=f"{kind}:{arg}" if arg else kind)
         if kind == "file":
             if not arg:
                 fail(f"sources[{i}].input: 'file:' needs a path")
@@ -373,6 +378,16 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     if cfg.web.enabled and cfg.web.host not in ("127.0.0.1", "localhost", "::1") and not cfg.web.token:
         fail("web.host binds beyond loopback: set web.token (the page will ask for it)")
     return dataclasses.replace(cfg, sources=tuple(sources), workers=tuple(workers), sinks=tuple(sinks))
+
+
+def _has_microphone() -> bool:
+    """sounddevice is installed and sees an input device (for ``input: auto:PATH``)."""
+    try:
+        import sounddevice
+
+        return any(d.get("max_input_channels", 0) > 0 for d in sounddevice.query_devices())
+    except Exception:  # noqa: BLE001 - not installed, no PortAudio, no devices
+        return False
 
 
 def _port(endpoint: str) -> int | None:

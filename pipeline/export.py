@@ -1,0 +1,177 @@
+"""``voxpipe export supervisord|systemd CONFIG DIR``: a pipeline as process-manager definitions.
+
+Each actor becomes one program (supervisord) or one service (systemd) that
+the manager restarts whenever it exits (``autorestart=true`` /
+``Restart=always``), running the same command line as ``voxpipe procfile``.
+
+Start and stop order follow the pipeline: the broker starts first and stops
+last, the sources start last and stop first (supervisord ``priority``;
+systemd ``After=`` chains, which systemd reverses when stopping). Stopping
+sends SIGTERM, the signal on which actors drain (honcho's own supervisord
+template sends SIGQUIT, which would skip that), and waits ``stop_timeout``
+seconds before killing.
+
+supervisord: ``DIR/<app>.conf`` (include it from supervisord.conf), logs in
+``--log-dir`` (default ``DIR/logs``, created). systemd: ``DIR/<app>.target``
+and ``DIR/<app>-<name>.service`` (copy to /etc/systemd/system, then
+``systemctl enable --now <app>.target``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .plan import ActorProcess, actor_processes
+
+# start order: lower first; stopped in the reverse order
+PRIORITY = {"broker": 100, "sink": 200, "web": 200, "worker": 300, "vad": 400, "capture": 500}
+STOP_TIMEOUT = {"worker": 60, "sink": 20}
+DEFAULT_STOP_TIMEOUT = 15
+
+
+def _unit_name(app: str, name: str) -> str:
+    return f"{app}-{re.sub(r'[^A-Za-z0-9_-]', '-', name)}"
+
+
+def _systemd_quote(arg: str) -> str:
+    arg = arg.replace("%", "%%")
+    if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _supervisor_command(p: ActorProcess) -> str:
+    return p.cmd.replace("%", "%%")
+
+
+def render_supervisord(procs: list[ActorProcess], app: str, workdir: str, log_dir: str,
+                       user: str | None = None) -> str:
+    blocks = []
+    for p in procs:
+        prog = _unit_name(app, p.name)
+        lines = [
+            f"[program:{prog}]",
+            f"command={_supervisor_command(p)}",
+            f"directory={workdir}",
+            "autostart=true",
+            "autorestart=true",
+            "startsecs=2",
+            "startretries=10",
+            f"priority={PRIORITY.get(p.role, 300)}",
+            "stopsignal=TERM",
+            f"stopwaitsecs={STOP_TIMEOUT.get(p.role, DEFAULT_STOP_TIMEOUT)}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={log_dir}/{p.name}.log",
+            'environment=PYTHONUNBUFFERED="1"',
+        ]
+        if user:
+            lines.append(f"user={user}")
+        blocks.append("\n".join(lines) + "\n")
+    blocks.append(f"[group:{app}]\nprograms={','.join(_unit_name(app, p.name) for p in procs)}\n")
+    return "\n".join(blocks)
+
+
+def render_systemd(procs: list[ActorProcess], app: str, workdir: str, config: str,
+                   user: str | None = None) -> dict[str, str]:
+    """File name -> content: one service per actor and a target that wants them all."""
+    files = {}
+    levels = sorted({PRIORITY.get(p.role, 300) for p in procs})
+    services = [f"{_unit_name(app, p.name)}.service" for p in procs]
+    for p in procs:
+        level = PRIORITY.get(p.role, 300)
+        before = [lv for lv in levels if lv < level]
+        after = [f"{_unit_name(app, q.name)}.service" for q in procs
+                 if before and PRIORITY.get(q.role, 300) == before[-1]]
+        unit = [
+            "[Unit]",
+            f"Description=voxpipe {p.role} {p.name} ({config})",
+            f"PartOf={app}.target",
+        ]
+        if after:
+            unit.append(f"After={' '.join(after)}")
+        service = [
+            "",
+            "[Service]",
+            "Type=simple",
+            f"WorkingDirectory={_systemd_quote(workdir)}",
+            "Environment=PYTHONUNBUFFERED=1",
+            f"ExecStart={' '.join(_systemd_quote(a) for a in p.argv)}",
+            "Restart=always",
+            "RestartSec=2",
+            "KillSignal=SIGTERM",
+            "KillMode=mixed",
+            f"TimeoutStopSec={STOP_TIMEOUT.get(p.role, DEFAULT_STOP_TIMEOUT)}",
+        ]
+        if user:
+            service.append(f"User={user}")
+        install = ["", "[Install]", f"WantedBy={app}.target", ""]
+        files[f"{_unit_name(app, p.name)}.service"] = "\n".join(unit + service + install)
+    files[f"{app}.target"] = "\n".join([
+        "[Unit]",
+        f"Description=voxpipe pipeline {config}",
+        f"Wants={' '.join(services)}",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ])
+    return files
+
+
+def export(fmt: str, config: str, out_dir: str, app: str = "voxpipe", log_dir: str | None = None,
+           user: str | None = None, workdir: str | None = None) -> list[Path]:
+    """Write the definitions; returns the files written. Raises ConfigError for a bad config."""
+    cfg = load_config(config)
+    procs = actor_processes(cfg)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = str(Path(workdir or os.getcwd()).resolve())
+    if fmt == "supervisord":
+        logs = Path(log_dir).resolve() if log_dir else out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        files = {f"{app}.conf": render_supervisord(procs, app, workdir, str(logs), user)}
+    elif fmt == "systemd":
+        files = render_systemd(procs, app, workdir, cfg.path, user)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+    written = []
+    for name, text in files.items():
+        path = out / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write supervisord or systemd definitions that run (and restart) a pipeline")
+    p.add_argument("format", choices=["supervisord", "systemd"])
+    p.add_argument("config", help="pipeline YAML")
+    p.add_argument("dir", help="folder to write the definitions into")
+    p.add_argument("--app", default="voxpipe", help="program group / target name (default %(default)s)")
+    p.add_argument("--log-dir", default=None, help="supervisord: where the logs go (default DIR/logs)")
+    p.add_argument("--user", default=None, help="run the processes as this user")
+    p.add_argument("--workdir", default=None, help="working directory of the processes (default: the current one)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.app):
+        print(f"voxpipe: --app {args.app!r}: use letters, digits, '_' and '-'", file=sys.stderr)
+        return 2
+    try:
+        files = export(args.format, args.config, args.dir, args.app, args.log_dir, args.user, args.workdir)
+    except ConfigError as exc:
+        print(f"voxpipe: config error: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"voxpipe: cannot write {args.dir}: {exc}", file=sys.stderr)
+        return 1
+    for f in files:
+        print(f)
+    return 0

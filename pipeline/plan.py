@@ -1,0 +1,88 @@
+"""The process plan of a pipeline: one command line per actor in a config.
+
+Order (also the start order): broker, sources (``capture``), the VAD when
+enabled, workers, sinks, the web page when enabled. Every line reads
+``NAME: <voxpipe> <role> --config CONFIG --name NAME``, except the web page,
+which gets ``<voxpipe> web --config CONFIG``.
+
+``<voxpipe>`` is the ``voxpipe`` console script next to the running Python
+(so a venv works without being activated), else ``python -m pipeline.cli``
+with that Python. The portable form (``portable=True``) writes plain
+``voxpipe`` and keeps the config path as given, for a Procfile that lives in
+the repository and is run with the venv activated.
+
+Shutdown goes the other way, in stages (:data:`STOP_STAGES`): sources first
+(they send ``eos``), then the VAD, the workers (final flush), sinks and web,
+and the broker last, so that every stage's last messages still have a bus.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+
+# roles in stopping order; each stage is stopped (and waited for) before the next
+STOP_STAGES = (("capture",), ("vad",), ("worker",), ("sink", "web"), ("broker",))
+
+
+@dataclass(frozen=True)
+class ActorProcess:
+    name: str
+    role: str  # the voxpipe subcommand: broker | capture | vad | worker | sink | web
+    argv: tuple  # full command line
+
+    @property
+    def cmd(self) -> str:
+        return shlex.join(self.argv)
+
+
+def voxpipe_command(portable: bool = False) -> list[str]:
+    """How to run this installation's ``voxpipe`` without relying on PATH."""
+    if portable:
+        return ["voxpipe"]
+    script = Path(sys.executable).parent / "voxpipe"
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", "pipeline.cli"]
+
+
+def actor_processes(cfg: Config, config_path: str | None = None, portable: bool = False) -> list[ActorProcess]:
+    """The processes that run ``cfg``; ``config_path`` defaults to the file it was loaded from."""
+    path = config_path or cfg.path
+    if not path:
+        raise ValueError("the config has no file to point the processes at")
+    if not portable:
+        path = str(Path(path).resolve())
+    exe = voxpipe_command(portable)
+    roles = [(cfg.broker.name, "broker")]
+    roles += [(s.name, "capture") for s in cfg.sources]
+    if cfg.vad.enabled:
+        roles.append((cfg.vad.name, "vad"))
+    roles += [(w.name, "worker") for w in cfg.workers]
+    roles += [(s.name, "sink") for s in cfg.sinks]
+    procs = [ActorProcess(name, role, tuple(exe + [role, "--config", path, "--name", name])) for name, role in roles]
+    if cfg.web.enabled:
+        procs.append(ActorProcess(cfg.web.name, "web", tuple(exe + ["web", "--config", path])))
+    return procs
+
+
+def render_procfile(procs: list[ActorProcess]) -> str:
+    return "".join(f"{p.name}: {p.cmd}\n" for p in procs)
+
+
+def stop_stages(procs: list[ActorProcess]) -> list[list[str]]:
+    """Process names grouped in stopping order; roles not listed in STOP_STAGES stop with the sinks."""
+    known = {role for stage in STOP_STAGES for role in stage}
+    stages = []
+    for stage in STOP_STAGES:
+        roles = set(stage)
+        if "sink" in roles:
+            roles |= {p.role for p in procs if p.role not in known}
+        names = [p.name for p in procs if p.role in roles]
+        if names:
+            stages.append(names)
+    return stages

@@ -1,0 +1,267 @@
+"""``voxpipe transcribe FILE``: run the pipeline of a config on one file, to the end.
+
+1. The config (default ``configs/file.yaml``) is derived (:mod:`pipeline.derived_config`):
+   its first source (or ``--source``) reads FILE (``--speed`` replays faster),
+   other sources and the web page are dropped, the bus moves to two free
+   local ports (a running ``voxpipe up`` is not disturbed), and the sinks are
+   the ``--output`` ones if given, else the config's file sinks (console
+   sinks are dropped: the transcript is printed at the end). Their files are
+   started afresh. The result is validated like any config (exit 3).
+2. Broker, VAD, workers and sinks start; once each has reported ready on the
+   bus, the capture starts (it also waits for them, via ``wait_for``).
+3. When every worker has published ``eos`` for the stream, everything is
+   stopped in pipeline order, and the transcript (one line per worker,
+   ``worker: text`` when several) is printed; exit 0.
+4. An actor that dies (the capture may exit 0 when its file is done), or
+   ``--timeout``, stops everything: one line saying why, the last lines of
+   the failed actor's log, exit 1. Ctrl-C: stop in order, exit 130.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import zmq
+
+from . import messages as m
+from .bus import Subscriber
+from .config import ConfigError, SinkConfig, load_config
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+STAGE_TIMEOUT = 30.0
+
+
+def default_config() -> str:
+    """``configs/file.yaml`` of this checkout, else of the current directory."""
+    here = Path(__file__).resolve().parent.parent / "configs" / "file.yaml"
+    return str(here) if here.is_file() else "configs/file.yaml"
+
+
+def audio_seconds(path: Path) -> float | None:
+    try:
+        with wave.open(str(path), "rb") as w:
+            return w.getnframes() / float(w.getframerate())
+    except (wave.Error, OSError, EOFError):
+        return None
+
+
+# -- the derived config ---------------------------------------------------------------------------
+def _sink_name(kind: str, taken: set[str]) -> str:
+    name, i = f"out-{kind}", 2
+    while name in taken:
+        name, i = f"out-{kind}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, source: str | None):
+    """The config that runs ``audio`` through ``cfg``'s pipeline on a private bus."""
+    from .derived_config import private_bus
+
+    if not cfg.workers:
+        raise ConfigError(f"{cfg.path}: no workers to transcribe with")
+    if source:
+        src = cfg.source(source)
+    elif cfg.sources:
+        src = cfg.sources[0]
+    else:
+        from .config import SourceConfig
+
+        src = SourceConfig()
+    taken = {cfg.broker.name, src.name, cfg.vad.name} | {w.name for w in cfg.workers}
+    if outputs:
+        sinks = []
+        for spec in outputs:
+            kind = spec.partition(":")[0]
+            if kind == "console":
+                raise ConfigError("--output console: transcribe prints the transcript itself")
+            sinks.append(SinkConfig(name=_sink_name(kind, taken), output=spec, partials=False))
+    else:
+        sinks = [s for s in cfg.sinks if not s.output.startswith("console")]
+    waits = ([cfg.vad.name] if cfg.vad.enabled else []) + [w.name for w in cfg.workers] + [s.name for s in sinks]
+    src = dataclasses.replace(src, input=f"file:{audio.resolve()}", speed=speed or src.speed, loop=False,
+                              wait_for=tuple(waits))
+    web = dataclasses.replace(cfg.web, enabled=False)
+    return dataclasses.replace(cfg, sources=(src,), sinks=tuple(sinks), web=web, bus=private_bus(cfg.bus))
+
+
+def _fresh_outputs(cfg) -> None:
+    """Remove what an earlier run left in the sinks' files (jsonl appends; cue files per pair)."""
+    from workers.outputs import pair_path
+
+    streams = [s.stream_id for s in cfg.sources]
+    for s in cfg.sinks:
+        kind, _, path = s.output.partition(":")
+        if not path:
+            continue
+        base = Path(path)
+        candidates = [base] + [pair_path(base, w.name, st) for w in cfg.workers for st in streams]
+        for p in candidates:
+            if p.is_file():
+                p.unlink()
+
+
+# -- watching the bus -------------------------------------------------------------------------------
+class TranscriptWatch:
+    """Subscribes to transcripts and heartbeats; collects one stream's commits per worker."""
+
+    def __init__(self, bus, stream: str, workers: list[str]):
+        self.stream = stream
+        self.workers = workers
+        self.ctx = zmq.Context()
+        self.sub = Subscriber(self.ctx, bus, ["transcript.", "status."])
+        self.ready: set[str] = set()
+        self.texts: dict[str, list[str]] = {w: [] for w in workers}
+        self.commits = 0
+        self.done: set[str] = set()
+        self.errors: list[str] = []
+
+    def pump(self, timeout_ms: int = 0) -> None:
+        while True:
+            try:
+                got = self.sub.recv(timeout_ms)
+            except m.ProtocolError:
+                continue
+            if got is None:
+                return
+            timeout_ms = 0
+            topic, msg = got
+            if isinstance(msg, m.Heartbeat):
+                if msg.ready and msg.role != "probe":
+                    self.ready.add(msg.name)
+                continue
+            worker = topic.split(".")[1] if topic.count(".") == 2 else ""
+            if msg.stream != self.stream or worker not in self.texts:
+                continue
+            if isinstance(msg, m.Commit):
+                self.texts[worker].append(msg.text)
+                self.commits += 1
+            elif isinstance(msg, m.EndOfStream):
+                self.done.add(worker)
+            elif isinstance(msg, m.Error):
+                self.errors.append(f"{worker}: {msg.message}")
+                print(f"voxpipe: worker {worker} reported an error on {msg.stream}: {msg.message}", file=sys.stderr)
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= set(self.workers)
+
+    def transcript(self) -> str:
+        from workers.formats import join_commit_texts
+
+        if len(self.workers) == 1:
+            return join_commit_texts(self.texts[self.workers[0]])
+        return "\n".join(f"{w}: {join_commit_texts(self.texts[w])}" for w in self.workers)
+
+    def close(self) -> None:
+        self.sub.close()
+        self.ctx.term()
+
+
+# -- the run --------------------------------------------------------------------------------------------
+def run(args) -> int:
+    audio = Path(args.file)
+    if not audio.is_file():
+        print(f"voxpipe: cannot read audio file {args.file!r}", file=sys.stderr)
+        return EXIT_USAGE
+    tmp = Path(tempfile.mkdtemp(prefix="voxpipe-transcribe-"))
+    try:
+        return _run(args, audio, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args, audio: Path, tmp: Path) -> int:
+    from .derived_config import write_config
+    from .launch import SignalCounter
+    from .plan import actor_processes, stop_stages
+    from .runner import ProcessRunner
+
+    try:
+        cfg = derive(load_config(args.config, check_files=False), audio, args.speed, args.output, args.source)
+        cfg = load_config(write_config(cfg, tmp / "pipeline.yaml"))
+    except ConfigError as exc:
+        print(f"voxpipe: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    _fresh_outputs(cfg)
+    procs = actor_processes(cfg)
+    capture = cfg.sources[0].name
+    needed = set(cfg.sources[0].wait_for)
+    duration = audio_seconds(audio)
+    timeout = args.timeout or (180.0 + 2.0 * duration / cfg.sources[0].speed if duration else 900.0)
+
+    from honcho.printer import Printer
+
+    runner = ProcessRunner(procs, printer=Printer(sys.stderr), echo=args.verbose)
+    watch = TranscriptWatch(cfg.bus, cfg.sources[0].stream_id, [w.name for w in cfg.workers])
+    signals = SignalCounter().install()
+    t0 = time.monotonic()
+    failure, rc = None, EXIT_OK
+    try:
+        runner.start([p.name for p in procs if p.name != capture])
+        while True:
+            for name, code in runner.poll(0.02):
+                if name == capture and code == 0:
+                    continue
+                failure = (name, f"{name} exited with code {code} before the transcript was complete")
+                break
+            if failure or signals.count:
+                break
+            watch.pump(20)
+            if capture not in runner.started and watch.ready >= needed:
+                if args.verbose:
+                    runner.say(f"all of {', '.join(sorted(needed))} ready: starting {capture}")
+                runner.start([capture])
+            if watch.finished:
+                break
+            if time.monotonic() - t0 > timeout:
+                waiting = sorted(needed - watch.ready) or sorted(set(watch.workers) - watch.done)
+                failure = (None, f"timed out after {timeout:.0f}s waiting for {', '.join(waiting)}")
+                break
+        limit = 1 if signals.count else 0
+        runner.stop(stop_stages(procs), timeout=STAGE_TIMEOUT if not failure else 5.0,
+                    force=lambda: signals.count > limit)
+        watch.pump(0)
+    finally:
+        watch.close()
+    if signals.count and not failure:
+        print("voxpipe: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if failure:
+        name, line = failure
+        print(f"voxpipe: transcribe failed: {line}", file=sys.stderr)
+        if name and runner.tails[name]:
+            print(f"--- last lines from {name} ---\n{runner.tail(name)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(watch.transcript())
+    sys.stdout.flush()
+    outs = ", ".join(s.output for s in cfg.sinks)
+    print(f"voxpipe: {audio.name}: {watch.commits} commit(s) in {time.monotonic() - t0:.1f}s"
+          + (f"; written to {outs}" if outs else ""), file=sys.stderr)
+    return rc
+
+
+def register(sub) -> None:
+    p = sub.add_parser("transcribe", help="run the pipeline on one audio file to the end and print the transcript")
+    p.add_argument("file", help="audio file (16 kHz mono WAV, or whatever the capture reads)")
+    p.add_argument("--config", "-c", default=None, help="pipeline YAML (default: configs/file.yaml)")
+    p.add_argument("--output", "-o", action="append", default=None, metavar="KIND:PATH",
+                   help="write jsonl:PATH, srt:PATH, vtt:PATH or txt:PATH (repeatable; default: the config's sinks)")
+    p.add_argument("--speed", type=float, default=None, help="replay speed (1.0 = real time; default: the config's)")
+    p.add_argument("--source", default=None, help="which of the config's sources to feed (default: the first)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="give up after this many seconds (default: 180 + twice the replay time)")
+    p.add_argument("--verbose", "-v", action="store_true", help="show every actor's log on stderr")
+    p.set_defaults(func=lambda args: run(_with_default_config(args)))
+
+
+def _with_default_config(args):
+    if args.config is None:
+        args.config = default_config()
+    return args

@@ -1,0 +1,159 @@
+"""Launcher: Procfile rendering, the repository's Procfile, stop order, derived configs, export files."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import derived_config, plan
+from pipeline.config import load_config
+from pipeline.export import export
+from pipeline.transcribe import derive
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIP = ROOT / "tests" / "data" / "kitchen.wav"
+
+
+def voxpipe(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
+@pytest.fixture
+def cfg(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    return load_config(ROOT / "configs" / "side-by-side.yaml")
+
+
+def test_procfile_lines_one_per_actor(cfg):
+    procs = plan.actor_processes(cfg)
+    exe = " ".join(plan.voxpipe_command())
+    conf = str(ROOT / "configs" / "side-by-side.yaml")
+    assert plan.render_procfile(procs).splitlines() == [
+        f"broker: {exe} broker --config {conf} --name broker",
+        f"capture: {exe} capture --config {conf} --name capture",
+        f"vad: {exe} vad --config {conf} --name vad",
+        f"tiny: {exe} worker --config {conf} --name tiny",
+        f"base: {exe} worker --config {conf} --name base",
+        f"jsonl: {exe} sink --config {conf} --name jsonl",
+    ]
+    # the same Python's entry point, usable without activating the venv
+    assert Path(plan.voxpipe_command()[0]).parent == Path(sys.executable).parent
+
+
+def test_procfile_web_and_no_vad(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    text = (ROOT / "configs" / "file.yaml").read_text()
+    text = text.replace("vad:\n  enabled: true", "vad:\n  enabled: false").replace("wait_for: [vad, asr, jsonl]", "wait_for: [asr]")
+    text = text.replace("    language: en\n", "    language: en\n    input: audio\n")
+    text += "\nweb:\n  enabled: true\n  name: page\n"
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    procs = plan.actor_processes(load_config(path))
+    assert [(p.name, p.role) for p in procs] == [("broker", "broker"), ("capture", "capture"), ("asr", "worker"),
+                                                  ("jsonl", "sink"), ("page", "web")]
+    assert procs[-1].argv[-3:] == ("web", "--config", str(path))
+
+
+def test_cli_procfile_matches_root_procfile():
+    res = voxpipe("procfile", "configs/default.yaml")
+    assert res.returncode == 0, res.stderr
+    exe = " ".join(plan.voxpipe_command())
+    portable = res.stdout.replace(exe + " ", "voxpipe ").replace(str(ROOT) + "/", "")
+    assert (ROOT / "Procfile").read_text() == portable
+    assert voxpipe("procfile", "--portable", "configs/default.yaml").stdout == (ROOT / "Procfile").read_text()
+    names = [line.split(":")[0] for line in portable.splitlines()]
+    assert names == ["broker", "capture", "vad", "asr", "console"]
+
+
+def test_cli_procfile_bad_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workers:\n  - name: a\n    backend: nope\n")
+    res = voxpipe("procfile", str(bad))
+    assert res.returncode == 3 and res.stdout == "" and "unknown backend 'nope'" in res.stderr
+
+
+def test_stop_stages_follow_the_pipeline(cfg):
+    stages = plan.stop_stages(plan.actor_processes(cfg))
+    assert stages == [["capture"], ["vad"], ["tiny", "base"], ["jsonl"], ["broker"]]
+
+
+def test_derived_config_round_trips_with_a_private_bus(cfg, tmp_path):
+    derived = derived_config.with_private_bus(cfg)
+    assert derived.bus.xsub != cfg.bus.xsub and derived.bus.xsub != derived.bus.xpub
+    path = derived_config.write_config(derived, tmp_path / "d.yaml")
+    again = load_config(path)
+    assert again.bus == derived.bus
+    assert again.workers == cfg.workers and again.sinks == cfg.sinks and again.sources == cfg.sources
+
+
+def test_transcribe_derives_a_one_file_config(cfg, tmp_path):
+    d = derive(cfg, CLIP, speed=3.0, outputs=[f"srt:{tmp_path}/a.srt", f"jsonl:{tmp_path}/a.jsonl"], source=None)
+    (src,) = d.sources
+    assert src.input == f"file:{CLIP}" and src.speed == 3.0 and not src.loop
+    assert [s.output for s in d.sinks] == [f"srt:{tmp_path}/a.srt", f"jsonl:{tmp_path}/a.jsonl"]
+    assert set(src.wait_for) == {"vad", "tiny", "base", "out-srt", "out-jsonl"}
+    assert d.bus.xsub != cfg.bus.xsub and d.bus.xpub != cfg.bus.xpub
+    load_config(derived_config.write_config(d, tmp_path / "t.yaml"))  # valid as written
+
+
+def test_export_supervisord(cfg, tmp_path):
+    files = export("supervisord", str(ROOT / "configs" / "side-by-side.yaml"), str(tmp_path / "sv"))
+    (conf,) = files
+    text = conf.read_text()
+    procs = plan.actor_processes(cfg)
+    for p in procs:
+        block = text.split(f"[program:voxpipe-{p.name}]\n", 1)[1].split("\n\n", 1)[0]
+        assert f"command={p.cmd}" in block
+        assert "autorestart=true" in block and "stopsignal=TERM" in block
+    assert "[group:voxpipe]\nprograms=voxpipe-broker,voxpipe-capture,voxpipe-vad,voxpipe-tiny,voxpipe-base,voxpipe-jsonl" in text
+    # the broker starts first and stops last, the capture the other way round
+    prio = {p.name: int(text.split(f"[program:voxpipe-{p.name}]", 1)[1].split("priority=", 1)[1].split("\n")[0])
+            for p in procs}
+    assert prio["broker"] < prio["jsonl"] < prio["tiny"] < prio["vad"] < prio["capture"]
+    assert (tmp_path / "sv" / "logs").is_dir()
+
+
+def test_export_systemd_cli(cfg, tmp_path):
+    res = voxpipe("export", "systemd", "configs/side-by-side.yaml", str(tmp_path / "sd"), "--app", "vp")
+    assert res.returncode == 0, res.stderr
+    names = sorted(p.name for p in (tmp_path / "sd").iterdir())
+    assert names == sorted(["vp.target"] + [f"vp-{n}.service" for n in ("broker", "capture", "vad", "tiny", "base", "jsonl")])
+    for p in plan.actor_processes(cfg):
+        unit = (tmp_path / "sd" / f"vp-{p.name}.service").read_text()
+        assert "Restart=always" in unit and "KillSignal=SIGTERM" in unit
+        assert f"ExecStart={' '.join(p.argv)}" in unit
+        assert "WantedBy=vp.target" in unit
+    worker = (tmp_path / "sd" / "vp-tiny.service").read_text()
+    assert "After=vp-jsonl.service" in worker
+    assert "After=" not in (tmp_path / "sd" / "vp-broker.service").read_text()
+    target = (tmp_path / "sd" / "vp.target").read_text()
+    assert "Wants=vp-broker.service vp-capture.service" in target
+
+
+def test_export_bad_config_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bogus: 1\n")
+    res = voxpipe("export", "systemd", str(bad), str(tmp_path / "out"))
+    assert res.returncode == 3 and "unknown key 'bogus'" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_up_refuses_a_bus_port_in_use(tmp_path):
+    import socket
+
+    from tests.procs import Bus
+
+    bus = Bus.free()
+    text = (ROOT / "configs" / "file.yaml").read_text()
+    text = text.replace("${VOXPIPE_XSUB:-tcp://127.0.0.1:7711}", bus.xsub).replace("${VOXPIPE_XPUB:-tcp://127.0.0.1:7712}", bus.xpub)
+    path = tmp_path / "f.yaml"
+    path.write_text(text)
+    port = int(bus.xpub.rsplit(":", 1)[1])
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        res = voxpipe("up", str(path))
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.strip() == f"voxpipe: cannot start: {bus.xpub} already in use (another pipeline on this bus?)"

@@ -1,0 +1,187 @@
+"""The sink actor: transcripts from the bus into a console or a file.
+
+``voxpipe sink OUTPUT [--workers a,b]`` or ``voxpipe sink --config C --name N``
+(the sink's section gives ``output``, ``workers`` and ``partials``; a given
+``OUTPUT`` or ``--workers`` overrides it).
+
+It subscribes to ``transcript.`` (``transcript.<worker>.`` for each selected
+worker) and, for a console with partials, to ``partial.``; commits, eos and
+errors go to the output (:mod:`workers.outputs`, :mod:`workers.console`).
+
+Stopping: on the first SIGTERM/SIGINT the sink keeps listening until every
+(worker, stream) it has seen without an ``eos`` gets one (that is the
+workers' final flush), or ``--grace`` seconds pass, then closes its output
+(cue files get their last cue) and exits 0. Heartbeats count what it
+received and wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from pipeline import messages as m
+from pipeline.config import ConfigError, SinkConfig
+
+from . import formats as f
+from .base import Actor, actor_config, add_actor_arguments, run_actor
+from .console import ConsoleOutput
+from .outputs import open_file_output, parse_output
+
+DEFAULT_GRACE = 4.0  # under honcho's 5 s before SIGKILL, so cue files still get their last cue
+
+
+class Sink(Actor):
+    role = "sink"
+
+    def __init__(self, name, bus, scfg: SinkConfig, config=None, grace: float = DEFAULT_GRACE, several=None,
+                 console_out=None):
+        super().__init__(name, bus, config)
+        try:
+            self.kind, self.path = parse_output(scfg.output)
+        except ValueError as exc:
+            raise ConfigError(f"sink {name}: {exc}") from None
+        self.scfg = scfg
+        self.workers = tuple(scfg.workers)
+        self.grace = grace
+        self.drain_timeout = grace + 1.0
+        self.several = self._expects_several() if several is None else several
+        self._console_out = console_out
+        self.output = None
+        self.open_pairs: set[tuple[str, str]] = set()
+        self._drain_deadline = 0.0
+        self.counters.update({"commits": 0, "partials": 0, "eos": 0, "worker_errors": 0, "written": 0,
+                              "write_failures": 0, "filtered": 0})
+
+    def _expects_several(self) -> bool:
+        """Several (worker, stream) pairs expected, going by the config."""
+        cfg = self.config
+        if cfg is None:
+            return False
+        workers = [w.name for w in cfg.workers if not self.workers or w.name in self.workers]
+        return len(workers) * max(1, len(cfg.sources)) > 1
+
+    # -- actor hooks -----------------------------------------------------------------------------
+    def subscriptions(self):
+        families = ["transcript"]
+        if self.kind == "console" and self.scfg.partials:
+            families.append("partial")
+        if not self.workers:
+            return [f"{fam}." for fam in families]
+        return [f"{fam}.{w}." for fam in families for w in self.workers]
+
+    def setup(self) -> None:
+        if self.kind == "console":
+            self.output = ConsoleOutput(out=self._console_out, partials=self.scfg.partials, several=self.several)
+        else:
+            self.output = open_file_output(self.kind, self.path, self.several)
+        self.log.info("writing %s", self.scfg.output)
+
+    def info(self) -> dict:
+        return {
+            "output": self.scfg.output,
+            "workers": list(self.workers),
+            "files": self.output.files() if self.output is not None else [],
+            "open": sorted(f"{w}/{s}" for w, s in self.open_pairs),
+        }
+
+    def handle(self, topic: str, msg: m.Message) -> None:
+        family, worker, stream = f.topic_parts(topic)
+        if family not in ("transcript", "partial") or not worker:
+            return
+        if self.workers and worker not in self.workers:
+            self.counters["filtered"] += 1
+            return
+        pair = (worker, stream)
+        try:
+            if isinstance(msg, m.Commit):
+                self.counters["commits"] += 1
+                self.open_pairs.add(pair)
+                self.output.commit(worker, stream, topic, msg)
+            elif isinstance(msg, m.Partial):
+                self.counters["partials"] += 1
+                self.open_pairs.add(pair)
+                self.output.partial(worker, stream, topic, msg)
+            elif isinstance(msg, m.EndOfStream):
+                self.counters["eos"] += 1
+                self.open_pairs.discard(pair)
+                self.output.eos(worker, stream, topic, msg)
+            elif isinstance(msg, m.Error):
+                self.counters["worker_errors"] += 1
+                self.log.warning("worker %s, stream %s: %s", worker, stream, msg.message)
+                self.output.error(worker, stream, topic, msg)
+        except OSError as exc:
+            self.counters["write_failures"] += 1
+            self.limited.warning("write", "cannot write %s: %s", self.scfg.output, exc)
+        finally:
+            self.counters["written"] = self.output.written
+
+    def drain(self) -> None:
+        self._drain_deadline = time.monotonic() + self.grace
+        if self.open_pairs:
+            self.log.info("waiting up to %.0fs for the final flush of %s", self.grace,
+                          ", ".join(f"{w}/{s}" for w, s in sorted(self.open_pairs)))
+
+    def drained(self) -> bool:
+        return not self.open_pairs or time.monotonic() >= self._drain_deadline
+
+    def teardown(self) -> None:
+        if self.output is None:
+            return
+        try:
+            self.output.close()
+        except OSError as exc:
+            self.log.error("cannot finish %s: %s", self.scfg.output, exc)
+        self.counters["written"] = self.output.written
+        self.log.info("wrote %d record(s) to %s: %d commit(s), %d eos, %d error(s)", self.output.written,
+                      self.scfg.output, self.counters["commits"], self.counters["eos"], self.counters["worker_errors"])
+
+
+# -- command line ---------------------------------------------------------------------------------
+def register(sub) -> None:
+    p = sub.add_parser("sink", help="write transcripts to the console or a file (jsonl/srt/vtt/txt)")
+    p.add_argument("output", nargs="?", default=None,
+                   help="console | jsonl:PATH | srt:PATH | vtt:PATH | txt:PATH (default: the config's)")
+    p.add_argument("--workers", default=None, help="comma-separated worker names to keep (default: all)")
+    p.add_argument("--no-partials", action="store_true", help="console: do not show partial hypotheses")
+    p.add_argument("--grace", type=float, default=DEFAULT_GRACE,
+                   help="seconds to wait for the workers' final flush after a stop signal (default %(default)s)")
+    add_actor_arguments(p, "sink")
+    p.set_defaults(func=run)
+
+
+def sink_config(cfg, args) -> SinkConfig:
+    """This sink's section (by --name, else the config's first, else defaults) with CLI overrides."""
+    if args.name and any(s.name == args.name for s in cfg.sinks):
+        scfg = cfg.sink(args.name)
+    elif args.name and args.output is None:
+        scfg = cfg.sink(args.name)  # raises: no such sink, and nothing to write
+    elif not args.name and args.output is None and cfg.sinks:
+        scfg = cfg.sinks[0]
+    else:
+        scfg = SinkConfig(name=args.name or "sink")
+    changes = {}
+    if args.output is not None:
+        changes["output"] = args.output
+    if args.workers is not None:
+        changes["workers"] = tuple(w.strip() for w in args.workers.split(",") if w.strip())
+    if args.no_partials:
+        changes["partials"] = False
+    scfg = dataclasses.replace(scfg, **changes)
+    for w in scfg.workers:
+        if not m.valid_id(w):
+            raise ConfigError(f"--workers: {w!r} is not a worker name")
+    known = {w.name for w in cfg.workers}
+    unknown = [w for w in scfg.workers if known and w not in known]
+    if unknown:
+        raise ConfigError(f"sink {scfg.name}: no worker named {unknown[0]!r} in the config")
+    return scfg
+
+
+def run(args) -> int:
+    def build():
+        cfg = actor_config(args)
+        scfg = sink_config(cfg, args)
+        return Sink(scfg.name, cfg.bus, scfg, cfg, grace=args.grace)
+
+    return run_actor(build)
