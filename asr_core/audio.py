@@ -41,6 +41,8 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise AudioFileError(f"audio file not found: {path}")
     audio = _read_plain_wav(path)
     if audio is not None:
+        if audio.size == 0:
+            raise AudioFileError(f"audio file {path} holds no samples")
         return audio
     try:
         from faster_whisper.audio import decode_audio

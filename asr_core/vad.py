@@ -109,6 +109,7 @@ class SpeechSegmenter:
 
     def reset(self, t0: float = 0.0) -> None:
         self.model.reset()
+        self.t0 = t0  # stream time of the first sample: padding never reaches before it
         self.t = t0  # stream time of the next window
         self.in_speech = False
         self._speech_start = None
@@ -125,7 +126,7 @@ class SpeechSegmenter:
                 if p >= o.threshold:
                     self.in_speech = True
                     self._silence_since = None
-                    self._speech_start = max(0.0, w0 - pad)
+                    self._speech_start = max(self.t0, w0 - pad)
                     events.append(SpeechEvent("start", self._speech_start))
                 continue
             if p < o.neg_threshold:

@@ -1,0 +1,150 @@
+"""Shared fixtures.
+
+Streaming ASR core (asr_core):
+
+* ``clip_path(name)``, ``reference(name)``, ``silences(name)``: the speech
+  clips in tests/data, their reference text and their digital silences;
+* ``tiny_en`` (session): the real tiny.en faster-whisper backend, loaded once;
+* ``simulate_clip`` (session): runs ``voxpipe simulate`` in-process on a clip
+  with the real model and caches the printed lines, so several tests can
+  assert on one transcript without decoding it twice;
+* ``voxpipe_cli``: runs the ``voxpipe`` command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+CLEAN_CLIPS = ("history", "kitchen", "meeting", "weather")
+GAPS_CLIPS = tuple(f"{c}_gaps" for c in CLEAN_CLIPS)
+
+
+def clip_path(name: str) -> Path:
+    return DATA / f"{name}.wav"
+
+
+def reference(name: str) -> str:
+    from asr_core.evaluation import reference_text
+
+    return reference_text(clip_path(name))
+
+
+def silences(name: str, min_seconds: float = 1.0) -> list[tuple[float, float]]:
+    """The digital silences (runs of |x| < 1e-3) of a clip, e.g. between the sentences of a ``_gaps`` clip."""
+    import numpy as np
+
+    from asr_core.audio import load_audio
+
+    audio = load_audio(clip_path(name))
+    quiet = (np.abs(audio[: len(audio) // 160 * 160]) < 1e-3).reshape(-1, 160).all(axis=1)
+    runs, start = [], None
+    for i, q in enumerate(np.append(quiet, False)):
+        if q and start is None:
+            start = i
+        elif not q and start is not None:
+            if (i - start) / 100 >= min_seconds:
+                runs.append((start / 100, i / 100))
+            start = None
+    return runs
+
+
+def parse_simulate_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``voxpipe simulate`` arguments with the command's own parser."""
+    from asr_core import simulate
+
+    parser = argparse.ArgumentParser(prog="voxpipe")
+    simulate.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["simulate", *argv])
+
+
+@pytest.fixture(scope="session")
+def tiny_en():
+    """The real tiny.en model (CTranslate2, CPU int8), loaded once per session."""
+    from asr_core.registry import create_backend
+
+    return create_backend("faster-whisper", "en", "tiny.en", cpu_threads=1)
+
+
+@pytest.fixture(scope="session")
+def simulate_clip(tiny_en):
+    """``simulate_clip(name, *flags)`` -> parsed lines of ``voxpipe simulate`` (cached).
+
+    Runs the command's own ``simulate()`` in-process with the session model,
+    so each clip is decoded once however many tests look at it.
+    """
+    from asr_core.audio import load_audio
+    from asr_core.simulate import Printer, simulate
+
+    cache: dict = {}
+
+    def run(name: str, *flags: str):
+        key = (name, flags)
+        if key not in cache:
+            args = parse_simulate_args([str(clip_path(name)), "--lan", "en", *flags])
+            out = io.StringIO()
+            simulate(tiny_en, load_audio(args.audio), args, Printer(out))
+            cache[key] = parse_lines(out.getvalue())
+        return cache[key]
+
+    return run
+
+
+def parse_lines(stdout: str) -> list[tuple[int, int, int, str]]:
+    """``EMIT_MS BEG_MS END_MS TEXT`` lines; fails on any other line."""
+    rows = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split(" ", 3)
+        assert len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts[:3]), f"bad output line {line!r}"
+        rows.append((int(parts[0]), int(parts[1]), int(parts[2]), parts[3]))
+    return rows
+
+
+def voxpipe_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("voxpipe")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+
+
+@pytest.fixture
+def voxpipe_cli():
+    """``voxpipe_cli(*args, env=None, timeout=120)`` -> CompletedProcess (text)."""
+
+    def run(*args: str, env: dict | None = None, timeout: float = 120):
+        full_env = dict(os.environ)
+        full_env.setdefault("HF_HUB_OFFLINE", "1")
+        full_env.update(env or {})
+        return subprocess.run(
+            [*voxpipe_cmd(), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+        )
+
+    return run
+
+
+# -- WER report --------------------------------------------------------------
+
+#: (clip, mode) -> WER, filled by the real-model tests and printed at the end
+WER_RESULTS: dict[tuple[str, str], float] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not WER_RESULTS:
+        return
+    terminalreporter.section("streaming WER (tiny.en)")
+    for mode in sorted({m for _, m in WER_RESULTS}):
+        rows = {c: w for (c, m), w in WER_RESULTS.items() if m == mode}
+        line = "  ".join(f"{c}={w:.3f}" for c, w in sorted(rows.items()))
+        terminalreporter.write_line(f"{mode}: {line}  mean={sum(rows.values()) / len(rows):.3f}")

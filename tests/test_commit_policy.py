@@ -1,0 +1,270 @@
+"""The commit policy of the streaming processor (LocalAgreement), with scripted backends.
+
+Rules specified here:
+
+* nothing is committed on the first hypothesis;
+* the longest common prefix of two consecutive hypotheses is committed;
+* words before the last commit are never committed again;
+* a word really said twice ("very very") survives the de-duplication of
+  re-transcribed words, and a re-transcribed word does not;
+* the buffer is trimmed at a segment end (segment mode) or at the end of the
+  second-to-last committed sentence (sentence mode), once it is longer than
+  ``buffer_trimming_sec``, and the text that scrolls out becomes the prompt;
+* ``partial()`` exposes the unconfirmed tail of the latest hypothesis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asr_core.online import OnlineASRProcessor, StreamingOptions
+from tests.fakes import ScriptedASR, TimelineASR, ramp, words
+
+SR = 16000
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(round(seconds * SR)), dtype=np.float32)
+
+
+def texts(commit) -> list[str]:
+    return [w[2] for w in commit.words]
+
+
+def step(proc, seconds: float = 1.0):
+    proc.insert_audio_chunk(silence(seconds))
+    return proc.process_iter()
+
+
+# -- LocalAgreement ----------------------------------------------------------
+
+
+def test_nothing_is_committed_on_the_first_hypothesis():
+    proc = OnlineASRProcessor(ScriptedASR(["the cat sat on the mat"]))
+    commit = step(proc)
+    assert not commit
+    assert commit.text == "" and commit.beg is None
+    # the hypothesis is not lost: it is the unconfirmed tail
+    assert proc.partial().text == "the cat sat on the mat"
+
+
+def test_longest_common_prefix_of_two_consecutive_hypotheses_is_committed():
+    asr = ScriptedASR(["the cat sat on", "the cat sat in the hat"])
+    proc = OnlineASRProcessor(asr)
+    assert not step(proc)
+    commit = step(proc)
+    assert texts(commit) == ["the", "cat", "sat"]
+    assert commit.text == "the cat sat"
+    # times are those of the committed words (0.5 s apart, 0.4 s long)
+    assert commit.beg == pytest.approx(0.0) and commit.end == pytest.approx(1.4)
+    # a Commit unpacks like the classic (beg, end, text) tuple
+    beg, end, text = commit
+    assert (beg, end, text) == (commit.beg, commit.end, "the cat sat")
+
+
+def test_the_newer_hypothesis_is_the_one_compared_next():
+    # H2 and H3 agree on "in the"; H1 ("on") no longer matters
+    asr = ScriptedASR(["the cat sat on", "the cat sat in the hat", "the cat sat in the hut now"])
+    proc = OnlineASRProcessor(asr)
+    step(proc)
+    assert step(proc).text == "the cat sat"
+    assert step(proc).text == "in the"
+
+
+def test_words_before_the_last_commit_are_not_committed_again():
+    asr = ScriptedASR(
+        [
+            "the cat sat on",
+            "the cat sat on the mat",
+            "the cat sat on the mat today",
+            "the cat sat on the mat today again",
+        ]
+    )
+    proc = OnlineASRProcessor(asr)
+    out = [step(proc).text for _ in range(4)]
+    assert out == ["", "the cat sat on", "the mat", "today"]
+    assert [w[2].strip() for w in proc.history] == "the cat sat on the mat today".split()
+
+
+def test_a_word_really_said_twice_survives_deduplication():
+    # "very" at 1.0-1.4 s and again at 1.5-1.9 s: two words, both must commit
+    asr = ScriptedASR(["it is very", "it is very very good", "it is very very good indeed"])
+    proc = OnlineASRProcessor(asr)
+    step(proc)
+    assert step(proc).text == "it is very"
+    assert step(proc).text == "very good"
+    assert " ".join(w[2].strip() for w in proc.history) == "it is very very good"
+
+
+def test_a_retranscribed_word_is_not_committed_twice():
+    # the third hypothesis hears the committed "very" again, 0.32 s later than
+    # before (still overlapping it): it is the same sound, not a second "very"
+    shifted = [(0.0, 0.4, " it"), (0.5, 0.9, " is"), (1.32, 1.6, " very"), (1.6, 2.0, " good"), (2.1, 2.5, " now")]
+    asr = ScriptedASR(["it is very", "it is very good", shifted])
+    proc = OnlineASRProcessor(asr)
+    step(proc)
+    assert step(proc).text == "it is very"
+    assert step(proc).text == "good"
+    assert proc.partial().text == "now"
+
+
+def test_finish_commits_the_unconfirmed_tail():
+    asr = ScriptedASR(["one two", "one two three four"])
+    proc = OnlineASRProcessor(asr)
+    step(proc)
+    assert step(proc).text == "one two"
+    final = proc.finish()
+    assert final.text == "three four"
+    assert proc.partial().text == ""
+
+
+# -- partial() ----------------------------------------------------------------
+
+
+def test_partial_exposes_the_unconfirmed_tail_with_times():
+    asr = ScriptedASR(["the cat sat on", "the cat sat in the hat"])
+    proc = OnlineASRProcessor(asr)
+    step(proc)
+    assert proc.partial().text == "the cat sat on"
+    step(proc)
+    tail = proc.partial()
+    assert tail.text == "in the hat"
+    assert tail.beg == pytest.approx(1.5) and tail.end == pytest.approx(2.9)
+    # partial() is a view: it commits nothing
+    assert proc.stats.committed_words == 3
+
+
+# -- buffer trimming ---------------------------------------------------------
+
+# Ten sentences of five words; each word 0.3 s long, one every 0.4 s, and a
+# 0.4 s pause after each sentence, so a sentence takes 2.4 s.
+SENTENCES = [f"s{i}a s{i}b s{i}c s{i}d s{i}e." for i in range(10)]
+
+
+def sentence_timeline() -> list[tuple]:
+    out, t = [], 0.2
+    for s in SENTENCES:
+        ws = words(s, t, dur=0.3, gap=0.1)
+        out += ws
+        t = ws[-1][1] + 0.5
+    return out
+
+
+def run_stream(proc, until: float, chunk: float = 1.0, spy=None):
+    """Feed ramp audio in ``chunk``-second pieces; returns all commits."""
+    commits, t = [], 0.0
+    while t < until - 1e-9:
+        proc.insert_audio_chunk(ramp(t, min(until, t + chunk)))
+        t = min(until, t + chunk)
+        c = proc.process_iter()
+        if c:
+            commits.append(c)
+        if spy is not None:
+            spy(proc, t)
+    c = proc.finish()
+    if c:
+        commits.append(c)
+    return commits
+
+
+def spy_on_cuts(proc) -> list[dict]:
+    """Record every chunk_at() call with the state it was decided on."""
+    cuts: list[dict] = []
+    orig = proc.chunk_at
+
+    def chunk_at(t):
+        cuts.append(
+            {
+                "t": t,
+                "buffer": proc.buffer_duration,
+                "offset": proc.buffer_time_offset,
+                "committed": list(proc.hyp.committed_in_buffer),
+                "segment_ends": list(proc.last_segment_ends),
+                "last_committed": proc.hyp.last_committed_time,
+            }
+        )
+        orig(t)
+
+    proc.chunk_at = chunk_at
+    return cuts
+
+
+def all_words(commits) -> list[str]:
+    return [w[2] for c in commits for w in c.words]
+
+
+def test_segment_mode_trims_the_buffer_at_a_committed_segment_end():
+    timeline = sentence_timeline()
+    asr = TimelineASR(timeline, segment_marks=".")
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(buffer_trimming="segment", buffer_trimming_sec=4.0))
+    cuts = spy_on_cuts(proc)
+    commits = run_stream(proc, timeline[-1][1] + 1.0)
+
+    # everything said is committed exactly once, in order, with its own times
+    assert all_words(commits) == [w[2].strip() for w in timeline]
+    assert [w[:2] for c in commits for w in c.words] == [w[:2] for w in timeline]
+
+    sentence_ends = {w[1] for w in timeline if w[2].endswith(".")}
+    assert len(cuts) >= 3
+    for cut in cuts:
+        # trimmed only once the buffer is longer than buffer_trimming_sec ...
+        assert cut["buffer"] > 4.0
+        # ... at the end of a segment of the latest hypothesis (not its last one) ...
+        assert any(abs(cut["t"] - e) < 1e-6 for e in sentence_ends)
+        assert any(abs(cut["t"] - e) < 1e-6 for e in cut["segment_ends"][:-1])
+        # ... that is already committed
+        assert cut["t"] <= cut["last_committed"] + 1e-9
+    # the buffer never grows far past the trimming threshold
+    assert max(c.seconds for c in asr.calls) <= 4.0 + 2.4 + 1.0
+
+
+def test_text_that_scrolls_out_of_the_buffer_becomes_the_prompt():
+    timeline = sentence_timeline()
+    asr = TimelineASR(timeline, segment_marks=".")
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(buffer_trimming="segment", buffer_trimming_sec=4.0))
+    run_stream(proc, timeline[-1][1] + 1.0)
+    trimmed = [c for c in asr.calls if c.start > 0]
+    assert trimmed, "the buffer was never trimmed"
+    assert all(c.prompt == "" for c in asr.calls if c.start == 0)
+    for call in trimmed:
+        said_before = "".join(w[2] for w in timeline if w[1] <= call.start + 1e-6).strip()
+        assert call.prompt, f"no prompt for the buffer starting at {call.start}"
+        assert said_before.endswith(call.prompt)
+        # and nothing from inside the buffer is in the prompt
+        assert call.prompt.split()[-1] == said_before.split()[-1]
+
+
+def test_sentence_mode_trims_at_the_end_of_the_second_to_last_committed_sentence():
+    timeline = sentence_timeline()
+    # one segment per hypothesis: segment mode could never trim this stream
+    asr = TimelineASR(timeline, segment_marks="")
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(buffer_trimming="sentence", buffer_trimming_sec=6.0))
+    cuts = spy_on_cuts(proc)
+    commits = run_stream(proc, timeline[-1][1] + 1.0)
+
+    assert all_words(commits) == [w[2].strip() for w in timeline]
+    assert len(cuts) >= 2
+    for cut in cuts:
+        assert cut["buffer"] > 6.0
+        ends = [w[1] for w in cut["committed"] if w[2].strip().endswith(".")]
+        assert len(ends) >= 2
+        assert cut["t"] == pytest.approx(ends[-2])
+    # after each cut the last committed sentence is still in the buffer
+    assert max(c.seconds for c in asr.calls) <= 6.0 + 2 * 2.4 + 1.0
+
+
+def test_segment_mode_does_not_trim_below_buffer_trimming_sec():
+    timeline = sentence_timeline()[:15]  # 3 sentences, 7.2 s
+    asr = TimelineASR(timeline, segment_marks=".")
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(buffer_trimming="segment", buffer_trimming_sec=15.0))
+    cuts = spy_on_cuts(proc)
+    commits = run_stream(proc, 8.0)
+    assert cuts == []
+    assert all_words(commits) == [w[2].strip() for w in timeline]
+    assert all(c.start == 0.0 for c in asr.calls)
+
+
+def test_invalid_trimming_mode_is_rejected():
+    with pytest.raises(ValueError, match="buffer_trimming"):
+        StreamingOptions(buffer_trimming="word")
