@@ -18,6 +18,9 @@ from pipeline import messages as m
 
 from .base import Actor, add_actor_arguments, actor_config, run_actor
 
+DRAIN_QUIET_S = 1.0  # after a stop signal: exit once nothing moved for this long
+DRAIN_MAX_S = 4.0  # ... or after this long at most (process managers kill at ~5 s)
+
 
 class Broker(Actor):
     role = "broker"
@@ -75,8 +78,18 @@ class Broker(Actor):
         poller.register(self.xsub, zmq.POLLIN)
         poller.register(self.xpub, zmq.POLLIN)
         interval = self.bus.heartbeat_interval
-        while not self.stopping:
+        last_traffic = time.monotonic()
+        while True:
             now = time.monotonic()
+            if self.stopping:
+                # Keep forwarding while the others drain (a worker's final flush
+                # must still cross the broker), until traffic goes quiet.
+                if not self._drain_started:
+                    self._drain_started = now
+                    self.log.info("stop signal: forwarding until the bus is quiet")
+                quiet = now - last_traffic >= DRAIN_QUIET_S
+                if quiet or now - self._drain_started >= DRAIN_MAX_S:
+                    break
             if now >= self._next_heartbeat:
                 self._update_rate(now)
                 self.heartbeat()
@@ -93,6 +106,7 @@ class Broker(Actor):
                         frames = self.xsub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    last_traffic = time.monotonic()
                     self.counters["messages"] += 1
                     self.counters["bytes"] += sum(len(f) for f in frames)
                     try:
