@@ -61,6 +61,11 @@ class StreamingOptions:
             raise ValueError(f"buffer_trimming must be 'segment' or 'sentence', not {self.buffer_trimming!r}")
         if self.buffer_trimming_sec <= 0:
             raise ValueError("buffer_trimming_sec must be positive")
+        # otherwise a cut would keep the whole buffer and the bound would not hold
+        if not 0 <= self.keep_after_cut_sec < self.max_buffer_sec:
+            raise ValueError("keep_after_cut_sec must be at least 0 and less than max_buffer_sec")
+        if not 0 <= self.silence_keep_sec < self.silence_trim_sec:
+            raise ValueError("silence_keep_sec must be at least 0 and less than silence_trim_sec")
 
 
 @dataclass
@@ -181,11 +186,9 @@ class OnlineASRProcessor:
         """Transcribe the buffer once and return what got committed (maybe nothing)."""
         if len(self.audio_buffer) == 0 or self.undecoded_seconds <= 0:
             return Commit()
-        words = self._decode()
+        self._decode()
         committed = self.hyp.flush()
-        committed += self._bound_buffer(bool(words))
-        if not committed and not words:
-            pass
+        committed += self._bound_buffer()
         self._trim()
         return self._record(committed)
 
@@ -206,10 +209,14 @@ class OnlineASRProcessor:
         return self._span(self.hyp.pending())
 
     # -- trimming -------------------------------------------------------------
-    def _bound_buffer(self, heard_words: bool) -> list:
+    def _bound_buffer(self) -> list:
         """Keep the buffer bounded whatever the hypotheses do (nothing may agree)."""
         o = self.options
-        if not heard_words and not self.hyp.pending() and self.buffer_duration > o.silence_trim_sec:
+        # no word heard since the last commit for silence_trim_sec: silence (also
+        # after committed speech, which segment trimming cannot cut if it was one
+        # segment), so keep only a little audio instead of decoding it again and again
+        heard_until = max(self.buffer_time_offset, self.hyp.last_committed_time)
+        if not self.hyp.pending() and self.buffer_end - heard_until > o.silence_trim_sec:
             self.chunk_at(self.buffer_end - o.silence_keep_sec)
             return []
         if self.buffer_duration <= o.max_buffer_sec:

@@ -211,6 +211,35 @@ def test_c_a_buffer_without_any_word_is_cut_to_a_little_audio():
     assert max(c.seconds for c in asr.calls) <= opts.silence_trim_sec + 1.0 + 1e-9
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(max_buffer_sec=10.0, keep_after_cut_sec=10.0),
+        dict(max_buffer_sec=10.0, keep_after_cut_sec=12.0),
+        dict(silence_trim_sec=1.0, silence_keep_sec=1.5),
+    ],
+)
+def test_c_options_that_would_defeat_the_bound_are_rejected(bad):
+    with pytest.raises(ValueError, match="less than"):
+        StreamingOptions(**bad)
+
+
+def test_c_silence_after_committed_speech_is_not_decoded_again_and_again():
+    # one sentence (one segment, so segment trimming never cuts), then a minute of silence
+    timeline = words("one two three four five six", start=0.2, dur=0.3, gap=0.1)
+    opts = StreamingOptions()
+    asr = TimelineASR(timeline, segment_marks="")
+    proc = OnlineASRProcessor(asr, options=opts)
+    for second in range(60):
+        proc.insert_audio_chunk(ramp(second, second + 1.0))
+        proc.process_iter()
+        if second > 10:
+            assert proc.buffer_duration <= opts.silence_trim_sec + 1.0 + 1e-9
+    assert " ".join(w[2].strip() for w in proc.history) == "one two three four five six"
+    assert proc.stats.forced_cuts == 0  # silence is not a failure to agree
+    assert sum(c.seconds for c in asr.calls[-30:]) <= 30 * (opts.silence_trim_sec + 1.0)
+
+
 def test_c_forced_commits_keep_the_stream_order_and_clock():
     # hypotheses agree on nothing, but the words are right: forced commits must
     # emit each word once, in order, with its stream time

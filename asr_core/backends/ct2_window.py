@@ -226,7 +226,11 @@ def _merge_punctuation(timed: list) -> list:
         if stripped and all(c in PREPEND for c in stripped) and word.startswith(" "):
             pending = item
             continue
-        if stripped and all(c in APPEND for c in stripped) and out and not word.startswith(" "):
+        # trailing marks, and any other symbols-only piece glued to the word before it
+        # ("12" + "%"): Whisper splits these off inconsistently ("12%," is one word, "12"
+        # "%" two), and the streaming policy must see the same words in every hypothesis
+        glued = all(c in APPEND for c in stripped) or not any(c.isalnum() for c in stripped)
+        if stripped and glued and out and not word.startswith(" "):
             prev = out[-1]
             out[-1] = [prev[0] + word, prev[1] + item[1], prev[2], prev[3]]
             continue
