@@ -6,8 +6,9 @@ committed. Three deliberate departures from the textbook rule:
 
 * words are compared by a *key* that ignores case and punctuation, so that
   "word" and "word," agree (the newer spelling is the one committed);
-* a phrase repeated in a loop ("and the and the and the") is cut from the
-  hypothesis before comparison, so a stable loop can never commit;
+* a phrase repeated in a loop ("and the and the and the"), or a hypothesis
+  that ends by replaying an earlier stretch of itself, is cut before
+  comparison, so a stable loop can never commit;
 * a word at the head of a hypothesis that repeats the tail of the committed
   text is dropped only when it also overlaps it in time, so that words that
   are really said twice survive.
@@ -23,7 +24,7 @@ Word = tuple  # (beg, end, text)
 # how far back (s) a new word may start before the last commit and still count
 COMMIT_TOLERANCE = 0.1
 MAX_NGRAM = 5
-LONG_REPEAT = 5  # words in a phrase whose second occurrence marks a replay
+REPLAY_MIN = 3  # words in a copy of an earlier stretch, at the end of a hypothesis, that mark a replay
 
 _PUNCT = re.compile(r"[^\w']+", re.UNICODE)
 
@@ -40,7 +41,9 @@ def find_loop(words: list[Word], min_repeats: int = 3, max_n: int = 8) -> int | 
 
     A loop is an n-gram (1 <= n <= max_n) repeated at least ``min_repeats``
     times in a row (single words: one more). The returned index is the start
-    of the *second* copy, so one copy of the phrase survives.
+    of the *second* copy, so one copy of the phrase survives. A replay is a
+    hypothesis that ends with a copy (``REPLAY_MIN`` words or more) of an
+    earlier stretch of itself; the index is where the copy starts.
     """
     keys = [word_key(w[2]) for w in words]
     n_words = len(keys)
@@ -63,18 +66,18 @@ def find_loop(words: list[Word], min_repeats: int = 3, max_n: int = 8) -> int | 
                 if best is None or cut < best:
                     best = cut
                 break
-    # A long phrase said twice in one window is Whisper replaying itself
-    # ("... in a tin. Leave it in a covered bowl ... in a tin."), not speech.
-    n = LONG_REPEAT
-    seen: dict[tuple, int] = {}
-    for i in range(0, n_words - n + 1):
-        gram = tuple(keys[i : i + n])
-        if not all(gram):
-            continue
-        first = seen.setdefault(gram, i)
-        if first != i and i >= first + n:
-            if best is None or i < best:
-                best = i
+    # Whisper replaying itself: the hypothesis ends with a copy of an earlier
+    # stretch of it ("thank you all for today. thank you all", "... in a tin.
+    # leave it in a covered bowl ... in a tin"). Only a copy that runs to the end
+    # counts: a phrase really said twice is followed by new words.
+    for i in range(1, n_words - REPLAY_MIN + 1):
+        if best is not None and i >= best:
+            break
+        tail = keys[i:]
+        if sum(1 for k in tail if k) < REPLAY_MIN:
+            break
+        if tail[0] and any(keys[j : j + len(tail)] == tail for j in range(i) if keys[j] == tail[0]):
+            best = i
             break
     return best
 

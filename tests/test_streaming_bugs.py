@@ -301,6 +301,34 @@ def test_d_a_long_phrase_replayed_in_one_window_is_not_committed_twice():
     assert text == "leave it in a covered bowl for an hour"
 
 
+def test_d_a_short_phrase_replayed_at_the_end_of_the_window_is_not_committed():
+    # Whisper on a window that ends mid-speech often starts reading it again
+    asr = ScriptedASR(["thank you all for today thank you all"] * 2 + ["thank you all for today"])
+    proc = OnlineASRProcessor(asr)
+    for _ in range(2):
+        proc.insert_audio_chunk(zeros(1.0))
+        proc.process_iter()
+    proc.insert_audio_chunk(zeros(0.5))
+    proc.finish()
+    assert " ".join(w[2].strip() for w in proc.history) == "thank you all for today"
+
+
+def test_d_a_phrase_really_said_twice_is_not_taken_for_a_loop():
+    # a repeated phrase followed by new words is speech: all of it must come out
+    text = "we shall fight on the beaches we shall fight on the landing grounds and in the fields"
+    timeline = words(text, start=0.2, dur=0.3, gap=0.1)
+    asr = TimelineASR(timeline)
+    proc = OnlineASRProcessor(asr)
+    out = []
+    for second in range(8):
+        proc.insert_audio_chunk(ramp(second, second + 1.0))
+        out.append(proc.process_iter())
+    out.append(proc.finish())
+    assert " ".join(c.text for c in out if c) == text
+    # and it came out while streaming, not only at the end
+    assert "landing" in " ".join(c.text for c in out[:-1] if c)
+
+
 def test_d_a_word_said_a_few_times_is_not_a_loop():
     # "no no no" and "very very" are speech, not a decoding loop
     asr = ScriptedASR(["no no no I said very very good"])
