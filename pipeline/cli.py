@@ -19,6 +19,9 @@ COMMANDS = [
     "asr_core.simulate",
     "workers.broker",
     "workers.asr_worker",
+    "workers.capture",
+    "workers.vad_actor",
+    "workers.listen",
     "workers.sink",
     "pipeline.launch",
 ]

@@ -268,7 +268,7 @@ def decode(frames: list[bytes]) -> tuple[str, Message]:
         raise ProtocolError("msgpack", type(exc).__name__) from None
     if not isinstance(header, dict):
         raise ProtocolError("header", "header is not a map")
-    if header.get("v") != VERSION:
+    if type(header.get("v")) is not int or header["v"] != VERSION:  # not True, not 1.0
         raise ProtocolError("version", f"unsupported v={header.get('v')!r}")
     kind = header.get("kind")
     cls = KINDS.get(kind) if isinstance(kind, str) else None

@@ -1,0 +1,190 @@
+"""Reading the bus from your own program: typed, validated messages for a topic prefix.
+
+>>> from pipeline.client import subscribe
+>>> from pipeline.messages import Commit
+>>> for msg in subscribe("transcript.", config="configs/default.yaml", stop_after_eos=True):
+...     if isinstance(msg, Commit):
+...         print(f"{msg.latency:5.2f}s  {msg.text}")
+
+:func:`subscribe` returns a :class:`Subscription`: an iterator (it can be
+closed like a generator) that owns its SUB socket and closes it when it is
+exhausted, closed, used as a context manager, or garbage-collected.
+Malformed messages are skipped and counted (``rejected``); messages lost on
+the way are counted from ``seq`` jumps per topic (``gaps``).
+
+ZeroMQ subscriptions take a moment to reach the publishers ("slow joiner"):
+messages published right after subscribing may be missed. Call
+:meth:`Subscription.sync` (needs the broker's XSUB endpoint too) to wait
+until the subscription is known to be in place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+import zmq
+
+from . import messages as m
+from .bus import Publisher, Subscriber, handshake
+from .config import BusConfig, Config, load_config
+
+_ids = itertools.count()
+
+
+def bus_config(config: Config | str | os.PathLike | None = None, xpub: str | None = None,
+               xsub: str | None = None) -> BusConfig:
+    """The bus section of ``config`` (a Config or a YAML path; defaults otherwise) with overrides."""
+    if config is None:
+        bus = BusConfig()
+    elif isinstance(config, Config):
+        bus = config.bus
+    else:
+        bus = load_config(config, check_files=False).bus
+    return replace(bus, xpub=xpub or bus.xpub, xsub=xsub or bus.xsub)
+
+
+class Subscription:
+    """Valid messages on some topic prefixes, in arrival order."""
+
+    def __init__(self, prefixes: str | Iterable[str] = "transcript.", *, config=None, xpub: str | None = None,
+                 xsub: str | None = None, timeout: float | None = None, stop_after_eos: bool | int | None = None,
+                 on_reject: Callable[[m.ProtocolError, list], None] | None = None,
+                 context: zmq.Context | None = None):
+        self.prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+        self.bus = bus_config(config, xpub, xsub)
+        self.timeout = timeout
+        self.stop_after_eos = stop_after_eos
+        self.on_reject = on_reject
+        self.received = 0  # valid messages delivered
+        self.rejected = 0  # malformed messages skipped
+        self.gaps = 0  # messages missing, from seq jumps
+        self.missing_before_last = 0  # how many were missing just before the last message
+        self.eos_seen = 0
+        self.last_topic: str | None = None
+        self._expect: dict[str, int] = {}  # topic -> next seq
+        self._open: set[str] = set()  # topics that have not sent eos
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self._sub: Subscriber | None = Subscriber(self._ctx, self.bus, self.prefixes)
+
+    # -- iteration ------------------------------------------------------------------------
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> m.Message:
+        return self.next_item()[1]
+
+    def items(self):
+        """Iterate ``(topic, message)`` pairs instead of messages."""
+        while True:
+            try:
+                yield self.next_item()
+            except StopIteration:
+                return
+
+    def next_item(self) -> tuple[str, m.Message]:
+        if self._sub is None or self._finished():
+            self.close()
+            raise StopIteration
+        while True:
+            timeout_ms = None if self.timeout is None else max(0, int(self.timeout * 1000))
+            try:
+                frames = self._sub.recv_frames(timeout_ms)
+            except zmq.ZMQError:
+                self.close()
+                raise StopIteration from None
+            if frames is None:  # nothing for `timeout` seconds
+                self.close()
+                raise StopIteration
+            try:
+                topic, msg = m.decode(frames)
+            except m.ProtocolError as exc:
+                self.rejected += 1
+                if self.on_reject is not None:
+                    self.on_reject(exc, frames)
+                continue
+            if isinstance(msg, m.Heartbeat) and msg.role == "probe":
+                continue  # bus-internal handshake traffic
+            self._track(topic, msg)
+            self.received += 1
+            self.last_topic = topic
+            return topic, msg
+
+    def _track(self, topic: str, msg: m.Message) -> None:
+        expected = self._expect.get(topic)
+        self.missing_before_last = 0
+        if expected is not None and msg.seq > expected:
+            self.missing_before_last = msg.seq - expected
+            self.gaps += self.missing_before_last
+        # a seq below the expected one is a sender (or stream) that started over
+        self._expect[topic] = msg.seq + 1
+        if isinstance(msg, m.EndOfStream):
+            self.eos_seen += 1
+            self._open.discard(topic)
+            self._expect.pop(topic, None)
+        else:
+            self._open.add(topic)
+
+    def _finished(self) -> bool:
+        stop = self.stop_after_eos
+        if stop is None or stop is False or not self.eos_seen:
+            return False
+        if stop is True:
+            return not self._open  # every topic seen so far has ended
+        return self.eos_seen >= int(stop)
+
+    # -- setup and teardown --------------------------------------------------------------------
+    def sync(self, timeout: float = 10.0) -> bool:
+        """Block until the subscription is in place at the broker (a probe comes back).
+
+        Uses a short-lived publisher on the broker's XSUB endpoint. Messages
+        that arrive meanwhile are dropped (they would predate the sync).
+        """
+        if self._sub is None:
+            return False
+        pub = Publisher(self._ctx, self.bus)
+        try:
+            return handshake(pub, self._sub, f"client-{os.getpid()}-{next(_ids)}", timeout=timeout)
+        finally:
+            pub.close()
+
+    def close(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+            if self._own_ctx:
+                self._ctx.term()
+
+    @property
+    def closed(self) -> bool:
+        return self._sub is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def subscribe(prefix: str | Iterable[str] = "transcript.", *, config=None, xpub: str | None = None,
+              timeout: float | None = None, stop_after_eos: bool | int | None = None, **kwargs) -> Subscription:
+    """Typed messages (:class:`pipeline.messages.Commit`, ``Partial``, ``EndOfStream``, ...) for a topic prefix.
+
+    ``config``: a :class:`pipeline.config.Config` or a YAML path (its ``bus:``
+    section); ``xpub`` overrides the broker's XPUB endpoint. ``timeout``:
+    stop after that many seconds without a message (None: wait forever).
+    ``stop_after_eos``: ``True`` stops once every topic that has carried a
+    message has sent ``eos``; an integer stops after that many ``eos``.
+    The eos message itself is delivered before stopping.
+    """
+    return Subscription(prefix, config=config, xpub=xpub, timeout=timeout, stop_after_eos=stop_after_eos, **kwargs)
+
