@@ -77,9 +77,12 @@ class VACOnlineASRProcessor:
 
     def insert_audio_chunk(self, audio, t: float | None = None) -> None:
         audio = check_audio(audio)
-        if t is not None and abs(t - self.t) > 1.0 / SAMPLING_RATE and t > self.t:
+        if t is not None and t - self.t > 1.0 / SAMPLING_RATE:
             # a gap in the input is silence for the VAD as well
             self.insert_audio_chunk(np.zeros(int(round((t - self.t) * SAMPLING_RATE)), dtype=np.float32))
+        elif t is not None and self.t - t > 1.0 / SAMPLING_RATE:
+            # audio that overlaps what was already inserted is dropped, so the clock holds
+            audio = audio[int(round((self.t - t) * SAMPLING_RATE)) :]
         self._recent = np.concatenate([self._recent, audio])
         self.t += len(audio) / SAMPLING_RATE
         for ev in self.segmenter.process(audio):

@@ -153,6 +153,24 @@ def test_b_each_utterance_keeps_the_stream_clock():
     assert [t for w in got for t in w[:2]] == pytest.approx([t for w in first + second for t in w[:2]])
 
 
+def test_b_vac_keeps_the_stream_clock_when_a_chunk_overlaps_the_previous_one():
+    # a source that re-sends the last 0.1 s (timestamps say so): the overlap is dropped
+    timeline = words("keep the time", start=0.5, dur=0.3, gap=0.1)
+    asr = TimelineASR(timeline)
+    vac = VACOnlineASRProcessor(1.0, asr, segmenter=ScriptedSegmenter([(0.4, 1.8)], end_delay=0.5))
+    out, t = [], 0.0
+    while t < 3.0 - 1e-9:
+        beg = max(0.0, t - 0.1)
+        vac.insert_audio_chunk(ramp(beg, t + 0.5), t=beg)
+        t += 0.5
+        out.append(vac.process_iter())
+    out.append(vac.finish())
+    got = [w for c in out for w in c.words]
+    assert [w[2] for w in got] == ["keep", "the", "time"]
+    assert [x for w in got for x in w[:2]] == pytest.approx([x for w in timeline for x in w[:2]])
+    assert vac.t == pytest.approx(3.0)
+
+
 def test_b_an_utterance_shorter_than_a_chunk_is_transcribed():
     timeline = words("yes", start=1.0, dur=0.3)
     asr = TimelineASR(timeline)

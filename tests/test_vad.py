@@ -120,3 +120,50 @@ def test_speech_start_is_padded_but_not_before_the_stream_start(vad_model):
     onset = quiet_end - start / SR
     assert onset - 0.2 - 0.1 <= first <= onset - 0.2 + 0.1
     assert first >= 0.0
+
+
+class ScriptedProbabilities:
+    """Stands in for SileroVAD: one scripted speech probability per 512-sample window."""
+
+    def __init__(self, probs):
+        self.probs = list(probs)
+        self.reset()
+
+    def reset(self):
+        self.i = 0
+        self.pending = 0
+
+    def __call__(self, audio):
+        n = (self.pending + len(audio)) // WINDOW
+        self.pending = (self.pending + len(audio)) % WINDOW
+        out = np.array(self.probs[self.i : self.i + n] + [0.0] * max(0, self.i + n - len(self.probs)), dtype=np.float32)
+        self.i += n
+        return out
+
+
+def scripted_events(probs, **options):
+    seg = SpeechSegmenter(VADOptions(**options), model=ScriptedProbabilities(probs))
+    return run_segmenter(seg, np.zeros(len(probs) * WINDOW, dtype=np.float32), chunk=WINDOW)
+
+
+W = WINDOW / SR  # 32 ms
+
+
+def test_a_blip_shorter_than_min_speech_ms_starts_no_segment():
+    # 2 windows (64 ms) above the threshold: a click, not speech
+    probs = [0.0] * 10 + [0.9] * 2 + [0.0] * 40
+    assert scripted_events(probs, min_speech_ms=100) == []
+
+
+def test_speech_longer_than_min_speech_ms_starts_at_its_onset_with_padding():
+    probs = [0.0] * 10 + [0.9] * 20 + [0.0] * 40
+    events = scripted_events(probs, min_speech_ms=100, speech_pad_ms=100, min_silence_ms=500)
+    assert [e.kind for e in events] == ["start", "end"]
+    assert events[0].t == pytest.approx(10 * W - 0.1)
+    assert events[1].t == pytest.approx(30 * W + 0.1)
+
+
+def test_a_dip_between_the_thresholds_neither_ends_nor_restarts_speech():
+    probs = [0.9] * 10 + [0.4] * 30 + [0.9] * 10 + [0.0] * 40
+    events = scripted_events(probs, threshold=0.5, neg_threshold=0.35, min_silence_ms=500)
+    assert [e.kind for e in events] == ["start", "end"]
