@@ -3,8 +3,8 @@
 :class:`SileroVAD` turns 512-sample windows of 16 kHz audio into speech
 probabilities, carrying the model state between calls. :class:`SpeechSegmenter`
 turns those probabilities into speech start / end events with hysteresis
-(start once ``min_speech_ms`` have been at or above ``threshold``, end after
-``min_silence_ms`` below ``neg_threshold``) and padding, in absolute stream time.
+(start at ``threshold``, end after ``min_silence_ms`` below
+``neg_threshold``) and padding, in absolute stream time.
 
 The ONNX model is the one shipped inside the faster-whisper package.
 """
@@ -114,7 +114,6 @@ class SpeechSegmenter:
         self.in_speech = False
         self._speech_start = None
         self._silence_since = None
-        self._onset = None  # first window of a possible speech start, until min_speech_ms confirm it
 
     def process(self, audio: np.ndarray) -> list[SpeechEvent]:
         o = self.options
@@ -125,17 +124,10 @@ class SpeechSegmenter:
             self.t += WINDOW / SAMPLING_RATE
             if not self.in_speech:
                 if p >= o.threshold:
-                    if self._onset is None:
-                        self._onset = w0
-                    # speech only once it has lasted min_speech_ms; it starts at its onset
-                    if self.t - self._onset >= o.min_speech_ms / 1000.0:
-                        self.in_speech = True
-                        self._silence_since = None
-                        self._speech_start = max(self.t0, self._onset - pad)
-                        self._onset = None
-                        events.append(SpeechEvent("start", self._speech_start))
-                elif p < o.neg_threshold:
-                    self._onset = None
+                    self.in_speech = True
+                    self._silence_since = None
+                    self._speech_start = max(self.t0, w0 - pad)
+                    events.append(SpeechEvent("start", self._speech_start))
                 continue
             if p < o.neg_threshold:
                 if self._silence_since is None:
