@@ -182,15 +182,6 @@ class TimelineASR(RecordingASR):
         return segs
 
 
-def timeline_from_text(text: str, start: float = 0.0, dur: float = 0.3, gap: float = 0.1) -> list[tuple]:
-    return words(text, start, dur, gap)
-
-
-class _Options:
-    def __init__(self, speech_pad_ms: int = 100):
-        self.speech_pad_ms = speech_pad_ms
-
-
 class ScriptedSegmenter:
     """Speech events at scripted times instead of Silero's guesses.
 
