@@ -17,6 +17,7 @@ import sys
 # subcommand modules, in the order they appear in --help
 COMMANDS = [
     "asr_core.simulate",
+    "asr_core.convert_ct2",
     "workers.broker",
     "workers.asr_worker",
     "workers.capture",
