@@ -121,11 +121,14 @@ class ASRBase:
 
 
 def check_audio(audio: Any) -> np.ndarray:
-    """Return ``audio`` as a contiguous float32 mono array or raise ValueError."""
+    """Return ``audio`` as contiguous float32 mono in [-1, 1] (integer PCM is scaled) or raise ValueError."""
     arr = np.asarray(audio)
     if arr.ndim != 1:
         raise ValueError(f"audio must be mono (1-D), got shape {arr.shape}")
-    if arr.dtype != np.float32:
+    if np.issubdtype(arr.dtype, np.integer):
+        # integer PCM: scale to [-1, 1) by its full range (int16 -> / 32768)
+        arr = arr.astype(np.float32) / float(-np.iinfo(arr.dtype).min)
+    elif arr.dtype != np.float32:
         arr = arr.astype(np.float32)
     if arr.size and not np.isfinite(arr).all():
         raise ValueError("audio contains NaN or infinite samples")

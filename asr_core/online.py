@@ -136,7 +136,13 @@ class OnlineASRProcessor:
                 self.hyp.last_committed_time = max(self.hyp.last_committed_time, float(t))
             else:
                 gap = t - self.buffer_end
-                if gap > 1.0 / SAMPLING_RATE:
+                if gap > self.options.max_buffer_sec:
+                    # too long to bridge with silence: the buffered audio cannot
+                    # be stitched to this; start afresh at t (callers that can
+                    # publish should finish() before a long gap instead)
+                    log.warning("gap of %.1fs in the input: uncommitted audio before it is dropped", gap)
+                    self.init(float(t))
+                elif gap > 1.0 / SAMPLING_RATE:
                     fill = np.zeros(int(round(gap * SAMPLING_RATE)), dtype=np.float32)
                     self.audio_buffer = np.concatenate([self.audio_buffer, fill])
                 elif gap < -1.0 / SAMPLING_RATE:

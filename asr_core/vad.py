@@ -115,6 +115,11 @@ class SpeechSegmenter:
         self._speech_start = None
         self._silence_since = None
 
+    @property
+    def pause_started(self) -> float | None:
+        """Stream time at which the current pause began, while in speech (None if not pausing)."""
+        return self._silence_since if self.in_speech else None
+
     def process(self, audio: np.ndarray) -> list[SpeechEvent]:
         o = self.options
         pad = o.speech_pad_ms / 1000.0

@@ -103,8 +103,7 @@ class SpeechGate:
             self._drop(to_samples(self.seg.t) - self.pad)
 
     def _silence_since(self) -> int | None:
-        # the segmenter's pending silence (not part of its public interface yet)
-        t = getattr(self.seg, "_silence_since", None)
+        t = self.seg.pause_started
         return None if t is None else to_samples(t)
 
     def _start(self, n: int, events: list[Event]) -> None:
