@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs, then run it (arguments go to pytest).
+#
+# * system packages (Debian/Ubuntu, as root): Chromium and its driver for the
+#   browser test, OpenBLAS for mlx on Linux CPUs;
+# * .venv with voxpipe and its test, web, bench and bundled-model extras;
+# * the torch-based backends (whisper_timestamped, mlx-whisper) with a CPU
+#   torch; set VOXPIPE_SKIP_TORCH=1 to leave them out (their tests then skip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  need=()
+  for pkg in chromium chromium-driver libopenblas0-pthread; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "installing system packages: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${PIP[@]}" --upgrade pip
+"${PIP[@]}" -e '.[test,web,bench,base-model]'
+if [ "${VOXPIPE_SKIP_TORCH:-0}" != 1 ]; then
+  # a CPU torch first, so nothing below pulls a CUDA build; then the torch
+  # backends without their CUDA-only extras (triton)
+  "${PIP[@]}" torch==2.13.0
+  "${PIP[@]}" numba tiktoken more-itertools tqdm dtw-python Cython scipy 'mlx[cpu]==0.32.4' huggingface_hub
+  "${PIP[@]}" --no-deps openai-whisper==20250625 whisper-timestamped==1.15.9 mlx-whisper==0.4.3
+fi
+
+exec .venv/bin/python -m pytest "$@"
