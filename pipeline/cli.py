@@ -25,6 +25,7 @@ COMMANDS = [
     "workers.listen",
     "workers.sink",
     "pipeline.launch",
+    "pipeline.bench.cli",
 ]
 
 EXIT_OK = 0

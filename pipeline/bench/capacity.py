@@ -1,0 +1,90 @@
+"""How many concurrent real-time streams one worker holds.
+
+The search runs rounds of ``N = 1, 2, 3, ...`` concurrent streams of one clip
+(one worker serving them all) and stops at the first ``N`` that does not
+hold, at ``max_streams``, or once ``budget_s`` seconds have been spent. A
+round *holds* when:
+
+* every stream finished: the worker sent ``eos`` within the round's time
+  (else it fell behind real time);
+* the p90 latency of the committed words, over all streams, is at most
+  ``max_p90`` seconds (a round without any committed word does not hold:
+  nothing was measured);
+* the worker's last ``eos`` of each stream came at most ``max_tail_lag``
+  seconds after that stream's audio ended (a growing backlog shows here);
+* no worker errors and no messages lost on the bus.
+
+The capacity is the largest ``N`` such that it and every smaller ``N`` held
+(0 when one stream did not). It is *exact* when a larger ``N`` was tried and
+failed, a *lower bound* when the search stopped at ``max_streams`` or at the
+time budget first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class CapacityOptions:
+    max_streams: int = 8
+    max_p90: float = 3.0
+    max_tail_lag: float = 6.0
+    budget_s: float = 900.0
+
+
+def judge(fig: dict, opts: CapacityOptions) -> tuple[bool, list[str]]:
+    """Whether one round held, and why not."""
+    why = []
+    unfinished = [s["stream"] for s in fig["per_stream"] if not s["finished"]]
+    if unfinished:
+        why.append(f"{len(unfinished)} stream(s) not finished in time (behind real time)")
+    lat = fig.get("latency")
+    if lat is None:
+        why.append("no committed words: latency not measured")
+    elif lat["p90"] > opts.max_p90:
+        why.append(f"p90 latency {lat['p90']:.2f}s > {opts.max_p90:g}s")
+    lag = fig.get("tail_lag_max")
+    if lag is not None and lag > opts.max_tail_lag:
+        why.append(f"last transcript {lag:.2f}s after the audio ended > {opts.max_tail_lag:g}s")
+    if fig.get("worker_errors"):
+        why.append(f"{fig['worker_errors']} worker error(s)")
+    if fig.get("gaps"):
+        why.append(f"{fig['gaps']} message(s) lost on the bus")
+    return not why, why
+
+
+def search(run_step: Callable[[int], dict], opts: CapacityOptions, clip_name: str) -> dict:
+    """``run_step(n)`` runs one round of ``n`` streams and returns its figures (metrics.round_figures)."""
+    t0 = time.monotonic()
+    steps, capacity, stopped = [], 0, "max_streams"
+    for n in range(1, opts.max_streams + 1):
+        if n > 1 and time.monotonic() - t0 > opts.budget_s:
+            stopped = "budget"
+            break
+        fig = run_step(n)
+        held, why = judge(fig, opts)
+        lat = fig.get("latency") or {}
+        steps.append({"streams": n, "held": held, "reasons": why, "p50": lat.get("p50"), "p90": lat.get("p90"),
+                      "max": lat.get("max"), "tail_lag_max": fig.get("tail_lag_max"),
+                      "wer": fig.get("wer"), "first_word_delay": fig.get("first_word_delay"),
+                      "worker_core_share": _worker_share(fig), "non_worker_core_share": fig.get("non_worker_core_share"),
+                      "machine_busy_cores": fig.get("machine_busy_cores"), "wall_s": fig.get("wall_s"),
+                      "label": fig.get("label")})
+        if not held:
+            stopped = "failed"
+            break
+        capacity = n
+    return {"clip": clip_name, "capacity": capacity, "bound": "exact" if stopped == "failed" else "lower",
+            "stopped_by": stopped, "criteria": {"max_p90_s": opts.max_p90, "max_tail_lag_s": opts.max_tail_lag,
+                                                "max_streams": opts.max_streams, "budget_s": opts.budget_s},
+            "search_s": round(time.monotonic() - t0, 1), "steps": steps}
+
+
+def _worker_share(fig: dict) -> float | None:
+    for c in fig.get("cost", {}).values():
+        if c["role"] == "worker":
+            return c["core_share"]
+    return None
