@@ -228,6 +228,7 @@ class Bench:
         last = [0.0]
 
         def progress(sec):
+            sec = min(sec, bar.total)
             if sec - last[0] >= 0.5:
                 bar.update(sec - last[0])
                 last[0] = sec
