@@ -251,6 +251,17 @@ class OnlineASRProcessor:
         ends = [e for e in self.last_segment_ends[:-1] if self.buffer_time_offset < e <= limit]
         if ends:
             self.chunk_at(ends[-1])
+            return
+        # A short window often comes back as one segment, so there may be no
+        # segment end to cut at: then cut after the last committed sentence,
+        # else after the last committed word, rather than let the buffer (and
+        # the cost of every decode) grow to the hard bound.
+        committed = self.hyp.committed_in_buffer
+        sentences = [w[1] for w in committed if w[2].strip().endswith(SENTENCE_END)]
+        if sentences:
+            self.chunk_at(sentences[-1])
+        elif committed:
+            self.chunk_at(committed[-1][1])
 
     def chunk_at(self, t: float) -> None:
         """Drop buffered audio before stream time ``t``."""
