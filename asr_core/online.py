@@ -200,14 +200,24 @@ class OnlineASRProcessor:
 
     def finish(self) -> Commit:
         """Decode what has not been decoded yet, commit everything, start afresh."""
+        commit = self.flush()
+        self.init(self.buffer_end)
+        return commit
+
+    def flush(self) -> Commit:
+        """Decode what has not been decoded yet and commit everything, keeping the buffer.
+
+        For a pause in the speech: the words before it are complete, so they
+        are committed at once instead of waiting for the next hypothesis,
+        while the audio stays as context for what is said next.
+        """
         if len(self.audio_buffer) and self.undecoded_seconds > 0.05:
             self._decode()
             # this decode heard the whole buffer: it supersedes the unconfirmed
             # tail of the previous one, also when it heard nothing new at all
             self.hyp.previous = []
         committed = self.hyp.commit_all()
-        end = self.buffer_end
-        self.init(end)
+        self._trim()
         return self._record(committed)
 
     def partial(self) -> Commit:
