@@ -109,6 +109,22 @@ def test_a_retranscribed_word_is_not_committed_twice():
     assert proc.partial().text == "now"
 
 
+def test_flush_at_a_pause_commits_the_tail_and_keeps_the_audio_as_context():
+    # a pause after "three four": flush() decodes the new audio, commits every
+    # word at once, and keeps the buffer, so the next hypothesis (which hears
+    # the same words again) commits only what is new after the pause
+    asr = ScriptedASR(["one two", "one two three four", "one two three four", "one two three four five six"])
+    proc = OnlineASRProcessor(asr)
+    step(proc)
+    assert step(proc).text == "one two"
+    proc.insert_audio_chunk(silence(0.5))
+    assert proc.flush().text == "three four"
+    assert asr.calls[-1].seconds == pytest.approx(2.5)  # the flush decoded the new half second
+    assert proc.buffer_duration == pytest.approx(2.5)  # the audio stayed
+    step(proc)
+    assert step(proc).text == "five six"
+
+
 def test_finish_commits_the_unconfirmed_tail():
     asr = ScriptedASR(["one two", "one two three four"])
     proc = OnlineASRProcessor(asr)
