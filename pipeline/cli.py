@@ -24,6 +24,7 @@ COMMANDS = [
     "workers.vad_actor",
     "workers.listen",
     "workers.sink",
+    "workers.web",
     "pipeline.launch",
     "pipeline.bench.cli",
 ]
