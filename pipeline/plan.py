@@ -2,8 +2,7 @@
 
 Order (also the start order): broker, sources (``capture``), the VAD when
 enabled, workers, sinks, the web page when enabled. Every line reads
-``NAME: <voxpipe> <role> --config CONFIG --name NAME``, except the web page,
-which gets ``<voxpipe> web --config CONFIG``.
+``NAME: <voxpipe> <role> --config CONFIG --name NAME``.
 
 ``<voxpipe>`` is the ``voxpipe`` console script next to the running Python
 (so a venv works without being activated), else ``python -m pipeline.cli``
@@ -11,9 +10,9 @@ with that Python. The portable form (``portable=True``) writes plain
 ``voxpipe`` and keeps the config path as given, for a Procfile that lives in
 the repository and is run with the venv activated.
 
-Shutdown goes the other way, in stages (:data:`STOP_STAGES`): sources first
-(they send ``eos``), then the VAD, the workers (final flush), sinks and web,
-and the broker last, so that every stage's last messages still have a bus.
+Shutdown goes the other way, in stages (:data:`STOP_STAGES`): sources and
+the web page first (they send ``eos`` for their streams), then the VAD, the
+workers (final flush), sinks, and the broker last, so that every stage's last messages still have a bus.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from pathlib import Path
 from .config import Config
 
 # roles in stopping order; each stage is stopped (and waited for) before the next
-STOP_STAGES = (("capture",), ("vad",), ("worker",), ("sink", "web"), ("broker",))
+STOP_STAGES = (("capture", "web"), ("vad",), ("worker",), ("sink",), ("broker",))
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def actor_processes(cfg: Config, config_path: str | None = None, portable: bool 
     roles += [(s.name, "sink") for s in cfg.sinks]
     procs = [ActorProcess(name, role, tuple(exe + [role, "--config", path, "--name", name])) for name, role in roles]
     if cfg.web.enabled:
-        procs.append(ActorProcess(cfg.web.name, "web", tuple(exe + ["web", "--config", path])))
+        procs.append(ActorProcess(cfg.web.name, "web", tuple(exe + ["web", "--config", path, "--name", cfg.web.name])))
     return procs
 
 

@@ -53,7 +53,9 @@ def test_procfile_web_and_no_vad(tmp_path, monkeypatch):
     procs = plan.actor_processes(load_config(path))
     assert [(p.name, p.role) for p in procs] == [("broker", "broker"), ("capture", "capture"), ("asr", "worker"),
                                                   ("jsonl", "sink"), ("page", "web")]
-    assert procs[-1].argv[-3:] == ("web", "--config", str(path))
+    assert procs[-1].argv[-5:] == ("web", "--config", str(path), "--name", "page")
+    # the web page sends eos for its browser streams: it stops with the sources
+    assert plan.stop_stages(procs)[0] == ["capture", "page"]
 
 
 def test_cli_procfile_matches_root_procfile():
