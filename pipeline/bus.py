@@ -4,7 +4,10 @@ Every actor's PUB connects to the broker's XSUB endpoint and every SUB to its
 XPUB endpoint; endpoints come from the config (:class:`pipeline.config.BusConfig`).
 High-water marks bound every queue (a slow subscriber loses messages, it never
 slows the publisher down), ``linger`` bounds shutdown, and reconnection is
-automatic, so actors survive a broker restart.
+automatic, so actors survive a broker restart: a SUB socket sends its
+subscriptions again when it reconnects, and the broker's XSUB passes every
+subscription it holds to each publisher that (re)connects. With
+``bus.security.curve`` every socket is a CURVE client (:mod:`pipeline.security`).
 """
 
 from __future__ import annotations
@@ -36,10 +39,22 @@ class Sequencer:
         self._next.pop(stream, None)
 
 
-def _apply_common(sock: zmq.Socket, bus) -> None:
+# a frame larger than this makes the broker drop the sender's connection (the protocol allows 160000 bytes)
+MAX_WIRE_BYTES = 1 << 20
+HEARTBEAT_MS = 2000  # ZMTP pings: a peer silent for 3 of these is disconnected (and reconnected)
+
+
+def apply_options(sock: zmq.Socket, bus) -> None:
+    """Options every bus socket shares: bounded linger, fast reconnects, ZMTP heartbeats."""
     sock.setsockopt(zmq.LINGER, int(bus.linger_ms))
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
+
+
+def _apply_common(sock: zmq.Socket, bus) -> None:
+    apply_options(sock, bus)
     security = getattr(bus, "security", None)
     if security is not None and security.enabled:
         from .security import apply_client_keys

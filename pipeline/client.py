@@ -16,12 +16,20 @@ ZeroMQ subscriptions take a moment to reach the publishers ("slow joiner"):
 messages published right after subscribing may be missed. Call
 :meth:`Subscription.sync` (needs the broker's XSUB endpoint too) to wait
 until the subscription is known to be in place.
+
+``from_start=True`` first delivers the transcript so far, from a sink that
+serves snapshots (``snapshot:`` in its config section, or ``snapshot=`` an
+endpoint), then the live messages, without gaps or duplicates
+(:mod:`pipeline.snapshot`); ``duplicates`` counts the live messages skipped
+because the snapshot had them.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
@@ -29,21 +37,32 @@ import zmq
 
 from . import messages as m
 from .bus import Publisher, Subscriber, handshake
-from .config import BusConfig, Config, load_config
+from .config import BusConfig, Config, ConfigError, load_config
+from .snapshot import Merger, SnapshotError, fetch
 
 _ids = itertools.count()
 
 
 def bus_config(config: Config | str | os.PathLike | None = None, xpub: str | None = None,
                xsub: str | None = None) -> BusConfig:
-    """The bus section of ``config`` (a Config or a YAML path; defaults otherwise) with overrides."""
+    """The bus section of ``config`` (a Config, a BusConfig or a YAML path; defaults otherwise) with overrides."""
     if config is None:
         bus = BusConfig()
+    elif isinstance(config, BusConfig):
+        bus = config
     elif isinstance(config, Config):
         bus = config.bus
     else:
         bus = load_config(config, check_files=False).bus
     return replace(bus, xpub=xpub or bus.xpub, xsub=xsub or bus.xsub)
+
+
+def snapshot_endpoint(config: Config | str | os.PathLike | None) -> str | None:
+    """The snapshot endpoint of the first sink in ``config`` that serves one."""
+    if config is None or isinstance(config, BusConfig):
+        return None
+    cfg = config if isinstance(config, Config) else load_config(config, check_files=False)
+    return next((s.snapshot for s in cfg.sinks if s.snapshot), None)
 
 
 class Subscription:
@@ -52,7 +71,7 @@ class Subscription:
     def __init__(self, prefixes: str | Iterable[str] = "transcript.", *, config=None, xpub: str | None = None,
                  xsub: str | None = None, timeout: float | None = None, stop_after_eos: bool | int | None = None,
                  on_reject: Callable[[m.ProtocolError, list], None] | None = None,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, from_start: bool = False, snapshot: str | None = None):
         self.prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
         self.bus = bus_config(config, xpub, xsub)
         self.timeout = timeout
@@ -66,9 +85,45 @@ class Subscription:
         self.last_topic: str | None = None
         self._expect: dict[str, int] = {}  # topic -> next seq
         self._open: set[str] = set()  # topics that have not sent eos
+        self.duplicates = 0  # live messages skipped because the snapshot had them (from_start)
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
         self._sub: Subscriber | None = Subscriber(self._ctx, self.bus, self.prefixes)
+        self._pending: deque = deque()  # (topic, message) to deliver before reading the socket
+        self._backlog: list = []  # frames that arrived during the sync
+        self._merger: Merger | None = None
+        self._snapshot = None
+        if from_start:
+            try:
+                self._start_from_snapshot(snapshot or snapshot_endpoint(config))
+            except BaseException:
+                self.close()
+                raise
+
+    def _start_from_snapshot(self, endpoint: str | None) -> None:
+        """Clone pattern: subscribe and sync, fetch the snapshot, then merge the live messages by seq."""
+        if not endpoint:
+            raise ConfigError("from the start: no sink in the config serves snapshots "
+                              "(give a sink 'snapshot: ENDPOINT', or pass that endpoint)")
+        self._snapshot = endpoint
+        if not self.sync(timeout=10.0, keep=True):
+            raise SnapshotError(f"the subscription did not reach the broker at {self.bus.xsub}")
+        records = fetch(self._ctx, endpoint, self.prefixes, self.bus)
+        self._merger = Merger(records)
+        self._pending.extend(records)
+
+    def _refill(self, topic: str, first: int, upto: int) -> list:
+        """Messages ``first <= seq < upto`` of ``topic`` that the sink had not received at the first fetch."""
+        got: list = []
+        for attempt in range(3):
+            try:
+                got = self._merger.fill(topic, first, upto, fetch(self._ctx, self._snapshot, [topic], self.bus))
+            except SnapshotError:
+                got = []
+            if len(got) == upto - first:
+                break
+            time.sleep(0.2 * (attempt + 1))
+        return got
 
     # -- iteration ------------------------------------------------------------------------
     def __iter__(self):
@@ -90,12 +145,17 @@ class Subscription:
             self.close()
             raise StopIteration
         while True:
-            timeout_ms = None if self.timeout is None else max(0, int(self.timeout * 1000))
-            try:
-                frames = self._sub.recv_frames(timeout_ms)
-            except zmq.ZMQError:
-                self.close()
-                raise StopIteration from None
+            if self._pending:
+                return self._deliver(*self._pending.popleft())
+            if self._backlog:
+                frames = self._backlog.pop(0)
+            else:
+                timeout_ms = None if self.timeout is None else max(0, int(self.timeout * 1000))
+                try:
+                    frames = self._sub.recv_frames(timeout_ms)
+                except zmq.ZMQError:
+                    self.close()
+                    raise StopIteration from None
             if frames is None:  # nothing for `timeout` seconds
                 self.close()
                 raise StopIteration
@@ -108,10 +168,22 @@ class Subscription:
                 continue
             if isinstance(msg, m.Heartbeat) and msg.role == "probe":
                 continue  # bus-internal handshake traffic
-            self._track(topic, msg)
-            self.received += 1
-            self.last_topic = topic
-            return topic, msg
+            if self._merger is not None:
+                verdict = self._merger.check(topic, msg)
+                if verdict == "dup":
+                    self.duplicates += 1
+                    continue
+                if isinstance(verdict, int):  # the snapshot stopped short of this one: fill the hole
+                    self._pending.extend(self._refill(topic, verdict, msg.seq))
+                    self._pending.append((topic, msg))
+                    continue
+            return self._deliver(topic, msg)
+
+    def _deliver(self, topic: str, msg: m.Message) -> tuple[str, m.Message]:
+        self._track(topic, msg)
+        self.received += 1
+        self.last_topic = topic
+        return topic, msg
 
     def _track(self, topic: str, msg: m.Message) -> None:
         expected = self._expect.get(topic)
@@ -137,17 +209,19 @@ class Subscription:
         return self.eos_seen >= int(stop)
 
     # -- setup and teardown --------------------------------------------------------------------
-    def sync(self, timeout: float = 10.0) -> bool:
+    def sync(self, timeout: float = 10.0, keep: bool = False) -> bool:
         """Block until the subscription is in place at the broker (a probe comes back).
 
         Uses a short-lived publisher on the broker's XSUB endpoint. Messages
-        that arrive meanwhile are dropped (they would predate the sync).
+        that arrive meanwhile are dropped (they would predate the sync), or
+        delivered later with ``keep``.
         """
         if self._sub is None:
             return False
         pub = Publisher(self._ctx, self.bus)
         try:
-            return handshake(pub, self._sub, f"client-{os.getpid()}-{next(_ids)}", timeout=timeout)
+            return handshake(pub, self._sub, f"client-{os.getpid()}-{next(_ids)}", timeout=timeout,
+                             backlog=self._backlog if keep else None)
         finally:
             pub.close()
 
@@ -185,6 +259,9 @@ def subscribe(prefix: str | Iterable[str] = "transcript.", *, config=None, xpub:
     ``stop_after_eos``: ``True`` stops once every topic that has carried a
     message has sent ``eos``; an integer stops after that many ``eos``.
     The eos message itself is delivered before stopping.
+    ``from_start=True``: first the transcript so far from a sink's snapshot
+    (the config's sink with ``snapshot:``, or ``snapshot=ENDPOINT``), then
+    the live messages, without gaps or duplicates.
     """
     return Subscription(prefix, config=config, xpub=xpub, timeout=timeout, stop_after_eos=stop_after_eos, **kwargs)
 

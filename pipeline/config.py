@@ -29,8 +29,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    curve: bool = False
-    keys_dir: str = "~/.config/voxpipe/keys"
+    curve: bool = False  # ZeroMQ CURVE: encrypted, and only authorized client keys get in
+    keys_dir: str = "~/.config/voxpipe/keys"  # made by `voxpipe keys DIR` (see pipeline/security.py)
+    client: str = "client"  # this program's keypair: KEYS_DIR/<client>.key and .key_secret
 
     @property
     def enabled(self) -> bool:
@@ -79,6 +80,7 @@ class VADConfig:
     min_silence_ms: int = 500
     speech_pad_ms: int = 100
     min_speech_ms: int = 100
+    max_streams: int = 32  # live streams at once; frames of further new streams are refused (counted)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class WorkerConfig:
     idle_timeout: float = 30.0
     partials: bool = True
     input: str = "speech"  # speech (from the VAD) | audio (raw capture)
+    max_streams: int = 16  # live streams at once; messages of further new streams are refused (counted)
     options: dict = field(default_factory=dict)
 
 
@@ -105,6 +108,7 @@ class SinkConfig:
     output: str = "console"  # console | jsonl:PATH | srt:PATH | vtt:PATH | txt:PATH
     workers: tuple = ()  # only these workers (default: all)
     partials: bool = True  # console only: show partials live
+    snapshot: Optional[str] = None  # endpoint to serve the transcript so far on (pipeline/snapshot.py)
 
 
 @dataclass(frozen=True)
@@ -349,6 +353,8 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
             fail(f"workers[{i}].input is 'speech' but the VAD is disabled (use input: audio)")
         if w.min_chunk_size <= 0 or w.buffer_trimming_sec <= 0 or w.idle_timeout <= 0:
             fail(f"workers[{i}]: min_chunk_size, buffer_trimming_sec and idle_timeout must be positive")
+        if w.max_streams < 1:
+            fail(f"workers[{i}].max_streams must be at least 1")
         if w.model_dir:
             if check_files and not Path(w.model_dir).expanduser().exists():
                 fail(f"workers[{i}].model_dir: {w.model_dir!r} does not exist")
@@ -374,10 +380,28 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
         unknown = [w for w in s.workers if w not in worker_names]
         if unknown:
             fail(f"sinks[{i}].workers: no worker named {unknown[0]!r}")
+        if s.snapshot is not None:
+            if not re.match(r"^(tcp|ipc|inproc)://.+", s.snapshot):
+                fail(f"sinks[{i}].snapshot: {s.snapshot!r} is not a ZeroMQ endpoint (e.g. tcp://127.0.0.1:7703)")
+            sp = _port(s.snapshot)
+            clash = "a bus endpoint" if s.snapshot in (bus.xsub, bus.xpub) else None
+            if sp is not None:
+                clash = clash or ports.get(sp) or ("web.port" if cfg.web.enabled and sp == cfg.web.port else None)
+                ports[sp] = f"sinks[{i}].snapshot"
+            if clash:
+                fail(f"sinks[{i}].snapshot: {s.snapshot!r} clashes with {clash}")
         sinks.append(s)
+    from .security import secure_config
+
+    try:  # endpoints beyond loopback need CURVE; with CURVE on, the keys must be there
+        cfg = secure_config(dataclasses.replace(cfg, sinks=tuple(sinks)), check_files)
+    except ValueError as exc:
+        fail(str(exc))
+    if cfg.vad.max_streams < 1:
+        fail("vad.max_streams must be at least 1")
     if cfg.web.enabled and cfg.web.host not in ("127.0.0.1", "localhost", "::1") and not cfg.web.token:
         fail("web.host binds beyond loopback: set web.token (the page will ask for it)")
-    return dataclasses.replace(cfg, sources=tuple(sources), workers=tuple(workers), sinks=tuple(sinks))
+    return dataclasses.replace(cfg, sources=tuple(sources), workers=tuple(workers))
 
 
 def _has_microphone() -> bool:

@@ -11,6 +11,7 @@
   running; any other exit stops everything and becomes the exit code.
 * ``voxpipe transcribe FILE`` runs one file to the end (:mod:`pipeline.transcribe`).
 * ``voxpipe export supervisord|systemd CONFIG DIR`` (:mod:`pipeline.export`).
+* ``voxpipe keys DIR`` makes CURVE keys for the bus (:mod:`pipeline.security`).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def register(sub) -> None:
                    help="seconds each stage may take to stop before it is killed (default %(default)s)")
     p.set_defaults(func=run_up)
 
-    from . import export, transcribe
+    from . import export, security, transcribe
 
     transcribe.register(sub)
     export.register(sub)
+    security.register(sub)

@@ -29,6 +29,7 @@ VERSION = 1
 SAMPLE_RATE = 16000
 MAX_AUDIO_BYTES = SAMPLE_RATE * 2 * 5  # 5 s of 16 kHz int16 mono in one frame
 MAX_HEADER_BYTES = 64 * 1024
+MAX_TOPIC_BYTES = 256  # the longest valid topic, partial.<64>.<64>, has 137
 MAX_TEXT_CHARS = 20000
 MAX_WORDS = 5000
 _ID = re.compile(r"^[A-Za-z0-9_\-:@]{1,64}$")
@@ -180,6 +181,9 @@ KINDS: dict[str, type[Message]] = {
     cls.kind: cls for cls in (Audio, EndOfStream, SpeechStart, SpeechEnd, Commit, Partial, Error, Heartbeat)
 }
 
+# ids after the family in a topic: audio.<stream>, transcript.<worker>.<stream>, status.<actor>, ...
+_TOPIC_IDS = {"audio": 1, "speech": 1, "status": 1, "transcript": 2, "partial": 2}
+
 # field name -> (accepted types, required, check)
 _NUM = (int, float)
 
@@ -255,6 +259,8 @@ def decode(frames: list[bytes]) -> tuple[str, Message]:
     """Parse and validate a multipart message; raises ProtocolError."""
     if len(frames) not in (2, 3):
         raise ProtocolError("frames", f"expected 2 or 3 frames, got {len(frames)}")
+    if len(frames[0]) > MAX_TOPIC_BYTES:
+        raise ProtocolError("size", f"topic of {len(frames[0])} bytes")
     try:
         topic = bytes(frames[0]).decode("utf-8")
     except UnicodeDecodeError:
@@ -296,8 +302,11 @@ def decode(frames: list[bytes]) -> tuple[str, Message]:
         kwargs[f.name] = value
     family, _, rest = topic.partition(".")
     if family not in cls.families or not rest:
-        raise ProtocolError("topic", f"{kind} on topic {topic!r}")
-    topic_stream = rest.rsplit(".", 1)[-1]
+        raise ProtocolError("topic", f"{kind} on topic {topic[:80]!r}")
+    ids = rest.split(".")
+    if len(ids) != _TOPIC_IDS[family] or not all(valid_id(i) for i in ids):
+        raise ProtocolError("topic", f"topic {topic[:80]!r} is not {family}.{'<worker>.' if _TOPIC_IDS[family] > 1 else ''}<id>")
+    topic_stream = ids[-1]
     if stream and topic_stream != stream:
         raise ProtocolError("topic", f"topic {topic!r} does not match stream {stream!r}")
     if cls is Audio:

@@ -61,14 +61,17 @@ class Bus:
     def args(self) -> list[str]:
         return ["--xsub", self.xsub, "--xpub", self.xpub]
 
-    def config(self):
+    def config(self, security=None):
         """A :class:`pipeline.config.BusConfig` for these endpoints (for Publisher/Subscriber)."""
-        from pipeline.config import BusConfig
+        from pipeline.config import BusConfig, SecurityConfig
 
-        return BusConfig(xsub=self.xsub, xpub=self.xpub)
+        return BusConfig(xsub=self.xsub, xpub=self.xpub, security=security or SecurityConfig())
 
-    def yaml(self) -> str:
-        return f"bus:\n  xsub: {self.xsub}\n  xpub: {self.xpub}\n"
+    def yaml(self, security=None) -> str:
+        text = f"bus:\n  xsub: {self.xsub}\n  xpub: {self.xpub}\n"
+        if security is not None and security.curve:
+            text += f"  security:\n    curve: true\n    keys_dir: {security.keys_dir}\n    client: {security.client}\n"
+        return text
 
 
 def child_env(extra: dict | None = None) -> dict:
@@ -141,11 +144,15 @@ def start_actor(args: list[str], env: dict | None = None, *, name: str | None = 
     return Proc(name, VOXPIPE + list(args), log_dir / f"{name}.log", env=child_env(env), **popen)
 
 
-def heartbeats(xpub: str, timeout: float, prefix: str = "status."):
-    """Yield (time, Heartbeat) from the bus until ``timeout`` seconds have passed."""
+def heartbeats(xpub: str, timeout: float, prefix: str = "status.", security=None):
+    """Yield (time, Heartbeat) from the bus until ``timeout`` seconds have passed (CURVE keys: ``security``)."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
+    if security is not None and security.curve:
+        from pipeline.security import apply_client_keys
+
+        apply_client_keys(sock, security)
     sock.connect(xpub)
     sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
     deadline = time.monotonic() + timeout
@@ -164,7 +171,8 @@ def heartbeats(xpub: str, timeout: float, prefix: str = "status."):
         sock.close()
 
 
-def wait_ready(xpub: str, names, timeout: float = 30.0, procs: list[Proc] | None = None) -> dict[str, m.Heartbeat]:
+def wait_ready(xpub: str, names, timeout: float = 30.0, procs: list[Proc] | None = None,
+               security=None) -> dict[str, m.Heartbeat]:
     """Wait for a heartbeat with ``ready: true`` from every actor in ``names``.
 
     Returns the first ready heartbeat of each. Raises TimeoutError naming the
@@ -172,7 +180,7 @@ def wait_ready(xpub: str, names, timeout: float = 30.0, procs: list[Proc] | None
     """
     names = [names] if isinstance(names, str) else list(names)
     seen: dict[str, m.Heartbeat] = {}
-    for _, hb in heartbeats(xpub, timeout):
+    for _, hb in heartbeats(xpub, timeout, security=security):
         if hb is not None and hb.ready and hb.name in names:
             seen.setdefault(hb.name, hb)
             if len(seen) == len(names):
@@ -183,10 +191,10 @@ def wait_ready(xpub: str, names, timeout: float = 30.0, procs: list[Proc] | None
     raise TimeoutError(f"not ready after {timeout}s: {sorted(set(names) - set(seen))}")
 
 
-def wait_heartbeat(xpub: str, name: str, predicate, timeout: float = 10.0) -> m.Heartbeat:
+def wait_heartbeat(xpub: str, name: str, predicate, timeout: float = 10.0, security=None) -> m.Heartbeat:
     """The first heartbeat from ``name`` for which ``predicate(hb)`` is true."""
     last = None
-    for _, hb in heartbeats(xpub, timeout, prefix=m.status_topic(name)):
+    for _, hb in heartbeats(xpub, timeout, prefix=m.status_topic(name), security=security):
         if hb is not None and hb.name == name:
             last = hb
             if predicate(hb):
@@ -198,11 +206,20 @@ class Pipeline:
     """A broker on two free ports plus any ``voxpipe`` commands; all stopped on exit."""
 
     def __init__(self, workdir: str | Path | None = None, env: dict | None = None, broker: bool = True,
-                 ready_timeout: float = 20.0):
+                 ready_timeout: float = 20.0, curve_keys: str | Path | None = None):
+        """``curve_keys``: a ``voxpipe keys`` folder; the bus then runs with CURVE (every ``start`` gets
+        ``--config`` with the bus section, and the pipeline's own sockets use the client keys)."""
+        from pipeline.config import SecurityConfig
+
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="voxpipe-test-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.env = env or {}
         self.bus = Bus.free()
+        self.security = SecurityConfig(curve=True, keys_dir=str(curve_keys)) if curve_keys else None
+        self.bus_config_path: Path | None = None
+        if self.security is not None:
+            self.bus_config_path = self.dir / "bus.yaml"
+            self.bus_config_path.write_text(self.bus.yaml(self.security))
         self.procs: dict[str, Proc] = {}
         self.ready_timeout = ready_timeout
         self._subs: list = []
@@ -227,6 +244,8 @@ class Pipeline:
         if name in self.procs and self.procs[name].alive():
             raise ValueError(f"a process named {name!r} is running")
         argv = list(args) + (self.bus.args() if bus else [])
+        if bus and self.bus_config_path is not None and "--config" not in argv:
+            argv += ["--config", str(self.bus_config_path)]
         proc = Proc(name, VOXPIPE + argv, self.dir / f"{name}.log", env=child_env({**self.env, **(env or {})}), **popen)
         self.procs[name] = proc
         return proc
@@ -241,10 +260,11 @@ class Pipeline:
         return proc
 
     def wait_ready(self, *names: str, timeout: float | None = None) -> dict[str, m.Heartbeat]:
-        return wait_ready(self.bus.xpub, names, timeout or self.ready_timeout, procs=list(self.procs.values()))
+        return wait_ready(self.bus.xpub, names, timeout or self.ready_timeout, procs=list(self.procs.values()),
+                          security=self.security)
 
     def wait_heartbeat(self, name: str, predicate, timeout: float = 10.0) -> m.Heartbeat:
-        return wait_heartbeat(self.bus.xpub, name, predicate, timeout)
+        return wait_heartbeat(self.bus.xpub, name, predicate, timeout, security=self.security)
 
     def wait_exit(self, name: str, timeout: float = 30.0) -> int:
         return self.procs[name].wait(timeout)
@@ -281,6 +301,7 @@ class Pipeline:
         """A :class:`pipeline.client.Subscription` on this bus, synced (probe round trip) unless told not to."""
         from pipeline.client import Subscription
 
+        kwargs.setdefault("config", self.bus.config(self.security))
         sub = Subscription(list(prefixes), xpub=self.bus.xpub, xsub=self.bus.xsub, timeout=timeout, **kwargs)
         self._subs.append(sub)
         if sync and not sub.sync(timeout=10.0):
@@ -288,10 +309,69 @@ class Pipeline:
         return sub
 
     def write_config(self, body: str, name: str = "pipeline.yaml") -> Path:
-        """A YAML config: this pipeline's ``bus:`` section followed by ``body``."""
+        """A YAML config: this pipeline's ``bus:`` section (with its security) followed by ``body``."""
         path = self.dir / name
-        path.write_text(self.bus.yaml() + body)
+        path.write_text(self.bus.yaml(self.security) + body)
         return path
+
+
+class Session:
+    """A command in a session of its own (e.g. a process manager) whose descendants are all killed at the end.
+
+    It remembers every descendant it has seen (:meth:`track`, called by :meth:`alive`), since a process
+    manager may have restarted some, and puts children in process groups of their own.
+    """
+
+    def __init__(self, argv: list[str], log_path: Path, env: dict | None = None, cwd: str | None = None):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or str(ROOT),
+                                      env=env or child_env(), start_new_session=True)
+        self.known: dict[int, object] = {}
+
+    def track(self) -> None:
+        import psutil
+
+        try:
+            for c in psutil.Process(self.popen.pid).children(recursive=True):
+                self.known.setdefault(c.pid, c)
+        except psutil.NoSuchProcess:
+            pass
+
+    def alive(self) -> bool:
+        self.track()
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def cleanup(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the session (the manager stops its children), then SIGKILL to whatever is left."""
+        self.track()
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout=timeout)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for proc in self.known.values():  # psutil checks the pid still is that process
+            try:
+                if proc.is_running():
+                    if os.getpgid(proc.pid) == proc.pid:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.kill()
+            except Exception:  # noqa: BLE001 - gone meanwhile
+                pass
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
 
 
 class BusPublisher:

@@ -106,10 +106,10 @@ def test_listen_prints_readable_lines_and_json(pipe):
     assert records[1] == {**records[1], "kind": "speech_end", "t": 1.7, "topic": "speech.s1", "seq": 1}
 
 
-def test_listen_from_start_is_not_supported_yet(pipe):
+def test_listen_from_start_needs_a_snapshot_endpoint(pipe):
     p = subprocess.run([sys.executable, "-m", "pipeline.cli", "listen", "--from-start", "--xpub", pipe.bus.xpub],
                        capture_output=True, text=True, timeout=20, cwd=str(ROOT))
-    assert p.returncode == 2 and "not supported yet" in p.stderr
+    assert p.returncode == 3 and "serves snapshots" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
 def test_example_prints_commits_with_latency_until_eos(pipe):

@@ -10,9 +10,15 @@ Scheduling is single-threaded and fair: each loop iteration runs at most one
 decode, for the stream whose undecoded audio is oldest, so messages keep
 flowing and heartbeats stay regular. A ``speech_end`` flushes its utterance
 first (decoding the tail, then committing everything), which is what keeps
-latency low at the end of sentences. A backend failure on one stream resets
-that stream's processor and publishes an ``error`` on its transcript topic;
-other streams go on.
+latency low at the end of sentences. A backend failure on one stream
+(any exception, MemoryError included) resets that stream's processor and
+publishes an ``error`` on its transcript topic; other streams go on.
+
+Hostile but well-formed input stays contained: at most ``max_streams``
+streams live at once (further new ones are refused and counted,
+``streams_refused``), a stream's undecoded backlog is bounded
+(``MAX_BACKLOG_S``), and a jump far ahead in a stream's time flushes it
+instead of filling the hole with silence.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from pipeline import messages as m
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 
 WARMUP_SECONDS = 1.0
+MAX_JUMP_S = 10.0  # a forward jump in a stream's audio up to this is filled with silence; beyond, flush first
+MAX_BACKLOG_S = 120.0  # undecoded audio per stream beyond which new frames are dropped (counted)
 
 
 @dataclass
@@ -88,9 +96,12 @@ class ASRWorker(Actor):
         options = StreamingOptions(buffer_trimming=w.buffer_trimming, buffer_trimming_sec=w.buffer_trimming_sec)
         return OnlineASRProcessor(self.asr, options=options)
 
-    def _stream(self, msg: m.Message) -> StreamState:
+    def _stream(self, msg: m.Message) -> StreamState | None:
+        """The stream's state (made on its first message); None when refused (``max_streams`` live)."""
         st = self.streams.get(msg.stream)
         if st is None:
+            if not self.admit_stream(msg.stream, len(self.streams), self.wcfg.max_streams):
+                return None
             st = StreamState(msg.stream, self._new_processor())
             self.streams[msg.stream] = st
             self.counters["streams_total"] += 1
@@ -107,22 +118,49 @@ class ASRWorker(Actor):
         if self.stopping and not isinstance(msg, m.EndOfStream):
             return
         if isinstance(msg, m.Audio):
-            from asr_core.audio import pcm16_to_float
-
-            st = self._stream(msg)
-            if msg.t + 1e-3 < st.received_until:
-                self.limited.warning(f"late:{msg.stream}", "stream %s: frame at %.2fs is late, dropped", msg.stream, msg.t)
-                self.counters["dropped"] += 1
-                return
-            st.processor.insert_audio_chunk(pcm16_to_float(msg.pcm), t=msg.t)
-            st.received_until = msg.t + msg.duration
+            self._audio(msg)
         elif isinstance(msg, m.SpeechEnd):
-            self._stream(msg).flush_pending = True
+            st = self._stream(msg)
+            if st is not None:
+                st.flush_pending = True
         elif isinstance(msg, m.SpeechStart):
             self._stream(msg)
         elif isinstance(msg, m.EndOfStream):
-            if msg.stream in self.streams or not self.stopping:
-                self._stream(msg).eos_pending = True
+            st = self.streams.get(msg.stream)
+            if st is not None:
+                st.eos_pending = True
+            elif not self.stopping:  # a stream without speech: nothing to flush, but say it ended
+                topic = m.transcript_topic(self.name, msg.stream)
+                self.publish(topic, m.EndOfStream(stream=msg.stream, seq=self.pub.seq(topic), t=msg.t, worker=self.name))
+
+    def _audio(self, msg: m.Audio) -> None:
+        from asr_core.audio import pcm16_to_float
+
+        st = self._stream(msg)
+        if st is None:
+            return
+        if msg.t + 1e-3 < st.received_until:
+            self.limited.warning("late", "stream %s: frame at %.2fs is late, dropped", msg.stream, msg.t)
+            self.counters["dropped"] += 1
+            return
+        proc = st.processor
+        if proc.undecoded_seconds > MAX_BACKLOG_S:  # far more than decoding keeps up with: keep memory bounded
+            self.limited.warning("backlog", "stream %s: %.0fs of audio not decoded yet, frame dropped",
+                                 msg.stream, proc.undecoded_seconds)
+            self.counters["dropped"] += 1
+            return
+        if proc.buffer_duration and msg.t - st.received_until > MAX_JUMP_S:
+            # audio far ahead of the buffer (frames lost, or a forged t): commit the buffer and restart it at
+            # the new time, rather than filling the hole with silence
+            self.limited.warning("jump", "stream %s: audio jumps %.1fs ahead; flushing", msg.stream,
+                                 msg.t - st.received_until)
+            st.flush_pending = True
+            self._work(st)
+            st = self.streams.get(msg.stream)
+            if st is None:
+                return
+        st.processor.insert_audio_chunk(pcm16_to_float(msg.pcm), t=msg.t)
+        st.received_until = msg.t + msg.duration
 
     # -- scheduling ----------------------------------------------------------------
     def tick(self, now: float) -> None:

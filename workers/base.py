@@ -7,8 +7,11 @@ bus handshake, then the loop: receive and validate messages, call
 :meth:`handle`, call :meth:`tick`, publish a heartbeat about once a second.
 
 * A malformed message is dropped, counted (``rejected``) and logged without
-  flooding the log; an exception in a handler is logged and counted
-  (``errors``); the actor never dies of either.
+  flooding the log; an exception in a handler is logged (rate-limited too)
+  and counted (``errors``); the actor never dies of either. Messages lost on
+  the way in show as ``gaps`` (seq jumps per topic). Actors that keep
+  per-stream state bound it with :meth:`Actor.admit_stream` (``max_streams``,
+  refusals counted as ``streams_refused``) and idle timeouts.
 * First SIGTERM/SIGINT: :meth:`drain` (capture sends ``eos``, workers flush,
   sinks write), then exit 0 once :meth:`drained` says so. Second: exit now.
 * Sockets are closed in ``finally``.
@@ -36,28 +39,37 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_MODEL = 4
 EXIT_INTERRUPTED = 130
+MAX_TRACKED_TOPICS = 4096  # topics whose next seq is remembered (least recent forgotten first)
+MAX_GAP_COUNT = 1_000_000  # a single seq jump counts at most this much (a forged seq cannot overflow it)
 
 
 class RateLimitedLog:
-    """Log the first few occurrences of a problem, then a count every interval."""
+    """Log the first few occurrences of a problem, then a count every interval.
 
-    def __init__(self, log: logging.Logger, first: int = 5, every: float = 10.0):
-        self.log, self.first, self.every = log, first, every
+    Problems are told apart by ``key``; past ``max_keys`` distinct keys (e.g.
+    one per stream id in a flood) new keys share one, so neither memory nor
+    the log grows with them.
+    """
+
+    def __init__(self, log: logging.Logger, first: int = 5, every: float = 10.0, max_keys: int = 256):
+        self.log, self.first, self.every, self.max_keys = log, first, every, max_keys
         self.counts: dict[str, int] = {}
         self.suppressed: dict[str, int] = {}
         self.last: dict[str, float] = {}
 
-    def warning(self, key: str, msg: str, *args) -> None:
+    def warning(self, key: str, msg: str, *args, level: int = logging.WARNING, exc_info: bool = False) -> None:
+        if key not in self.counts and len(self.counts) >= self.max_keys:
+            key = "(other)"
         n = self.counts.get(key, 0) + 1
         self.counts[key] = n
         now = time.monotonic()
         if n <= self.first:
-            self.log.warning(msg, *args)
+            self.log.log(level, msg, *args, exc_info=exc_info)
             self.last[key] = now
             return
         self.suppressed[key] = self.suppressed.get(key, 0) + 1
         if now - self.last.get(key, 0.0) >= self.every:
-            self.log.warning("%s (and %d more like it)", msg % args if args else msg, self.suppressed[key])
+            self.log.log(level, "%s (and %d more like it)", msg % args if args else msg, self.suppressed[key])
             self.suppressed[key] = 0
             self.last[key] = now
 
@@ -75,7 +87,9 @@ class Actor:
         self.limited = RateLimitedLog(self.log)
         self.counters: dict[str, int | float] = {
             "frames_in": 0, "frames_out": 0, "rejected": 0, "dropped": 0, "errors": 0, "streams_active": 0,
+            "gaps": 0,
         }
+        self._expect: dict[str, int] = {}  # topic -> next seq (for "gaps"), most recent last
         self.ready = False
         self.stopping = False
         self._signals = 0
@@ -123,14 +137,26 @@ class Actor:
             self.counters["dropped"] += 1
         return ok
 
+    def admit_stream(self, stream: str, active: int, limit: int) -> bool:
+        """May a new stream start, with ``active`` streams live? Refusals are counted and logged (rate-limited)."""
+        if active < limit:
+            return True
+        self.counters["streams_refused"] = self.counters.get("streams_refused", 0) + 1
+        self.limited.warning("streams_full", "refused new stream %s: %d streams live (max_streams %d); "
+                             "room is made when a stream ends or idles out", stream, active, limit)
+        return False
+
     def heartbeat(self) -> None:
-        counters = dict(self.counters)
-        hb = m.Heartbeat(
-            stream="", seq=self._hb_seq, name=self.name, role=self.role, ready=self.ready,
-            pid=os.getpid(), time=time.time(), counters=counters, info=self.info(),
-        )
-        self._hb_seq += 1
-        self.send_status(m.status_topic(self.name), hb)
+        try:
+            hb = m.Heartbeat(
+                stream="", seq=self._hb_seq, name=self.name, role=self.role, ready=self.ready,
+                pid=os.getpid(), time=time.time(), counters=dict(self.counters), info=self.info(),
+            )
+            self._hb_seq += 1
+            self.send_status(m.status_topic(self.name), hb)
+        except Exception:  # noqa: BLE001 - a heartbeat never takes the actor down
+            self.counters["errors"] += 1
+            self.limited.warning("heartbeat", "cannot publish a heartbeat", level=logging.ERROR, exc_info=True)
 
     def send_status(self, topic: str, hb: m.Heartbeat) -> None:
         self.pub.send(topic, hb)
@@ -155,13 +181,28 @@ class Actor:
             self.counters["rejected"] += 1
             self.limited.warning(f"reject:{exc.reason}", "rejected a message: %s", exc)
             return
-        if isinstance(msg, m.Heartbeat) and msg.role == "probe" and msg.name != self.name:
-            return
+        if isinstance(msg, m.Heartbeat) and msg.role == "probe":
+            if msg.name != self.name:
+                return
+        else:
+            self._track_seq(topic, msg)
         try:
             self.handle(topic, msg)
-        except Exception:  # noqa: BLE001 - an actor never dies of one message
+        except Exception as exc:  # noqa: BLE001 - an actor never dies of one message
             self.counters["errors"] += 1
-            self.log.exception("error while handling %s on %s", msg.kind, topic)
+            self.limited.warning(f"error:{msg.kind}:{type(exc).__name__}", "error while handling %s on %s",
+                                 msg.kind, topic, level=logging.ERROR, exc_info=True)
+
+    def _track_seq(self, topic: str, msg: m.Message) -> None:
+        """Count messages lost on the way in (``gaps``), from seq jumps per topic (protocol section 5)."""
+        expected = self._expect.pop(topic, None)
+        if expected is not None and msg.seq > expected:
+            self.counters["gaps"] += min(msg.seq - expected, MAX_GAP_COUNT)
+        if isinstance(msg, m.EndOfStream):
+            return
+        self._expect[topic] = msg.seq + 1
+        if len(self._expect) > MAX_TRACKED_TOPICS:
+            del self._expect[next(iter(self._expect))]
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> int:

@@ -5,7 +5,13 @@ them: validation is every receiving actor's job, so the hop stays cheap. It
 counts what it carries and publishes its own heartbeat on ``status.<name>``.
 Per-subscriber queues are bounded by the XPUB high-water mark: a subscriber
 that stops reading loses messages (visible to it as gaps in ``seq``) and
-never slows anyone else down.
+never slows anyone else down. The broker cannot see per-subscriber losses
+(ZeroMQ drops silently at the high-water mark); the subscriber can.
+
+A frame over ``MAX_WIRE_BYTES`` (1 MiB) makes ZeroMQ drop the sender's
+connection before anything is forwarded. With ``bus.security.curve`` both
+sockets are CURVE servers and a ZAP authenticator admits only authorized
+client keys (:mod:`pipeline.security`).
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ import time
 import zmq
 
 from pipeline import messages as m
+from pipeline.bus import MAX_WIRE_BYTES, apply_options
 
 from .base import Actor, add_actor_arguments, actor_config, run_actor
 
-DRAIN_QUIET_S = 1.0  # after a stop signal: exit once nothing moved for this long
+# After a stop signal: exit once nothing moved for this long (at least two heartbeat intervals, so an
+# actor still draining, e.g. a sink waiting for a worker's final flush, keeps the broker up with its heartbeats)
+DRAIN_QUIET_S = 2.0
 DRAIN_MAX_S = 4.0  # ... or after this long at most (process managers kill at ~5 s)
+MAX_SUBSCRIPTION_BYTES = 4096  # a subscriber's (un)subscribe frame; larger ones drop its connection
 
 
 class Broker(Actor):
@@ -29,6 +39,7 @@ class Broker(Actor):
         super().__init__(name, bus, config)
         self.xsub = None
         self.xpub = None
+        self.auth = None  # the CURVE authenticator, when bus.security.curve is on
         self.counters.update({"messages": 0, "subscriptions": 0, "bytes": 0})
         self._rate_window = (time.monotonic(), 0)
         self.counters["messages_per_s"] = 0.0
@@ -40,16 +51,20 @@ class Broker(Actor):
             self.counters["dropped"] += 1
 
     def _bind(self):
-        from pipeline.security import apply_server_keys
+        from pipeline.security import apply_server_keys, start_authenticator
 
+        if self.bus.security.enabled:
+            self.auth = start_authenticator(self.ctx, self.bus.security)
         self.xsub = self.ctx.socket(zmq.XSUB)
         self.xpub = self.ctx.socket(zmq.XPUB)
         for sock in (self.xsub, self.xpub):
-            sock.setsockopt(zmq.LINGER, int(self.bus.linger_ms))
+            apply_options(sock, self.bus)
             if self.bus.security.enabled:
                 apply_server_keys(sock, self.bus.security)
         self.xsub.setsockopt(zmq.RCVHWM, int(self.bus.hwm))
+        self.xsub.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_BYTES)
         self.xpub.setsockopt(zmq.SNDHWM, int(self.bus.hwm))
+        self.xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
         try:
             self.xsub.bind(self.bus.xsub)
             self.xpub.bind(self.bus.xpub)
@@ -71,6 +86,8 @@ class Broker(Actor):
             for sock in (self.xsub, self.xpub):
                 if sock is not None:
                     sock.close()
+            if self.auth is not None:
+                self.auth.stop()
             self.ctx.term()
 
     def _forward(self) -> int:
@@ -87,7 +104,7 @@ class Broker(Actor):
                 if not self._drain_started:
                     self._drain_started = now
                     self.log.info("stop signal: forwarding until the bus is quiet")
-                quiet = now - last_traffic >= DRAIN_QUIET_S
+                quiet = now - last_traffic >= max(DRAIN_QUIET_S, 2 * interval)
                 if quiet or now - self._drain_started >= DRAIN_MAX_S:
                     break
             if now >= self._next_heartbeat:

@@ -4,6 +4,8 @@ One line per message: local time, topic, kind and the fields that matter
 (a commit's span, text and latency; an audio frame's time and size — never
 its samples). ``--json`` prints JSON lines instead (audio as ``pcm_bytes``).
 Malformed messages are reported on stderr; so are ``seq`` gaps.
+``--from-start`` first prints the transcript so far, from a sink that serves
+snapshots (:mod:`pipeline.snapshot`), then goes on live.
 """
 
 from __future__ import annotations
@@ -62,9 +64,12 @@ def register(sub) -> None:
     p = sub.add_parser("listen", help="print what a topic prefix carries (default: transcript.)")
     p.add_argument("prefixes", nargs="*", metavar="PREFIX", help="topic prefixes, e.g. transcript. speech.mic status.")
     p.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
-    p.add_argument("--from-start", action="store_true", help="replay what was sent before (not supported yet)")
+    p.add_argument("--from-start", action="store_true",
+                   help="first the transcript so far (from the config's sink with snapshot:, or --snapshot), then live")
+    p.add_argument("--snapshot", default=None, metavar="ENDPOINT", help="snapshot endpoint of a sink (implies --from-start)")
     p.add_argument("--config", "-c", default=None, help="pipeline YAML (for the bus endpoints)")
     p.add_argument("--xpub", default=None, help="broker XPUB endpoint (overrides the config)")
+    p.add_argument("--xsub", default=None, help="broker XSUB endpoint (overrides the config; --from-start syncs through it)")
     p.add_argument("--count", type=int, default=None, help="exit after this many messages")
     p.add_argument("--timeout", type=float, default=None, help="exit after this many seconds without a message")
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -74,10 +79,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from pipeline.client import Subscription
     from pipeline.config import ConfigError
+    from pipeline.snapshot import SnapshotError
 
-    if args.from_start:
-        print("voxpipe listen: --from-start is not supported yet (only live messages can be shown)", file=sys.stderr)
-        return EXIT_USAGE
     prefixes = args.prefixes or ["transcript."]
 
     def on_reject(exc: m.ProtocolError, frames) -> None:
@@ -85,11 +88,15 @@ def run(args) -> int:
         print(f"voxpipe listen: rejected a message on {topic!r}: {exc}", file=sys.stderr)
 
     try:
-        subscription = Subscription(prefixes, config=args.config, xpub=args.xpub, timeout=args.timeout,
-                                    on_reject=on_reject)
+        subscription = Subscription(prefixes, config=args.config, xpub=args.xpub, xsub=args.xsub, timeout=args.timeout,
+                                    on_reject=on_reject, from_start=bool(args.from_start or args.snapshot),
+                                    snapshot=args.snapshot)
     except ConfigError as exc:
         print(f"voxpipe: config error: {exc}", file=sys.stderr)
         return 3
+    except SnapshotError as exc:
+        print(f"voxpipe listen: {exc}", file=sys.stderr)
+        return 1
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"listening on {', '.join(prefixes)} at {subscription.bus.xpub} (Ctrl-C to stop)", file=sys.stderr)
     shown = 0
@@ -113,6 +120,7 @@ def run(args) -> int:
         pass
     except BrokenPipeError:  # e.g. piped into head
         return 0
-    print(f"voxpipe listen: {shown} message(s), {subscription.rejected} rejected, {subscription.gaps} lost",
+    dup = f", {subscription.duplicates} already in the snapshot" if subscription.duplicates else ""
+    print(f"voxpipe listen: {shown} message(s), {subscription.rejected} rejected, {subscription.gaps} lost{dup}",
           file=sys.stderr)
     return 0

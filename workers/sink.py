@@ -13,6 +13,11 @@ Stopping: on the first SIGTERM/SIGINT the sink keeps listening until every
 workers' final flush), or ``--grace`` seconds pass, then closes its output
 (cue files get their last cue) and exits 0. Heartbeats count what it
 received and wrote.
+
+Late subscribers: with ``snapshot: ENDPOINT`` in its section the sink also
+keeps the transcript messages it has seen (a JSONL sink reloads them from its
+file at start) and serves them to ``voxpipe listen --from-start`` and
+``pipeline.client.subscribe(..., from_start=True)`` (:mod:`pipeline.snapshot`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 
 from pipeline import messages as m
 from pipeline.config import ConfigError, SinkConfig
+from pipeline.snapshot import History, SnapshotServer
 
 from . import formats as f
 from .base import Actor, actor_config, add_actor_arguments, run_actor
@@ -48,6 +54,8 @@ class Sink(Actor):
         self.several = self._expects_several() if several is None else several
         self._console_out = console_out
         self.output = None
+        self.history = History() if scfg.snapshot else None
+        self.snapshots: SnapshotServer | None = None
         self.open_pairs: set[tuple[str, str]] = set()
         self._drain_deadline = 0.0
         self.counters.update({"commits": 0, "partials": 0, "eos": 0, "worker_errors": 0, "written": 0,
@@ -76,6 +84,15 @@ class Sink(Actor):
         else:
             self.output = open_file_output(self.kind, self.path, self.several)
         self.log.info("writing %s", self.scfg.output)
+        if self.history is not None:
+            kept = self.history.load_jsonl(self.path) if self.kind == "jsonl" else 0
+            self.snapshots = SnapshotServer(self.ctx, self.scfg.snapshot, self.bus, self.history)
+            self.log.info("serving snapshots on %s (%d message(s) from %s)", self.scfg.snapshot, kept,
+                          self.path or "before")
+
+    def tick(self, now: float) -> None:
+        if self.snapshots is not None and self.snapshots.serve():
+            self.counters["snapshots"] = self.snapshots.served
 
     def info(self) -> dict:
         return {
@@ -83,6 +100,7 @@ class Sink(Actor):
             "workers": list(self.workers),
             "files": self.output.files() if self.output is not None else [],
             "open": sorted(f"{w}/{s}" for w, s in self.open_pairs),
+            "snapshot": self.scfg.snapshot,
         }
 
     def handle(self, topic: str, msg: m.Message) -> None:
@@ -93,6 +111,8 @@ class Sink(Actor):
             self.counters["filtered"] += 1
             return
         pair = (worker, stream)
+        if self.history is not None:
+            self.history.add(topic, msg)
         try:
             if isinstance(msg, m.Commit):
                 self.counters["commits"] += 1
@@ -126,6 +146,8 @@ class Sink(Actor):
         return not self.open_pairs or time.monotonic() >= self._drain_deadline
 
     def teardown(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
         if self.output is None:
             return
         try:

@@ -9,6 +9,9 @@ with its own ``t``), ``speech_end`` (t); and ``eos`` after closing an open
 segment. ``wall0`` is copied from the latest input frame.
 
 A frame whose ``t`` goes backwards is dropped and counted (``out_of_order``).
+At most ``vad.max_streams`` streams are live at once: frames of further new
+streams are refused and counted (``streams_refused``) until one ends or
+idles out.
 A stream that goes idle is closed as if it had sent ``eos`` (so the workers
 flush); if it comes back it starts over (its ``seq`` restarts at 0).
 Heartbeat ``info.cpu_per_audio_s`` is the VAD's own CPU seconds per second
@@ -93,6 +96,8 @@ class VADActor(Actor):
         st = self.streams.get(msg.stream)
         n = to_samples(msg.t)
         if st is None:
+            if not self.admit_stream(msg.stream, len(self.streams), self.vcfg.max_streams):
+                return
             gate = SpeechGate(self._make_segmenter, self.vcfg.speech_pad_ms, first_sample=n)
             st = self.streams[msg.stream] = StreamGate(gate)
             self.counters["streams_total"] += 1
@@ -106,7 +111,7 @@ class VADActor(Actor):
         self._audio += msg.duration
         if events is None:
             self.counters["out_of_order"] += 1
-            self.limited.warning(f"backwards:{msg.stream}", "stream %s: frame at t=%.3f goes backwards (expected %.3f), dropped",
+            self.limited.warning("backwards", "stream %s: frame at t=%.3f goes backwards (expected %.3f), dropped",
                                  msg.stream, msg.t, st.gate.received / SR)
             return
         self._publish_events(msg.stream, st, events)

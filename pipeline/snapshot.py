@@ -1,0 +1,245 @@
+"""Late subscribers: the transcript so far, then the live messages, without gaps or duplicates.
+
+A subscriber that connects after a stream started has missed its first
+commits (there is no replay on the bus). A sink configured with
+``snapshot: ENDPOINT`` keeps what it has seen on ``transcript.*`` (commits,
+errors, eos; per topic, bounded) in a :class:`History`, loaded from its JSONL
+file at start when it writes one, and answers snapshot requests on a ROUTER
+socket bound to that endpoint (:class:`SnapshotServer`; protocol section 10).
+
+The client side follows ZeroMQ's "clone" pattern (:class:`Merger`, used by
+``pipeline.client.Subscription(from_start=True)`` and ``voxpipe listen
+--from-start``):
+
+1. subscribe and sync (the subscription is in place: nothing published from
+   now on is missed; the SUB socket queues it meanwhile);
+2. fetch the snapshot and deliver it;
+3. deliver the live messages, skipping those the snapshot already had (same
+   topic, same ``seq``, same content), and, when the first live message of a
+   topic is ahead of the snapshot (the sink had not received the messages in
+   between yet), fetching that topic's snapshot again to fill the hole.
+
+``seq`` restarts at 0 when a worker restarts or a stream id is used again;
+records of a topic form *epochs* (each starts where ``seq`` does not grow),
+and only the last epoch is matched against live messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections import OrderedDict, deque
+
+import msgpack
+import zmq
+
+from . import messages as m
+
+VERSION = 1
+MAX_TOPICS = 1024  # topics a history keeps (the least recently active is forgotten first)
+MAX_PER_TOPIC = 10000  # messages kept per topic (the oldest are forgotten first)
+MAX_REQUEST_BYTES = 4096
+MAX_PREFIXES = 32
+REQUESTS_PER_TICK = 8
+FAMILIES = ("transcript",)  # what a history keeps
+
+log = logging.getLogger("voxpipe.snapshot")
+
+
+class SnapshotError(RuntimeError):
+    """No snapshot: the endpoint did not answer in time, or answered with an error."""
+
+
+# -- server side ---------------------------------------------------------------------------------
+class History:
+    """Transcript messages per topic, in arrival order, bounded."""
+
+    def __init__(self, max_topics: int = MAX_TOPICS, max_per_topic: int = MAX_PER_TOPIC):
+        self.max_topics, self.max_per_topic = max_topics, max_per_topic
+        self.topics: OrderedDict[str, deque] = OrderedDict()
+
+    def add(self, topic: str, msg: m.Message) -> None:
+        if topic.partition(".")[0] not in FAMILIES or isinstance(msg, m.Partial):
+            return
+        records = self.topics.pop(topic, None)
+        if records is None:
+            records = deque(maxlen=self.max_per_topic)
+        records.append(msg)
+        self.topics[topic] = records
+        while len(self.topics) > self.max_topics:
+            self.topics.popitem(last=False)
+
+    def select(self, prefixes) -> list[tuple[str, m.Message]]:
+        """Every kept message whose topic starts with one of ``prefixes``, topic by topic in arrival order."""
+        return [(t, msg) for t, records in self.topics.items() if t.startswith(tuple(prefixes)) for msg in records]
+
+    def load_jsonl(self, path) -> int:
+        """Refill from a sink's JSONL file (after a restart); returns the messages taken. Bad lines are skipped."""
+        n = 0
+        try:
+            fh = open(path, encoding="utf-8")
+        except OSError:
+            return 0
+        with fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                    cls = m.KINDS[rec["kind"]]
+                    fields = {f.name: rec[f.name] for f in dataclasses.fields(cls) if f.name in rec and f.name != "pcm"}
+                    topic, msg = m.decode(m.encode(rec["topic"], cls(**fields)))
+                except Exception:  # noqa: BLE001 - a torn or foreign line
+                    continue
+                self.add(topic, msg)
+                n += 1
+        return n
+
+
+def _reply(header: dict, records=()) -> list[bytes]:
+    frames = [msgpack.packb({"v": VERSION, **header}, use_bin_type=True)]
+    for topic, msg in records:
+        frames += m.encode(topic, msg)
+    return frames
+
+
+def answer(history: History, request: bytes) -> list[bytes]:
+    """The reply frames to one request frame (an error reply for a bad request)."""
+    try:
+        req = msgpack.unpackb(request, raw=False) if len(request) <= MAX_REQUEST_BYTES else None
+    except Exception:  # noqa: BLE001
+        req = None
+    prefixes = req.get("prefixes") if isinstance(req, dict) and req.get("v") == VERSION else None
+    if not (isinstance(prefixes, list) and 0 < len(prefixes) <= MAX_PREFIXES
+            and all(isinstance(p, str) for p in prefixes)):
+        return _reply({"kind": "error", "message": "bad snapshot request"})
+    records = history.select(prefixes)
+    return _reply({"kind": "snapshot", "records": len(records), "time": time.time()}, records)
+
+
+class SnapshotServer:
+    """A ROUTER socket answering snapshot requests from a :class:`History` (call :meth:`serve` often)."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, bus, history: History):
+        from .bus import apply_options
+        from .security import apply_server_keys, start_authenticator
+
+        self.history = history
+        self.auth = None
+        self.sock = ctx.socket(zmq.ROUTER)
+        try:
+            apply_options(self.sock, bus)
+            self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+            self.sock.setsockopt(zmq.SNDHWM, 16)
+            if bus.security.enabled:
+                self.auth = start_authenticator(ctx, bus.security)
+                apply_server_keys(self.sock, bus.security)
+            self.sock.bind(endpoint)
+        except BaseException:
+            self.close()
+            raise
+        self.served = 0
+        self.refused = 0
+
+    def serve(self) -> int:
+        """Answer the requests waiting now (a few at most); returns how many."""
+        n = 0
+        while n < REQUESTS_PER_TICK:
+            try:
+                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+            # REQ clients: [identity, b"", request]; DEALER clients may leave out the empty frame
+            ident, body = frames[0], frames[1:]
+            envelope = [ident, b""] if body[:1] == [b""] else [ident]
+            body = body[1:] if body[:1] == [b""] else body
+            reply = answer(self.history, body[0] if len(body) == 1 else b"")
+            if len(body) != 1:
+                self.refused += 1
+            else:
+                self.served += 1
+            try:
+                self.sock.send_multipart(envelope + reply, flags=zmq.NOBLOCK)
+            except zmq.ZMQError:  # the client is gone or not reading
+                self.refused += 1
+        return n
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+
+
+# -- client side -----------------------------------------------------------------------------------
+def fetch(ctx: zmq.Context, endpoint: str, prefixes, bus, timeout: float = 10.0) -> list[tuple[str, m.Message]]:
+    """The snapshot for ``prefixes`` from ``endpoint``: validated (topic, message) pairs. Raises SnapshotError."""
+    from .bus import apply_options
+    from .security import apply_client_keys
+
+    sock = ctx.socket(zmq.REQ)
+    try:
+        apply_options(sock, bus)
+        sock.setsockopt(zmq.LINGER, 0)
+        if bus.security.enabled:
+            apply_client_keys(sock, bus.security)
+        sock.connect(endpoint)
+        sock.send(msgpack.packb({"v": VERSION, "prefixes": list(prefixes)}, use_bin_type=True))
+        if not sock.poll(int(timeout * 1000)):
+            raise SnapshotError(f"no snapshot from {endpoint} in {timeout:.0f}s (is a sink with snapshot: running?)")
+        frames = sock.recv_multipart()
+    finally:
+        sock.close()
+    try:
+        head = msgpack.unpackb(frames[0], raw=False)
+    except Exception:  # noqa: BLE001
+        head = None
+    if not isinstance(head, dict) or head.get("kind") != "snapshot" or (len(frames) - 1) % 2:
+        raise SnapshotError(f"bad snapshot reply from {endpoint}: {head.get('message') if isinstance(head, dict) else head!r}")
+    out = []
+    for i in range(1, len(frames), 2):
+        try:
+            out.append(m.decode(frames[i:i + 2]))
+        except m.ProtocolError as exc:
+            log.warning("snapshot: skipped a malformed record: %s", exc)
+    return out
+
+
+def last_epoch(records) -> dict[str, dict[int, m.Message]]:
+    """Per topic, seq -> message of its last epoch (the records after the last time seq did not grow)."""
+    epochs: dict[str, dict[int, m.Message]] = {}
+    last: dict[str, int] = {}
+    for topic, msg in records:
+        if topic in last and msg.seq <= last[topic]:
+            epochs[topic] = {}
+        epochs.setdefault(topic, {})[msg.seq] = msg
+        last[topic] = msg.seq
+    return epochs
+
+
+class Merger:
+    """Decides, per live message, whether the snapshot already delivered it (clone pattern, step 3)."""
+
+    def __init__(self, records):
+        self.known = last_epoch(records)
+        # topics still being matched: next seq after the snapshot's last epoch
+        self.next = {t: max(e) + 1 for t, e in self.known.items() if e}
+
+    def check(self, topic: str, msg: m.Message) -> str | int:
+        """``"dup"`` (skip it), ``"new"`` (deliver it), or the first missing seq (fill ``[that, msg.seq)`` first)."""
+        nxt = self.next.get(topic)
+        if nxt is None:
+            return "new"
+        if msg.seq < nxt:
+            if self.known[topic].get(msg.seq) == msg:
+                return "dup"
+            del self.next[topic]  # a new epoch (the sender restarted) after the snapshot
+            return "new"
+        del self.next[topic]
+        return "new" if msg.seq == nxt else nxt
+
+    def fill(self, topic: str, first: int, upto: int, records) -> list[tuple[str, m.Message]]:
+        """From a fresh snapshot: the last epoch's messages of ``topic`` with ``first <= seq < upto``."""
+        epoch = last_epoch(r for r in records if r[0] == topic).get(topic, {})
+        return [(topic, epoch[s]) for s in range(first, upto) if s in epoch]
