@@ -56,6 +56,10 @@ class Capabilities:
     # True when transcribe() reports per-segment quality signals that the
     # streaming processor can use to reject hallucinations.
     quality_signals: bool = False
+    # True when transcribe() may be called from several threads at once (the
+    # worker then decodes several streams in parallel, passing the backend
+    # option num_workers=<threads>).
+    concurrent: bool = False
 
 
 class ASRBase:

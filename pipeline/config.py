@@ -77,7 +77,7 @@ class VADConfig:
     name: str = "vad"
     threshold: float = 0.5
     neg_threshold: float = 0.35
-    min_silence_ms: int = 500
+    min_silence_ms: int = 350  # a pause this long ends a speech segment (the worker flushes there)
     speech_pad_ms: int = 100
     min_speech_ms: int = 100
     max_streams: int = 32  # live streams at once; frames of further new streams are refused (counted)
@@ -99,6 +99,8 @@ class WorkerConfig:
     partials: bool = True
     input: str = "speech"  # speech (from the VAD) | audio (raw capture)
     max_streams: int = 16  # live streams at once; messages of further new streams are refused (counted)
+    concurrency: int = 0  # decode threads; 0: one per core (up to 4) when the backend allows it, else 1
+    utterance_gap: float = 1.0  # a pause longer than this starts a fresh audio buffer
     options: dict = field(default_factory=dict)
 
 
@@ -355,6 +357,8 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
             fail(f"workers[{i}]: min_chunk_size, buffer_trimming_sec and idle_timeout must be positive")
         if w.max_streams < 1:
             fail(f"workers[{i}].max_streams must be at least 1")
+        if w.concurrency < 0 or w.utterance_gap <= 0:
+            fail(f"workers[{i}]: concurrency must be >= 0 and utterance_gap > 0")
         if w.model_dir:
             if check_files and not Path(w.model_dir).expanduser().exists():
                 fail(f"workers[{i}].model_dir: {w.model_dir!r} does not exist")

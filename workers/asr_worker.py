@@ -6,34 +6,49 @@ keeps one :class:`asr_core.online.OnlineASRProcessor` per stream id, created
 the first time the stream is seen and freed after ``eos`` or
 ``idle_timeout`` seconds without a message.
 
-Scheduling is single-threaded and fair: each loop iteration runs at most one
-decode, for the stream whose undecoded audio is oldest, so messages keep
-flowing and heartbeats stay regular. A ``speech_end`` flushes its utterance
-first (decoding the tail, then committing everything), which is what keeps
-latency low at the end of sentences. A backend failure on one stream
-(any exception, MemoryError included) resets that stream's processor and
-publishes an ``error`` on its transcript topic; other streams go on.
+When to decode:
+
+* every ``min_chunk_size`` seconds of new audio, the next hypothesis
+  (LocalAgreement commits what two consecutive ones agree on);
+* at a ``speech_end`` (a pause the VAD heard), a *flush*: the tail is decoded
+  and every word before the pause is committed at once, while the audio
+  stays in the buffer as context for what is said next;
+* when speech resumes more than ``utterance_gap`` seconds later, the buffer
+  starts afresh (everything before was already committed at the pause);
+* at ``eos``, idle timeout or shutdown, a *finish*: decode, commit, free.
+
+Decodes run on ``concurrency`` threads (auto: one per core for backends that
+allow concurrent calls), one job per stream at a time, the streams with the
+oldest undecoded audio first; the actor's own thread keeps receiving, so
+audio that arrives during a decode waits in the stream's inbox. A backend
+failure on one stream (any exception, MemoryError included) resets that
+stream's processor and publishes an ``error`` on its transcript topic; other
+streams go on.
 
 Hostile but well-formed input stays contained: at most ``max_streams``
 streams live at once (further new ones are refused and counted,
 ``streams_refused``), a stream's undecoded backlog is bounded
-(``MAX_BACKLOG_S``), and a jump far ahead in a stream's time flushes it
+(``MAX_BACKLOG_S``), and a jump ahead in a stream's time restarts its buffer
 instead of filling the hole with silence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from pipeline import messages as m
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
+from .decode_jobs import FINISH, FLUSH, ITER, DecodeRunner, JobResult
 
 WARMUP_SECONDS = 1.0
-MAX_JUMP_S = 10.0  # a forward jump in a stream's audio up to this is filled with silence; beyond, flush first
 MAX_BACKLOG_S = 120.0  # undecoded audio per stream beyond which new frames are dropped (counted)
+BUSY_POLL_MS = 5  # loop period while decodes run on the pool, so results go out at once
+MARK_FLUSH, MARK_EOS = "flush", "eos"
 
 
 @dataclass
@@ -42,13 +57,16 @@ class StreamState:
     processor: object
     wall0: float = 0.0
     last_seen: float = 0.0
-    flush_pending: bool = False
-    eos_pending: bool = False
+    # audio frames (t, samples) and marks (MARK_FLUSH, MARK_EOS) not yet given
+    # to the processor: it may be busy decoding on another thread
+    inbox: deque = field(default_factory=deque)
+    job: str | None = None  # the next job this stream needs (FLUSH / FINISH), if any
+    eos: bool = False  # the stream ends after its FINISH job
+    busy: bool = False
     last_partial: str = ""
     commits: int = 0
     failures: int = 0
     received_until: float = 0.0  # stream time just after the last received sample
-    extra: dict = field(default_factory=dict)
 
 
 class ASRWorker(Actor):
@@ -58,34 +76,55 @@ class ASRWorker(Actor):
         super().__init__(name, bus, config)
         self.wcfg = wcfg
         self.asr = None
+        self.runner: DecodeRunner | None = None
         self.streams: dict[str, StreamState] = {}
-        self.counters.update({"commits": 0, "decodes": 0, "stream_errors": 0, "streams_total": 0})
-        self._decode_seconds = 0.0
-        self._audio_seconds = 0.0
+        self.counters.update({
+            "commits": 0, "decodes": 0, "stream_errors": 0, "streams_total": 0,
+            "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
+        })
+        self._ended_audio = 0.0  # audio seconds of streams that have ended
         self.drain_timeout = 60.0
 
     # -- setup -------------------------------------------------------------------
     def subscriptions(self):
         return ["speech." if self.wcfg.input == "speech" else "audio."]
 
+    def _concurrency(self, backend_cls) -> int:
+        if not getattr(backend_cls.capabilities, "concurrent", False):
+            return 1
+        if self.wcfg.concurrency > 0:
+            return self.wcfg.concurrency
+        return max(1, min(os.cpu_count() or 1, 4))
+
     def setup(self) -> None:
         import numpy as np
 
-        from asr_core.registry import create_backend
+        from asr_core.registry import backend_class, create_backend
 
         w = self.wcfg
         t0 = time.monotonic()
+        concurrency = self._concurrency(backend_class(w.backend))
+        options = dict(w.options)
+        if concurrency > 1:
+            options.setdefault("num_workers", concurrency)  # let that many calls run at once
         self.asr = create_backend(
-            w.backend, w.language, w.model, cache_dir=w.cache_dir, model_dir=w.model_dir,
-            task=w.task, **dict(w.options),
+            w.backend, w.language, w.model, cache_dir=w.cache_dir, model_dir=w.model_dir, task=w.task, **options,
         )
         # one throw-away decode so the first real one is not slower than the rest
         self.asr.transcribe(np.zeros(int(WARMUP_SECONDS * 16000), dtype=np.float32))
-        self.log.info("backend %s loaded in %.1fs", self.asr.describe(), time.monotonic() - t0)
+        self.runner = DecodeRunner(concurrency)
+        self.log.info("backend %s loaded in %.1fs; %d decode thread(s)", self.asr.describe(),
+                      time.monotonic() - t0, concurrency)
+
+    def teardown(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
 
     def info(self) -> dict:
         d = self.asr.describe() if self.asr is not None else {"backend": self.wcfg.backend, "model": self.wcfg.model}
-        d["rtf"] = self._rtf()
+        d["language"] = self.wcfg.language
+        d["rtf"] = self.counters["rtf"]
+        d["concurrency"] = self.runner.concurrency if self.runner else 0
         d["streams"] = sorted(self.streams)
         return d
 
@@ -122,13 +161,15 @@ class ASRWorker(Actor):
         elif isinstance(msg, m.SpeechEnd):
             st = self._stream(msg)
             if st is not None:
-                st.flush_pending = True
+                st.inbox.append(MARK_FLUSH)
+                self._feed(st)
         elif isinstance(msg, m.SpeechStart):
             self._stream(msg)
         elif isinstance(msg, m.EndOfStream):
             st = self.streams.get(msg.stream)
             if st is not None:
-                st.eos_pending = True
+                st.inbox.append(MARK_EOS)
+                self._feed(st)
             elif not self.stopping:  # a stream without speech: nothing to flush, but say it ended
                 topic = m.transcript_topic(self.name, msg.stream)
                 self.publish(topic, m.EndOfStream(stream=msg.stream, seq=self.pub.seq(topic), t=msg.t, worker=self.name))
@@ -143,68 +184,100 @@ class ASRWorker(Actor):
             self.limited.warning("late", "stream %s: frame at %.2fs is late, dropped", msg.stream, msg.t)
             self.counters["dropped"] += 1
             return
-        proc = st.processor
-        if proc.undecoded_seconds > MAX_BACKLOG_S:  # far more than decoding keeps up with: keep memory bounded
+        if st.processor.undecoded_seconds > MAX_BACKLOG_S:  # far more than decoding keeps up with
             self.limited.warning("backlog", "stream %s: %.0fs of audio not decoded yet, frame dropped",
-                                 msg.stream, proc.undecoded_seconds)
+                                 msg.stream, st.processor.undecoded_seconds)
             self.counters["dropped"] += 1
             return
-        if proc.buffer_duration and msg.t - st.received_until > MAX_JUMP_S:
-            # audio far ahead of the buffer (frames lost, or a forged t): commit the buffer and restart it at
-            # the new time, rather than filling the hole with silence
-            self.limited.warning("jump", "stream %s: audio jumps %.1fs ahead; flushing", msg.stream,
-                                 msg.t - st.received_until)
-            st.flush_pending = True
-            self._work(st)
-            st = self.streams.get(msg.stream)
-            if st is None:
-                return
-        st.processor.insert_audio_chunk(pcm16_to_float(msg.pcm), t=msg.t)
+        st.inbox.append((msg.t, pcm16_to_float(msg.pcm)))
         st.received_until = msg.t + msg.duration
+        self._feed(st)
+
+    def _feed(self, st: StreamState) -> None:
+        """Hand the inbox to the processor, up to the next mark or needed job (never while busy)."""
+        proc = st.processor
+        while st.inbox and not st.busy and st.job is None:
+            item = st.inbox[0]
+            if item == MARK_FLUSH:
+                st.inbox.popleft()
+                if proc.buffer_duration:
+                    st.job = FLUSH
+                continue
+            if item == MARK_EOS:
+                st.inbox.popleft()
+                st.job, st.eos = FINISH, True
+                continue
+            t, samples = item
+            if proc.buffer_duration and t - proc.buffer_end > self.wcfg.utterance_gap:
+                # speech resumes after a long pause: start a fresh buffer; when
+                # something is still unconfirmed, finish the old one first
+                if proc.hyp.pending() or proc.undecoded_seconds > 0.05:
+                    st.job = FINISH
+                    continue
+                proc.init(t)
+            st.inbox.popleft()
+            proc.insert_audio_chunk(samples, t=t)
 
     # -- scheduling ----------------------------------------------------------------
     def tick(self, now: float) -> None:
-        st = self._next_job()
-        if st is not None:
-            self._work(st)
+        for stream, result in self.runner.done():
+            st = self.streams.get(stream)
+            if st is not None:
+                self._apply(st, result)
+        while self.runner.free > 0:
+            st, kind = self._next_job()
+            if st is None:
+                break
+            st.busy = True
+            st.job = None
+            self.runner.submit(st.stream, st.processor, kind)
+            if self.runner.concurrency == 1:
+                break  # inline: one decode per loop turn, so messages keep flowing
+        for stream, result in self.runner.done():
+            st = self.streams.get(stream)
+            if st is not None:
+                self._apply(st, result)
+        self.poll_ms = BUSY_POLL_MS if self.runner.running else 50
         for st in list(self.streams.values()):
-            if now - st.last_seen > self.wcfg.idle_timeout and not st.eos_pending:
+            if now - st.last_seen > self.wcfg.idle_timeout and not st.eos and MARK_EOS not in st.inbox:
                 self.log.info("stream %s idle for %.0fs: flushing and freeing it", st.stream, now - st.last_seen)
-                st.eos_pending = True
+                st.inbox.append(MARK_EOS)
+                self._feed(st)
 
-    def _next_job(self) -> StreamState | None:
-        best, best_key = None, None
+    def _next_job(self) -> tuple[StreamState | None, str | None]:
+        best, best_key, best_kind = None, None, None
         for st in self.streams.values():
-            proc = st.processor
-            if st.flush_pending or st.eos_pending:
-                key = (0, -proc.undecoded_seconds)
-            elif proc.undecoded_seconds >= self.wcfg.min_chunk_size:
-                key = (1, -proc.undecoded_seconds)
+            if st.busy:
+                continue
+            undecoded = st.processor.undecoded_seconds
+            if st.job is not None:
+                key, kind = (0, -undecoded), st.job
+            elif undecoded >= self.wcfg.min_chunk_size:
+                key, kind = (1, -undecoded), ITER
             else:
                 continue
             if best_key is None or key < best_key:
-                best, best_key = st, key
-        return best
+                best, best_key, best_kind = st, key, kind
+        return best, best_kind
 
-    def _work(self, st: StreamState) -> None:
-        proc = st.processor
-        decode_before = proc.stats.decode_seconds
-        try:
-            if st.flush_pending or st.eos_pending:
-                st.flush_pending = False
-                commit = proc.finish()
-            else:
-                commit = proc.process_iter()
-        except Exception as exc:  # noqa: BLE001 - one stream's failure stays with it
-            self._fail(st, exc)
-            return
-        self._decode_seconds += proc.stats.decode_seconds - decode_before
-        self.counters["decodes"] = self.counters.get("decodes", 0) + 1
-        self._publish_commit(st, commit)
-        if st.eos_pending:
-            self._end_stream(st)
-        elif self.wcfg.partials:
-            self._publish_partial(st)
+    def _apply(self, st: StreamState, result: JobResult) -> None:
+        """A finished job's outcome, on the actor's thread: publish, then feed on."""
+        st.busy = False
+        c = self.counters
+        c["decodes"] += result.decodes
+        c["decode_seconds"] = round(c["decode_seconds"] + result.decode_seconds, 3)
+        c["decoded_audio_seconds"] = round(c["decoded_audio_seconds"] + result.decoded_audio_seconds, 3)
+        if result.error is not None:
+            self._fail(st, result.error)
+        else:
+            self._publish_commit(st, result.commit)
+            if st.eos and result.kind == FINISH:
+                self._end_stream(st)
+                return
+            if self.wcfg.partials:
+                self._publish_partial(st)
+        self._feed(st)
+        self._update_rtf()
 
     def _fail(self, st: StreamState, exc: BaseException) -> None:
         st.failures += 1
@@ -213,11 +286,12 @@ class ASRWorker(Actor):
         message = f"{type(exc).__name__}: {exc}"[:500]
         topic = m.transcript_topic(self.name, st.stream)
         self.publish(topic, m.Error(stream=st.stream, seq=self.pub.seq(topic), message=message, worker=self.name))
-        offset = st.received_until
+        self._ended_audio += st.processor.stats.audio_seconds
         st.processor = self._new_processor()
-        st.processor.init(offset)
-        st.flush_pending = False
-        if st.eos_pending:
+        queued = [x[0] for x in st.inbox if isinstance(x, tuple)]
+        st.processor.init(queued[0] if queued else st.received_until)  # go on from the next audio
+        st.job = None
+        if st.eos:
             self._end_stream(st)
 
     # -- output ----------------------------------------------------------------------
@@ -251,27 +325,29 @@ class ASRWorker(Actor):
     def _end_stream(self, st: StreamState) -> None:
         topic = m.transcript_topic(self.name, st.stream)
         self.publish(topic, m.EndOfStream(stream=st.stream, seq=self.pub.seq(topic), t=st.received_until, worker=self.name))
-        self._audio_seconds += st.processor.stats.audio_seconds
+        self._ended_audio += st.processor.stats.audio_seconds
         self.streams.pop(st.stream, None)
         self.counters["streams_active"] = len(self.streams)
         self.log.info("stream %s ended: %d commit(s), rtf %.2f", st.stream, st.commits, st.processor.stats.rtf)
 
+    def _update_rtf(self) -> None:
+        """Decode seconds per second of audio received, over all streams so far."""
+        audio = self._ended_audio + sum(st.processor.stats.audio_seconds for st in self.streams.values())
+        self.counters["audio_seconds"] = round(audio, 3)
+        self.counters["rtf"] = round(self.counters["decode_seconds"] / audio, 3) if audio else 0.0
+
     # -- shutdown ----------------------------------------------------------------------
     def drain(self) -> None:
-        """Flush every stream: decode its tail, publish the commits and eos."""
-        for st in list(self.streams.values()):
-            st.eos_pending = True
-        while self.streams:
-            st = next(iter(self.streams.values()))
-            self._work(st)
+        """Every stream ends: its tail is decoded, its commits and eos published (by tick)."""
+        for st in self.streams.values():
+            if not st.eos and MARK_EOS not in st.inbox:
+                st.inbox.append(MARK_EOS)
+                self._feed(st)
 
     def drained(self) -> bool:
+        if self.streams and self.runner.running:
+            self.runner.wait(0.05)
         return not self.streams
-
-    def _rtf(self) -> float:
-        """Decode seconds per second of audio received, over all streams so far."""
-        audio = self._audio_seconds + sum(st.processor.stats.audio_seconds for st in self.streams.values())
-        return round(self._decode_seconds / audio, 3) if audio else 0.0
 
 
 def register(sub) -> None:

@@ -48,7 +48,7 @@ def pick_device(device: str = "auto", compute_type: str = "auto") -> tuple[str, 
 class FasterWhisperASR(ASRBase):
     backend_name = "faster-whisper"
     sep = ""  # words carry their own leading space
-    capabilities = Capabilities(quality_signals=True)
+    capabilities = Capabilities(quality_signals=True, concurrent=True)
 
     def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
         from faster_whisper import WhisperModel
