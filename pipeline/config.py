@@ -77,7 +77,7 @@ class VADConfig:
     name: str = "vad"
     threshold: float = 0.5
     neg_threshold: float = 0.35
-    min_silence_ms: int = 350  # a pause this long ends a speech segment (the worker flushes there)
+    min_silence_ms: int = 300  # a pause this long ends a speech segment (the worker flushes there)
     speech_pad_ms: int = 100
     min_speech_ms: int = 100
     max_streams: int = 32  # live streams at once; frames of further new streams are refused (counted)

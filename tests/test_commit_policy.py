@@ -125,6 +125,21 @@ def test_flush_at_a_pause_commits_the_tail_and_keeps_the_audio_as_context():
     assert step(proc).text == "five six"
 
 
+def test_flush_cuts_the_buffer_at_a_committed_word_keeping_flush_keep_sec_of_context():
+    said = "one two three four five six seven eight"  # a word every 0.5 s, the last ends at 3.9 s
+    asr = ScriptedASR([said])
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(flush_keep_sec=2.0))
+    proc.insert_audio_chunk(silence(5.0))
+    assert proc.flush().text == said
+    # cut at the end of the last word that ends at least 2 s before the buffer's end (5.0 s)
+    assert proc.buffer_time_offset == pytest.approx(2.9)  # "six" ends at 2.9 s
+    assert proc.buffer_duration == pytest.approx(2.1)
+    # the words kept as context are not committed again
+    asr.script = [[(w[0] - 2.9, w[1] - 2.9, w[2]) for w in words(said + " nine ten") if w[0] >= 2.9]]
+    step(proc)
+    assert step(proc).text == "nine ten"
+
+
 def test_finish_commits_the_unconfirmed_tail():
     asr = ScriptedASR(["one two", "one two three four"])
     proc = OnlineASRProcessor(asr)
