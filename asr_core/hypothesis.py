@@ -115,8 +115,14 @@ class HypothesisBuffer:
                     return new[n:]
         return new
 
-    def flush(self) -> list[Word]:
-        """Commit the agreed prefix of the new and previous hypotheses."""
+    def flush(self, settled_before: float | None = None) -> list[Word]:
+        """Commit the agreed prefix of the new and previous hypotheses.
+
+        With ``settled_before``, leading words of the new hypothesis that end
+        before that time are committed too, agreed or not: a word that keeps
+        changing ("God's net" / "Goods that") would otherwise hold back every
+        word after it until the next pause.
+        """
         commit: list[Word] = []
         while self.new and self.previous:
             cand = self.new[0]
@@ -128,6 +134,14 @@ class HypothesisBuffer:
             self.last_committed_time = cand[1]
             self.previous.pop(0)
             self.new.pop(0)
+        if settled_before is not None and not self.looping:
+            while self.new and self.new[0][1] <= settled_before:
+                cand = self.new.pop(0)
+                commit.append(cand)
+                self.last_committed_time = cand[1]
+            if commit:
+                # the previous hypothesis is aligned to the new one no more
+                self.previous = [w for w in self.previous if w[0] >= self.last_committed_time - COMMIT_TOLERANCE]
         self.previous = self.new
         self.new = []
         self.committed_in_buffer.extend(commit)

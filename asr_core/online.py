@@ -11,6 +11,7 @@ cannot grow without limit.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections import deque
@@ -53,6 +54,9 @@ class StreamingOptions:
     # a buffer with no words in it at all is cut down to this much audio
     silence_keep_sec: float = 1.5
     silence_trim_sec: float = 6.0
+    # a word of the latest hypothesis that ends this long before the end of
+    # the audio is committed even without agreement (0: LocalAgreement only)
+    settle_sec: float = float(os.environ.get("SETTLE", "0"))
     # after a flush (a pause), the buffer is cut at the pause but keeps this
     # much of the speech before it as acoustic context for what comes next
     flush_keep_sec: float = 2.0
@@ -186,6 +190,12 @@ class OnlineASRProcessor:
         # word ending at a segment end is "before" a buffer cut there, not straddling it
         self.last_segment_ends = [round(self.buffer_time_offset + e, 3) for e in self.asr.segments_end_ts(result)]
         self.hyp.insert(words, self.buffer_time_offset)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "decoded %.2f-%.2fs (%.2fs in %.2fs): %r -> new %r%s", self.buffer_time_offset, self.buffer_end,
+                self.buffer_duration, time.perf_counter() - t0, "".join(w[2] for w in words),
+                "".join(w[2] for w in self.hyp.new), " (loop cut)" if self.hyp.looping else "",
+            )
         if self.hyp.looping:
             self.stats.loops_cut += 1
             log.debug("repetition loop cut from hypothesis at %.2fs", self.buffer_time_offset)
@@ -196,7 +206,8 @@ class OnlineASRProcessor:
         if len(self.audio_buffer) == 0 or self.undecoded_seconds <= 0:
             return Commit()
         self._decode()
-        committed = self.hyp.flush()
+        settle = self.options.settle_sec
+        committed = self.hyp.flush(self.buffer_end - settle if settle else None)
         committed += self._bound_buffer()
         self._trim()
         return self._record(committed)

@@ -36,6 +36,8 @@ APPEND = "\"'.。,，!！?？:：”)]}、"
 # Enough for fast speech with a timestamp pair per sentence; a loop stops here.
 TOKENS_PER_SECOND = 7.0
 TOKENS_BASE = 12
+# audio left after the last segment that makes the decoder go on with a second window
+SEEK_MIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,36 @@ class WindowDecoder:
 
     # -- main entry -----------------------------------------------------------
     def decode(self, audio: np.ndarray, prompt: str, language: str | None, task: str) -> list[Segment]:
+        """Segments (with words) of ``audio``, times relative to its start.
+
+        Whisper sometimes ends its transcript early, after a sentence that is
+        followed by a pause, although more speech follows. Like Whisper's own
+        long-form loop, the decoder then goes on from the end of the last
+        segment with a second window over the rest (at most once more), so a
+        hypothesis does not randomly lose everything after its first sentence.
+        """
+        segments, language = self._decode_window(audio, prompt, language, task)
+        duration = len(audio) / SAMPLING_RATE
+        # where the transcript stops: the last word's end (a segment left open
+        # by an early end of text runs to the end of the audio on paper only)
+        ends = [w[1] for s in segments for w in s.words] or [s.end for s in segments]
+        seek = max(ends, default=0.0)
+        if segments and duration - seek >= SEEK_MIN_S:
+            start = int(seek * SAMPLING_RATE)
+            more_prompt = (prompt + " " + " ".join(s.text for s in segments)).strip()
+            more, _ = self._decode_window(audio[start:], more_prompt, language, task)
+            for s in more:
+                s.start, s.end = round(s.start + seek, 3), round(s.end + seek, 3)
+                s.words = [(round(b + seek, 3), round(e + seek, 3), w) for b, e, w in s.words]
+            segments += more
+        return segments
+
+    def _decode_window(self, audio: np.ndarray, prompt: str, language: str | None, task: str):
+        """One window: (segments, language)."""
         from faster_whisper.tokenizer import Tokenizer
 
         if len(audio) < HOP * 10:
-            return []
+            return [], language
         feats, content_frames = self._features(audio)
         duration = content_frames / FRAMES_PER_SECOND
         enc = self._encode(feats)
@@ -121,7 +149,7 @@ class WindowDecoder:
         avg_logprob = result.scores[0] * (len(tokens) ** o.length_penalty) / (len(tokens) + 1)
         segments = self._split(tokenizer, tokens, duration)
         if not segments:
-            return []
+            return [], language
         text_all = "".join(s.text for s in segments)
         ratio = compression_ratio(text_all)
         for s in segments:
@@ -132,7 +160,7 @@ class WindowDecoder:
             self._add_words(tokenizer, segments, enc, content_frames, duration)
         for s in segments:
             s.text = s.text.strip()
-        return segments
+        return segments, language
 
     def _prompt(self, tokenizer, prompt: str) -> list[int]:
         out: list[int] = []
