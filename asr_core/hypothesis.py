@@ -119,11 +119,13 @@ class HypothesisBuffer:
         """Commit the agreed prefix of the new and previous hypotheses.
 
         With ``settled_before``, leading words of the new hypothesis that end
-        before that time are committed too, agreed or not: a word that keeps
-        changing ("God's net" / "Goods that") would otherwise hold back every
-        word after it until the next pause.
+        before that time are committed too, agreed or not (but never on the
+        first hypothesis of a buffer, nor from a looping one): a word that
+        keeps changing ("God's net" / "Goods that") would otherwise hold back
+        every word after it until the next pause.
         """
         commit: list[Word] = []
+        had_previous = bool(self.previous)
         while self.new and self.previous:
             cand = self.new[0]
             if word_key(cand[2]) != word_key(self.previous[0][2]) or not word_key(cand[2]):
@@ -134,7 +136,7 @@ class HypothesisBuffer:
             self.last_committed_time = cand[1]
             self.previous.pop(0)
             self.new.pop(0)
-        if settled_before is not None and not self.looping:
+        if settled_before is not None and had_previous and not self.looping:
             while self.new and self.new[0][1] <= settled_before:
                 cand = self.new.pop(0)
                 commit.append(cand)

@@ -101,6 +101,7 @@ class WorkerConfig:
     max_streams: int = 16  # live streams at once; messages of further new streams are refused (counted)
     concurrency: int = 0  # decode threads; 0: one per core (up to 4) when the backend allows it, else 1
     utterance_gap: float = 1.0  # a pause longer than this starts a fresh audio buffer
+    settle_sec: float = 2.0  # commit a word this long after it was heard even without agreement (0: never)
     options: dict = field(default_factory=dict)
 
 
@@ -357,8 +358,8 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
             fail(f"workers[{i}]: min_chunk_size, buffer_trimming_sec and idle_timeout must be positive")
         if w.max_streams < 1:
             fail(f"workers[{i}].max_streams must be at least 1")
-        if w.concurrency < 0 or w.utterance_gap <= 0:
-            fail(f"workers[{i}]: concurrency must be >= 0 and utterance_gap > 0")
+        if w.concurrency < 0 or w.utterance_gap <= 0 or w.settle_sec < 0:
+            fail(f"workers[{i}]: concurrency and settle_sec must be >= 0, utterance_gap > 0")
         if w.model_dir:
             if check_files and not Path(w.model_dir).expanduser().exists():
                 fail(f"workers[{i}].model_dir: {w.model_dir!r} does not exist")

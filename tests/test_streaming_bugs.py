@@ -199,7 +199,8 @@ def never_agreeing(i: int, seconds: float):
 
 @pytest.mark.parametrize("trimming", ["segment", "sentence"])
 def test_c_buffer_is_bounded_when_hypotheses_never_agree(trimming):
-    opts = StreamingOptions(buffer_trimming=trimming, buffer_trimming_sec=15.0, max_buffer_sec=25.0)
+    # LocalAgreement alone (no settling of old words): only the hard bound can help
+    opts = StreamingOptions(buffer_trimming=trimming, buffer_trimming_sec=15.0, max_buffer_sec=25.0, settle_sec=0.0)
     asr = ScriptedASR([never_agreeing])
     proc = OnlineASRProcessor(asr, options=opts)
     emitted = []
@@ -216,6 +217,23 @@ def test_c_buffer_is_bounded_when_hypotheses_never_agree(trimming):
     # latency of what is emitted is bounded by the buffer bound
     for t, c in emitted:
         assert t - c.end <= opts.max_buffer_sec + 1.0
+
+
+def test_c_with_settling_words_that_never_agree_come_out_after_settle_sec():
+    opts = StreamingOptions(settle_sec=2.0)
+    asr = ScriptedASR([never_agreeing])
+    proc = OnlineASRProcessor(asr, options=opts)
+    emitted = []
+    for second in range(120):
+        proc.insert_audio_chunk(zeros(1.0))
+        c = proc.process_iter()
+        assert proc.buffer_duration <= opts.buffer_trimming_sec + 1.0 + 1e-9
+        if c:
+            emitted.append((second + 1, c))
+    assert len(emitted) >= 100  # about every second
+    for t, c in emitted:
+        assert t - c.words[0][1] <= opts.settle_sec + 1.0 + 1e-9  # each word waited settle_sec + a chunk at most
+    assert proc.stats.forced_cuts == 0
 
 
 def test_c_a_buffer_without_any_word_is_cut_to_a_little_audio():

@@ -132,7 +132,9 @@ class ASRWorker(Actor):
         from asr_core.online import OnlineASRProcessor, StreamingOptions
 
         w = self.wcfg
-        options = StreamingOptions(buffer_trimming=w.buffer_trimming, buffer_trimming_sec=w.buffer_trimming_sec)
+        options = StreamingOptions(
+            buffer_trimming=w.buffer_trimming, buffer_trimming_sec=w.buffer_trimming_sec, settle_sec=w.settle_sec,
+        )
         return OnlineASRProcessor(self.asr, options=options)
 
     def _stream(self, msg: m.Message) -> StreamState | None:

@@ -38,6 +38,7 @@ TOKENS_PER_SECOND = 7.0
 TOKENS_BASE = 12
 # audio left after the last segment that makes the decoder go on with a second window
 SEEK_MIN_S = 1.0
+NO_SPEECH_MAX = 0.6  # a second window the model itself calls non-speech is dropped
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,12 @@ class WindowDecoder:
         # by an early end of text runs to the end of the audio on paper only)
         ends = [w[1] for s in segments for w in s.words] or [s.end for s in segments]
         seek = max(ends, default=0.0)
-        if segments and duration - seek >= SEEK_MIN_S:
-            start = int(seek * SAMPLING_RATE)
+        start = int(seek * SAMPLING_RATE)
+        if segments and duration - seek >= SEEK_MIN_S and _has_sound(audio[start:], audio[:start]):
             more_prompt = (prompt + " " + " ".join(s.text for s in segments)).strip()
             more, _ = self._decode_window(audio[start:], more_prompt, language, task)
+            # on silence Whisper invents text ("Thank you so much for joining us.")
+            more = [s for s in more if s.no_speech_prob <= NO_SPEECH_MAX]
             for s in more:
                 s.start, s.end = round(s.start + seek, 3), round(s.end + seek, 3)
                 s.words = [(round(b + seek, 3), round(e + seek, 3), w) for b, e, w in s.words]
@@ -240,6 +243,15 @@ class WindowDecoder:
                 k += 1
             if seg.words:
                 seg.end = max(seg.end, seg.words[-1][0])
+
+
+def _has_sound(rest: np.ndarray, before: np.ndarray, ratio: float = 0.05) -> bool:
+    """Is there more than near-silence in ``rest``, relative to the speech ``before`` it?"""
+    if len(rest) == 0 or len(before) == 0:
+        return False
+    loud = float(np.sqrt(np.mean(np.square(before, dtype=np.float64))))
+    level = float(np.sqrt(np.mean(np.square(rest, dtype=np.float64))))
+    return level > ratio * loud
 
 
 def _merge_punctuation(timed: list) -> list:
