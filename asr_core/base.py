@@ -107,6 +107,15 @@ class ASRBase:
         raise NotImplementedError("a backend must implement segments_end_ts()")
 
     # -- defaults ----------------------------------------------------------
+    def word_probabilities(self, result) -> list[float | None] | None:
+        """The model's probability of each word of :meth:`ts_words`, if it knows them.
+
+        Optional: ``None`` (the default) or ``None`` for a word means unknown.
+        The streaming processor's early commit (``early_commit_sec``) only
+        takes words whose probability is known and high enough.
+        """
+        return None
+
     def use_vad(self) -> None:
         """Ask the engine to skip non-speech internally, where it can."""
         self.transcribe_kargs["vad_filter"] = True

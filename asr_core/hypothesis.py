@@ -89,10 +89,24 @@ class HypothesisBuffer:
         self.new: list[Word] = []
         self.last_committed_time = 0.0
         self.looping = False
+        self.sure: set[Word] = set()  # words of the new hypothesis the model is sure of
 
-    def insert(self, words: list[Word], offset: float) -> None:
-        """Take a new hypothesis (times relative to ``offset``)."""
-        shifted = [(round(b + offset, 3), round(e + offset, 3), t) for b, e, t in words if t.strip()]
+    def insert(self, words: list[Word], offset: float, probs=None, sure_prob: float = 1.0) -> None:
+        """Take a new hypothesis (times relative to ``offset``).
+
+        ``probs`` (optional, one per word, None = unknown): the model's
+        probability of each word; those at ``sure_prob`` or above may commit
+        early (:meth:`flush`).
+        """
+        probs = list(probs) if probs is not None and len(probs) == len(words) else [None] * len(words)
+        shifted, sure = [], set()
+        for (b, e, t), p in zip(words, probs):
+            if t.strip():
+                w = (round(b + offset, 3), round(e + offset, 3), t)
+                shifted.append(w)
+                if p is not None and p >= sure_prob:
+                    sure.add(w)
+        self.sure = sure
         loop_at = find_loop(shifted)
         self.looping = loop_at is not None
         if loop_at is not None:
@@ -115,7 +129,7 @@ class HypothesisBuffer:
                     return new[n:]
         return new
 
-    def flush(self, settled_before: float | None = None) -> list[Word]:
+    def flush(self, settled_before: float | None = None, sure_before: float | None = None) -> list[Word]:
         """Commit the agreed prefix of the new and previous hypotheses.
 
         With ``settled_before``, leading words of the new hypothesis that end
@@ -123,6 +137,11 @@ class HypothesisBuffer:
         first hypothesis of a buffer, nor from a looping one): a word that
         keeps changing ("God's net" / "Goods that") would otherwise hold back
         every word after it until the next pause.
+
+        With ``sure_before``, leading words that end before that time and
+        that the model is sure of (``insert``'s ``sure_prob``) are committed
+        from this hypothesis alone, without waiting for the next one to agree
+        (again never from a looping hypothesis).
         """
         commit: list[Word] = []
         had_previous = bool(self.previous)
@@ -141,9 +160,11 @@ class HypothesisBuffer:
                 cand = self.new.pop(0)
                 commit.append(cand)
                 self.last_committed_time = cand[1]
-            if commit:
-                # the previous hypothesis is aligned to the new one no more
-                self.previous = [w for w in self.previous if w[0] >= self.last_committed_time - COMMIT_TOLERANCE]
+        if sure_before is not None and not self.looping:
+            while self.new and self.new[0][1] <= sure_before and self.new[0] in self.sure:
+                cand = self.new.pop(0)
+                commit.append(cand)
+                self.last_committed_time = cand[1]
         self.previous = self.new
         self.new = []
         self.committed_in_buffer.extend(commit)

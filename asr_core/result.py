@@ -17,6 +17,7 @@ class Segment:
     end: float
     text: str
     words: list = field(default_factory=list)  # [(beg, end, word), ...]
+    word_probs: list = field(default_factory=list)  # the model's probability of each word, when known
     no_speech_prob: float = 0.0
     avg_logprob: float = 0.0
     compression_ratio: float = 1.0

@@ -37,6 +37,12 @@ def add_asr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vac", action="store_true", help="voice activity controller: decode speech only, flush at speech ends")
     p.add_argument("--vac-chunk-size", type=float, default=0.04, help="seconds of audio per VAC step")
     p.add_argument("--vad", action="store_true", help="ask the backend to filter non-speech itself")
+    p.add_argument("--settle", type=float, default=0.0, metavar="SEC",
+                   help="commit a word SEC after it was heard even without agreement (0: LocalAgreement only)")
+    p.add_argument("--early-commit", type=float, default=0.0, metavar="SEC",
+                   help="commit a word the model is sure of SEC after it was heard, unconfirmed (0: off)")
+    p.add_argument("--early-commit-prob", type=float, default=0.6, metavar="P",
+                   help="how sure: the word's probability at least P (default 0.6)")
     p.add_argument(
         "--option", "-o", action="append", default=[], metavar="KEY=VALUE",
         help="backend option, e.g. -o beam_size=5 -o cpu_threads=2 -o device=cuda",
@@ -70,7 +76,10 @@ def build_processor(asr, args):
     from .online import OnlineASRProcessor, StreamingOptions
     from .vac import VACOnlineASRProcessor
 
-    options = StreamingOptions(buffer_trimming=args.buffer_trimming, buffer_trimming_sec=args.buffer_trimming_sec)
+    options = StreamingOptions(
+        buffer_trimming=args.buffer_trimming, buffer_trimming_sec=args.buffer_trimming_sec,
+        settle_sec=args.settle, early_commit_sec=args.early_commit, early_commit_prob=args.early_commit_prob,
+    )
     if args.vac:
         return VACOnlineASRProcessor(args.min_chunk_size, asr, options=options)
     return OnlineASRProcessor(asr, options=options)

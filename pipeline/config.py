@@ -102,6 +102,8 @@ class WorkerConfig:
     concurrency: int = 0  # decode threads; 0: one per core (up to 4) when the backend allows it, else 1
     utterance_gap: float = 1.0  # a pause longer than this starts a fresh audio buffer
     settle_sec: float = 2.0  # commit a word this long after it was heard even without agreement (0: never)
+    early_commit_sec: float = 0.3  # commit a word the model is sure of this long after it was heard (0: never)
+    early_commit_prob: float = 0.6  # "sure": the model's word probability at least this
     options: dict = field(default_factory=dict)
 
 
@@ -358,8 +360,10 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
             fail(f"workers[{i}]: min_chunk_size, buffer_trimming_sec and idle_timeout must be positive")
         if w.max_streams < 1:
             fail(f"workers[{i}].max_streams must be at least 1")
-        if w.concurrency < 0 or w.utterance_gap <= 0 or w.settle_sec < 0:
-            fail(f"workers[{i}]: concurrency and settle_sec must be >= 0, utterance_gap > 0")
+        if w.concurrency < 0 or w.utterance_gap <= 0 or w.settle_sec < 0 or w.early_commit_sec < 0:
+            fail(f"workers[{i}]: concurrency, settle_sec and early_commit_sec must be >= 0, utterance_gap > 0")
+        if not 0 <= w.early_commit_prob <= 1:
+            fail(f"workers[{i}].early_commit_prob must be between 0 and 1")
         if w.model_dir:
             if check_files and not Path(w.model_dir).expanduser().exists():
                 fail(f"workers[{i}].model_dir: {w.model_dir!r} does not exist")

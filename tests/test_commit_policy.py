@@ -10,7 +10,11 @@ Rules specified here:
 * the buffer is trimmed at a segment end (segment mode) or at the end of the
   second-to-last committed sentence (sentence mode), once it is longer than
   ``buffer_trimming_sec``, and the text that scrolls out becomes the prompt;
-* ``partial()`` exposes the unconfirmed tail of the latest hypothesis.
+* ``partial()`` exposes the unconfirmed tail of the latest hypothesis;
+* with ``early_commit_sec``, leading words the model is sure of (its word
+  probability at least ``early_commit_prob``) that end that long before the
+  end of the audio commit from the first hypothesis that has them; an unsure
+  word stops it, and a backend without probabilities never commits early.
 """
 
 from __future__ import annotations
@@ -35,6 +39,17 @@ def texts(commit) -> list[str]:
 def step(proc, seconds: float = 1.0):
     proc.insert_audio_chunk(silence(seconds))
     return proc.process_iter()
+
+
+class SureOfSomeWords(ScriptedASR):
+    """A scripted backend that also reports a probability per word."""
+
+    def __init__(self, script, probs):
+        self.probs = list(probs)
+        super().__init__(script)
+
+    def word_probabilities(self, result):
+        return self.probs[: sum(len(s.words) for s in result)]
 
 
 # -- LocalAgreement ----------------------------------------------------------
@@ -299,3 +314,36 @@ def test_segment_mode_does_not_trim_below_buffer_trimming_sec():
 def test_invalid_trimming_mode_is_rejected():
     with pytest.raises(ValueError, match="buffer_trimming"):
         StreamingOptions(buffer_trimming="word")
+
+
+# -- early commit of words the model is sure of ----------------------------------
+
+
+def test_sure_words_well_before_the_end_commit_from_the_first_hypothesis():
+    # "the" (ends 0.4 s) is sure; "cat" is not, so it and every word after it wait
+    asr = SureOfSomeWords(["the cat sat"], probs=[0.95, 0.4, 0.95])
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(early_commit_sec=0.3, early_commit_prob=0.6))
+    commit = step(proc, 2.0)
+    assert texts(commit) == ["the"]
+    assert proc.partial().text == "cat sat"
+
+
+def test_a_sure_word_too_close_to_the_end_of_the_audio_waits_for_agreement():
+    # "sat" ends at 1.4 s, the audio at 1.5 s: 0.1 s < early_commit_sec
+    asr = SureOfSomeWords(["the cat sat"], probs=[0.95, 0.95, 0.95])
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(early_commit_sec=0.3, early_commit_prob=0.6))
+    commit = step(proc, 1.5)
+    assert texts(commit) == ["the", "cat"]
+    # the next hypothesis agrees on "sat": it commits then, once
+    commit = step(proc, 1.0)
+    assert texts(commit) == ["sat"]
+
+
+def test_without_word_probabilities_nothing_commits_early():
+    proc = OnlineASRProcessor(ScriptedASR(["the cat sat"]), options=StreamingOptions(early_commit_sec=0.3))
+    assert not step(proc, 3.0)
+
+
+def test_early_commit_is_off_by_default_in_the_processor():
+    asr = SureOfSomeWords(["the cat sat"], probs=[0.99, 0.99, 0.99])
+    assert not step(OnlineASRProcessor(asr), 3.0)

@@ -16,7 +16,7 @@ from asr_core.hypothesis import HypothesisBuffer
 
 
 def merged(*pieces: str) -> list[str]:
-    timed = [[w, [i], float(i), float(i) + 0.5] for i, w in enumerate(pieces)]
+    timed = [[w, [i], float(i), float(i) + 0.5, 0.9] for i, w in enumerate(pieces)]
     return [item[0] for item in _merge_punctuation(timed)]
 
 
@@ -40,8 +40,8 @@ def test_a_spaced_symbol_and_word_pieces_keep_their_own_words():
 
 
 def test_merged_pieces_keep_the_tokens_of_both_and_the_times_of_the_word():
-    out = _merge_punctuation([[" 12", [1], 1.0, 1.3], ["%", [2], 1.3, 1.8]])
-    assert out == [[" 12%", [1, 2], 1.0, 1.3]]
+    out = _merge_punctuation([[" 12", [1], 1.0, 1.3, 0.9], ["%", [2], 1.3, 1.8, 0.6]])
+    assert out == [[" 12%", [1, 2], 1.0, 1.3, 0.6]]  # and the probability of the less sure piece
 
 
 def test_a_percent_sign_does_not_split_the_word_across_hypotheses():

@@ -51,6 +51,16 @@ BUSY_POLL_MS = 5  # loop period while decodes run on the pool, so results go out
 MARK_FLUSH, MARK_EOS = "flush", "eos"
 
 
+def streaming_options(w):
+    """The streaming processor's options for a worker's config (a :class:`pipeline.config.WorkerConfig`)."""
+    from asr_core.online import StreamingOptions
+
+    return StreamingOptions(
+        buffer_trimming=w.buffer_trimming, buffer_trimming_sec=w.buffer_trimming_sec, settle_sec=w.settle_sec,
+        early_commit_sec=w.early_commit_sec, early_commit_prob=w.early_commit_prob,
+    )
+
+
 @dataclass
 class StreamState:
     stream: str
@@ -129,13 +139,9 @@ class ASRWorker(Actor):
         return d
 
     def _new_processor(self):
-        from asr_core.online import OnlineASRProcessor, StreamingOptions
+        from asr_core.online import OnlineASRProcessor
 
-        w = self.wcfg
-        options = StreamingOptions(
-            buffer_trimming=w.buffer_trimming, buffer_trimming_sec=w.buffer_trimming_sec, settle_sec=w.settle_sec,
-        )
-        return OnlineASRProcessor(self.asr, options=options)
+        return OnlineASRProcessor(self.asr, options=streaming_options(self.wcfg))
 
     def _stream(self, msg: m.Message) -> StreamState | None:
         """The stream's state (made on its first message); None when refused (``max_streams`` live)."""

@@ -217,6 +217,7 @@ class WindowDecoder:
         words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
         if len(word_tokens) <= 1 or len(text_idx) == 0:
             return
+        token_probs = list(getattr(aligned, "text_token_probs", None) or [])
         bounds = np.concatenate([[0], np.cumsum([len(t) for t in word_tokens[:-1]])])
         jumps = np.concatenate([[True], np.diff(text_idx) != 0])
         jump_times = time_idx[jumps] / (FRAMES_PER_SECOND / 2)
@@ -227,7 +228,10 @@ class WindowDecoder:
                 break
             beg = float(jump_times[bounds[i]]) if bounds[i] < len(jump_times) else duration
             end = float(jump_times[bounds[i + 1]]) if bounds[i + 1] < len(jump_times) else duration
-            timed.append([words[i], word_tokens[i], min(beg, duration), min(end, duration)])
+            first = int(bounds[i])
+            probs = token_probs[first:first + len(word_tokens[i])]
+            prob = float(min(probs)) if probs else None  # a word is as sure as its least sure token
+            timed.append([words[i], word_tokens[i], min(beg, duration), min(end, duration), prob])
         timed = _merge_punctuation(timed)
         # hand the words back to their segments by token count
         k = 0
@@ -235,10 +239,12 @@ class WindowDecoder:
             need = len([t for t in seg.tokens if t < tokenizer.eot])
             got = 0
             seg.words = []
+            seg.word_probs = []
             while k < len(timed) and got < need:
-                word, toks, beg, end = timed[k]
+                word, toks, beg, end, prob = timed[k]
                 if word.strip():
                     seg.words.append((round(beg, 3), round(max(end, beg), 3), word))
+                    seg.word_probs.append(prob)
                 got += len(toks)
                 k += 1
             if seg.words:
@@ -254,6 +260,10 @@ def _has_sound(rest: np.ndarray, before: np.ndarray, ratio: float = 0.05) -> boo
     return level > ratio * loud
 
 
+def _least(a, b):
+    return b if a is None else a if b is None else min(a, b)
+
+
 def _merge_punctuation(timed: list) -> list:
     """Attach leading quotes/brackets to the next word and trailing marks to the previous."""
     out: list = []
@@ -262,7 +272,7 @@ def _merge_punctuation(timed: list) -> list:
         word = item[0]
         stripped = word.strip()
         if pending is not None:
-            item = [pending[0] + word.lstrip(), pending[1] + item[1], pending[2], item[3]]
+            item = [pending[0] + word.lstrip(), pending[1] + item[1], pending[2], item[3], _least(pending[4], item[4])]
             pending = None
             word = item[0]
             stripped = word.strip()
@@ -275,7 +285,7 @@ def _merge_punctuation(timed: list) -> list:
         glued = all(c in APPEND for c in stripped) or not any(c.isalnum() for c in stripped)
         if stripped and glued and out and not word.startswith(" "):
             prev = out[-1]
-            out[-1] = [prev[0] + word, prev[1] + item[1], prev[2], prev[3]]
+            out[-1] = [prev[0] + word, prev[1] + item[1], prev[2], prev[3], _least(prev[4], item[4])]
             continue
         out.append(item)
     if pending is not None:

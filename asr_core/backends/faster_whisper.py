@@ -128,6 +128,7 @@ class FasterWhisperASR(ASRBase):
                     end=s.end,
                     text=s.text.strip(),
                     words=[(w.start, w.end, w.word) for w in (s.words or [])],
+                    word_probs=[w.probability for w in (s.words or [])],
                     no_speech_prob=s.no_speech_prob,
                     avg_logprob=s.avg_logprob,
                     compression_ratio=s.compression_ratio,
@@ -137,11 +138,21 @@ class FasterWhisperASR(ASRBase):
 
     def ts_words(self, result: list[Segment]) -> list[tuple]:
         words = []
-        for seg in result:
-            if seg.no_speech_prob > 0.9 and seg.avg_logprob < -1.0:
-                continue  # the model itself says this is not speech
+        for seg in self._speech(result):
             words.extend(seg.words)
         return words
+
+    def word_probabilities(self, result: list[Segment]) -> list[float | None]:
+        probs: list[float | None] = []
+        for seg in self._speech(result):
+            known = seg.word_probs if len(seg.word_probs) == len(seg.words) else [None] * len(seg.words)
+            probs.extend(known)
+        return probs
+
+    @staticmethod
+    def _speech(result: list[Segment]) -> list[Segment]:
+        # the segments the model itself does not call non-speech
+        return [s for s in result if not (s.no_speech_prob > 0.9 and s.avg_logprob < -1.0)]
 
     def segments_end_ts(self, result: list[Segment]) -> list[float]:
         return [s.end for s in result]

@@ -52,10 +52,10 @@ def offline_clip(asr, clip) -> dict:
 def decode_replay(asr, events: list, w) -> dict:
     """Replay ``("audio", t, pcm)`` / ``("end", t, None)`` / ``("eos", t, None)`` events as the worker does."""
     from asr_core.audio import pcm16_to_float
-    from asr_core.online import OnlineASRProcessor, StreamingOptions
+    from asr_core.online import OnlineASRProcessor
+    from workers.asr_worker import streaming_options
 
-    proc = OnlineASRProcessor(asr, options=StreamingOptions(buffer_trimming=w.buffer_trimming,
-                                                            buffer_trimming_sec=w.buffer_trimming_sec))
+    proc = OnlineASRProcessor(asr, options=streaming_options(w))
     cpu = 0.0
     flushes = 0
     c0 = time.process_time()
