@@ -12,15 +12,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
 
 from .messages import valid_id
+from .yaml_typed import build, expand_env, expand_tree  # noqa: F401 (expand_env: part of this module's API)
 
 
 class ConfigError(ValueError):
@@ -167,102 +166,6 @@ def _by_name(items, name, what):
 
 LIST_ITEMS = {"sources": SourceConfig, "workers": WorkerConfig, "sinks": SinkConfig}
 WORKER_TASKS = ("transcribe", "translate")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-
-
-# -- environment substitution --------------------------------------------------
-def expand_env(value: str, where: str, env=None) -> str:
-    env = os.environ if env is None else env
-
-    def repl(mt: re.Match) -> str:
-        name, default = mt.group(1), mt.group(2)
-        if env.get(name):
-            return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"{where}: ${{{name}}} is not set (give it a default with ${{{name}:-value}})")
-
-    return _VAR.sub(repl, value)
-
-
-def _expand_tree(data: Any, where: str) -> Any:
-    if isinstance(data, str):
-        return expand_env(data, where)
-    if isinstance(data, list):
-        return [_expand_tree(v, f"{where}[{i}]") for i, v in enumerate(data)]
-    if isinstance(data, dict):
-        return {k: _expand_tree(v, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
-    return data
-
-
-# -- typed building ----------------------------------------------------------------
-def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return True, None
-        for a in args:
-            if a is type(None):
-                continue
-            ok, v = _type_ok(value, a)
-            if ok:
-                return True, v
-        return False, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if tp is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, str(value)  # e.g. a numeric device index
-        return isinstance(value, str), value
-    if tp is dict:
-        return isinstance(value, dict), value
-    if tp is tuple:
-        if isinstance(value, str):
-            return True, (value,)
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        return ok, tuple(value) if ok else value
-    return False, value
-
-
-def _type_name(tp: Any) -> str:
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "text", dict: "a mapping", tuple: "a list of names"}
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
-    return names.get(tp, str(tp))
-
-
-def _build(cls, data: Any, where: str, file: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "path"}
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in known:
-            raise ConfigError(f"{file}: unknown key {path!r} (allowed: {', '.join(sorted(known))})")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, path, file)
-        elif key in LIST_ITEMS and cls is Config:
-            if not isinstance(value, list):
-                raise ConfigError(f"{file}: {path}: expected a list")
-            kwargs[key] = tuple(_build(LIST_ITEMS[key], v, f"{path}[{i}]", file) for i, v in enumerate(value))
-        else:
-            ok, coerced = _type_ok(value, tp)
-            if not ok:
-                raise ConfigError(f"{file}: {path}: expected {_type_name(tp)}, got {value!r}")
-            kwargs[key] = coerced
-    return cls(**kwargs)
 
 
 # -- loading -----------------------------------------------------------------------
@@ -281,8 +184,8 @@ def load_config(path: str | os.PathLike | None, check_files: bool = True) -> Con
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{file}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    data = _expand_tree(data or {}, "")
-    cfg = _build(Config, data, "", file)
+    data = expand_tree(data or {}, "", ConfigError)
+    cfg = build(Config, data, "", file, ConfigError, lists={"Config": LIST_ITEMS})
     cfg = dataclasses.replace(cfg, path=str(Path(file).resolve()))
     return validate(cfg, file, check_files)
 

@@ -9,7 +9,10 @@ the first time the stream is seen and freed after ``eos`` or
 When to decode:
 
 * every ``min_chunk_size`` seconds of new audio, the next hypothesis
-  (LocalAgreement commits what two consecutive ones agree on);
+  (LocalAgreement commits what two consecutive ones agree on; a word the
+  model is sure of commits from its first hypothesis once it ended
+  ``early_commit_sec`` before the end of the audio, and any word once it
+  ended ``settle_sec`` before);
 * at a ``speech_end`` (a pause the VAD heard), a *flush*: the tail is decoded
   and every word before the pause is committed at once, while the audio
   stays in the buffer as context for what is said next;
