@@ -23,6 +23,25 @@ class Segment:
     compression_ratio: float = 1.0
 
 
+def is_speech(seg: Segment) -> bool:
+    """False when the model itself says a segment is not speech (and is unsure of its text)."""
+    return not (seg.no_speech_prob > 0.9 and seg.avg_logprob < -1.0)
+
+
+def speech_words(segments: list[Segment]) -> list[tuple]:
+    """The words of the speech segments: what a built-in backend's ``ts_words`` returns."""
+    return [w for s in segments if is_speech(s) for w in s.words]
+
+
+def speech_word_probs(segments: list[Segment]) -> list:
+    """One probability per word of :func:`speech_words` (None where unknown)."""
+    probs: list = []
+    for s in segments:
+        if is_speech(s):
+            probs += s.word_probs if len(s.word_probs) == len(s.words) else [None] * len(s.words)
+    return probs
+
+
 def compression_ratio(text: str) -> float:
     """How well ``text`` compresses: loops ("the the the ...") score high."""
     data = text.encode("utf-8")

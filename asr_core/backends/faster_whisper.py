@@ -20,7 +20,7 @@ import numpy as np
 
 from ..base import ASRBase, BackendUnavailable, Capabilities, ModelNotFound, check_audio
 from ..models import bundled_hint, resolve_ct2_model
-from ..result import Segment
+from ..result import Segment, speech_word_probs, speech_words
 
 try:  # the dependency check is cheap; the model loads in load_model()
     import faster_whisper  # noqa: F401
@@ -137,22 +137,10 @@ class FasterWhisperASR(ASRBase):
         return out
 
     def ts_words(self, result: list[Segment]) -> list[tuple]:
-        words = []
-        for seg in self._speech(result):
-            words.extend(seg.words)
-        return words
+        return speech_words(result)  # without what the model itself calls non-speech
 
-    def word_probabilities(self, result: list[Segment]) -> list[float | None]:
-        probs: list[float | None] = []
-        for seg in self._speech(result):
-            known = seg.word_probs if len(seg.word_probs) == len(seg.words) else [None] * len(seg.words)
-            probs.extend(known)
-        return probs
-
-    @staticmethod
-    def _speech(result: list[Segment]) -> list[Segment]:
-        # the segments the model itself does not call non-speech
-        return [s for s in result if not (s.no_speech_prob > 0.9 and s.avg_logprob < -1.0)]
+    def word_probabilities(self, result: list[Segment]) -> list:
+        return speech_word_probs(result)
 
     def segments_end_ts(self, result: list[Segment]) -> list[float]:
         return [s.end for s in result]

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from ..base import SAMPLING_RATE, ASRBase, BackendUnavailable, Capabilities, ModelNotFound, check_audio
-from ..result import Segment
+from ..result import Segment, speech_word_probs, speech_words
 
 INSTALL_HINT = (
     "mlx-whisper runs on Apple silicon (pip install 'voxpipe[mlx]' on macOS arm64); "
@@ -161,12 +161,10 @@ class MLXWhisperASR(ASRBase):
         return [to_segment(s, duration) for s in result.get("segments", [])]
 
     def ts_words(self, result: list[Segment]) -> list[tuple]:
-        words = []
-        for seg in result:
-            if seg.no_speech_prob > 0.9 and seg.avg_logprob < -1.0:
-                continue  # the model itself says this is not speech
-            words.extend(seg.words)
-        return words
+        return speech_words(result)  # without what the model itself calls non-speech
+
+    def word_probabilities(self, result: list[Segment]) -> list:
+        return speech_word_probs(result)
 
     def segments_end_ts(self, result: list[Segment]) -> list[float]:
         return [s.end for s in result]
@@ -189,17 +187,20 @@ class MLXWhisperASR(ASRBase):
 
 def to_segment(seg: dict, duration: float) -> Segment:
     """One mlx-whisper segment dict as a :class:`Segment`, times clipped to ``duration``."""
-    words = []
+    words, probs = [], []
     for w in seg.get("words", []):
         text = str(w["word"])
         if text.strip():
             end = min(float(w["end"]), duration)  # numpy floats made plain, padding cut off
             words.append((min(float(w["start"]), end), end, text))
+            prob = w.get("probability")
+            probs.append(None if prob is None else float(prob))
     return Segment(
         start=min(float(seg["start"]), duration),
         end=min(float(seg["end"]), duration),
         text=str(seg.get("text", "")).strip(),
         words=words,
+        word_probs=probs,
         no_speech_prob=float(seg.get("no_speech_prob", 0.0)),
         avg_logprob=float(seg.get("avg_logprob", 0.0)),
         compression_ratio=float(seg.get("compression_ratio", 1.0)),

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..audio import float_to_pcm16
 from ..base import SAMPLING_RATE, ASRBase, BackendError, Capabilities, check_audio
-from ..result import Segment, compression_ratio, spread_words
+from ..result import Segment, compression_ratio, speech_words, spread_words
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "whisper-1"
@@ -377,12 +377,8 @@ class OpenAIAPIASR(ASRBase):
         return out
 
     def ts_words(self, result: list[Segment]) -> list[tuple]:
-        words = []
-        for seg in result:
-            if seg.no_speech_prob > 0.9 and seg.avg_logprob < -1.0:
-                continue  # the server's model says this is not speech
-            words.extend(seg.words)
-        return words
+        return speech_words(result)  # without what the model itself calls non-speech
+
 
     def segments_end_ts(self, result: list[Segment]) -> list[float]:
         return [s.end for s in result]
