@@ -125,8 +125,8 @@ def markdown(r: dict) -> str:
     c = r.get("capacity")
     if c:
         lines += [f"## Capacity ({c['clip']}, one worker)", ""]
-        lines += _table(["streams", "held", "p50", "p90", "max", "tail lag", "worker core", "others", "why not"],
-                        [[str(x["streams"]), _f(x["held"]), _f(x["p50"], 2, " s"), _f(x["p90"], 2, " s"),
+        lines += _table(["streams", "held", "WER", "p50", "p90", "max", "tail lag", "worker core", "others", "why not"],
+                        [[str(x["streams"]), _f(x["held"]), _f(x.get("wer"), 3), _f(x["p50"], 2, " s"), _f(x["p90"], 2, " s"),
                           _f(x["max"], 2, " s"), _f(x["tail_lag_max"], 2, " s"), _pct(x["worker_core_share"]),
                           _pct(x["non_worker_core_share"]), "; ".join(x["reasons"])] for x in c["steps"]])
         bound = "" if c["bound"] == "exact" else f" (a lower bound: stopped by {c['stopped_by']})"
