@@ -42,6 +42,49 @@ def speech_word_probs(segments: list[Segment]) -> list:
     return probs
 
 
+def segment_from_dict(seg: dict, duration: float, word_key: str = "word", prob_key: str = "probability") -> Segment:
+    """A Whisper-style segment dict (openai-whisper, whisper_timestamped, mlx-whisper) as a :class:`Segment`.
+
+    Times are made plain floats and clipped to ``duration`` (the audio given
+    to transcribe): the model pads audio to 30 s, and a word cut off at the
+    end can otherwise be timed past the last sample. ``word_key`` and
+    ``prob_key`` name a word's text and probability in the engine's dicts.
+    """
+    words, probs = [], []
+    for w in seg.get("words", []):
+        text = str(w.get(word_key, ""))
+        if text.strip():
+            end = min(float(w["end"]), duration)
+            words.append((min(float(w["start"]), end), end, text))
+            prob = w.get(prob_key)
+            probs.append(None if prob is None else float(prob))
+    return Segment(
+        start=min(float(seg["start"]), duration),
+        end=min(float(seg["end"]), duration),
+        text=str(seg.get("text", "")).strip(),
+        words=words,
+        word_probs=probs,
+        no_speech_prob=float(seg.get("no_speech_prob", 0.0)),
+        avg_logprob=float(seg.get("avg_logprob", 0.0)),
+        compression_ratio=float(seg.get("compression_ratio", 1.0)),
+    )
+
+
+class SegmentResults:
+    """``ts_words``, ``word_probabilities`` and ``segments_end_ts`` for a backend
+    whose ``transcribe`` returns a list of :class:`Segment` (put it before
+    ``ASRBase`` in the bases)."""
+
+    def ts_words(self, result: list[Segment]) -> list[tuple]:
+        return speech_words(result)  # without what the model itself calls non-speech
+
+    def word_probabilities(self, result: list[Segment]) -> list:
+        return speech_word_probs(result)
+
+    def segments_end_ts(self, result: list[Segment]) -> list[float]:
+        return [s.end for s in result]
+
+
 def compression_ratio(text: str) -> float:
     """How well ``text`` compresses: loops ("the the the ...") score high."""
     data = text.encode("utf-8")

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..base import ASRBase, BackendUnavailable, Capabilities, ModelNotFound, check_audio
 from ..models import bundled_hint, resolve_ct2_model
-from ..result import Segment, speech_word_probs, speech_words
+from ..result import Segment, SegmentResults
 
 try:  # the dependency check is cheap; the model loads in load_model()
     import faster_whisper  # noqa: F401
@@ -45,7 +45,7 @@ def pick_device(device: str = "auto", compute_type: str = "auto") -> tuple[str, 
     return device, compute_type
 
 
-class FasterWhisperASR(ASRBase):
+class FasterWhisperASR(SegmentResults, ASRBase):
     backend_name = "faster-whisper"
     sep = ""  # words carry their own leading space
     capabilities = Capabilities(quality_signals=True, concurrent=True)
@@ -135,15 +135,6 @@ class FasterWhisperASR(ASRBase):
                 )
             )
         return out
-
-    def ts_words(self, result: list[Segment]) -> list[tuple]:
-        return speech_words(result)  # without what the model itself calls non-speech
-
-    def word_probabilities(self, result: list[Segment]) -> list:
-        return speech_word_probs(result)
-
-    def segments_end_ts(self, result: list[Segment]) -> list[float]:
-        return [s.end for s in result]
 
     def use_vad(self) -> None:
         self.transcribe_kargs["vad_filter"] = True

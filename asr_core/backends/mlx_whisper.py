@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from ..base import SAMPLING_RATE, ASRBase, BackendUnavailable, Capabilities, ModelNotFound, check_audio
-from ..result import Segment, speech_word_probs, speech_words
+from ..result import Segment, SegmentResults, segment_from_dict
 
 INSTALL_HINT = (
     "mlx-whisper runs on Apple silicon (pip install 'voxpipe[mlx]' on macOS arm64); "
@@ -79,7 +79,7 @@ def check_model_folder(path: Path) -> Path:
     )
 
 
-class MLXWhisperASR(ASRBase):
+class MLXWhisperASR(SegmentResults, ASRBase):
     """Wrapper around ``mlx_whisper.transcribe`` with word timestamps."""
 
     backend_name = "mlx-whisper"
@@ -160,15 +160,6 @@ class MLXWhisperASR(ASRBase):
         duration = len(audio) / SAMPLING_RATE
         return [to_segment(s, duration) for s in result.get("segments", [])]
 
-    def ts_words(self, result: list[Segment]) -> list[tuple]:
-        return speech_words(result)  # without what the model itself calls non-speech
-
-    def word_probabilities(self, result: list[Segment]) -> list:
-        return speech_word_probs(result)
-
-    def segments_end_ts(self, result: list[Segment]) -> list[float]:
-        return [s.end for s in result]
-
     def use_vad(self) -> None:
         """mlx-whisper has no voice activity filter; use voxpipe's VAC (--vac) instead."""
         self.log.warning("mlx-whisper has no internal VAD; ignoring --vad (use --vac for voxpipe's own)")
@@ -187,24 +178,7 @@ class MLXWhisperASR(ASRBase):
 
 def to_segment(seg: dict, duration: float) -> Segment:
     """One mlx-whisper segment dict as a :class:`Segment`, times clipped to ``duration``."""
-    words, probs = [], []
-    for w in seg.get("words", []):
-        text = str(w["word"])
-        if text.strip():
-            end = min(float(w["end"]), duration)  # numpy floats made plain, padding cut off
-            words.append((min(float(w["start"]), end), end, text))
-            prob = w.get("probability")
-            probs.append(None if prob is None else float(prob))
-    return Segment(
-        start=min(float(seg["start"]), duration),
-        end=min(float(seg["end"]), duration),
-        text=str(seg.get("text", "")).strip(),
-        words=words,
-        word_probs=probs,
-        no_speech_prob=float(seg.get("no_speech_prob", 0.0)),
-        avg_logprob=float(seg.get("avg_logprob", 0.0)),
-        compression_ratio=float(seg.get("compression_ratio", 1.0)),
-    )
+    return segment_from_dict(seg, duration, word_key="word", prob_key="probability")
 
 
 def _has_metal() -> bool:

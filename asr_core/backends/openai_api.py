@@ -42,7 +42,7 @@ import numpy as np
 
 from ..audio import float_to_pcm16
 from ..base import SAMPLING_RATE, ASRBase, BackendError, Capabilities, check_audio
-from ..result import Segment, compression_ratio, speech_words, spread_words
+from ..result import Segment, SegmentResults, compression_ratio, spread_words
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "whisper-1"
@@ -274,7 +274,7 @@ def _text_only(text: str, duration: float) -> list[Segment]:
 
 
 # -- the backend ---------------------------------------------------------------
-class OpenAIAPIASR(ASRBase):
+class OpenAIAPIASR(SegmentResults, ASRBase):
     """Transcribes by POSTing audio to an OpenAI-compatible HTTP server."""
 
     backend_name = "openai-api"
@@ -375,13 +375,6 @@ class OpenAIAPIASR(ASRBase):
         out = self.model.request("POST", path, body=body, headers={"Content-Type": ctype})
         self.log.debug("POST %s: HTTP %d in %.2fs", path, out[0], time.perf_counter() - t0)
         return out
-
-    def ts_words(self, result: list[Segment]) -> list[tuple]:
-        return speech_words(result)  # without what the model itself calls non-speech
-
-
-    def segments_end_ts(self, result: list[Segment]) -> list[float]:
-        return [s.end for s in result]
 
     def use_vad(self) -> None:
         self.log.info("use_vad() has no effect on openai-api: the server decides about non-speech")

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from ..base import SAMPLING_RATE, ASRBase, BackendUnavailable, Capabilities, ModelNotFound, check_audio
-from ..result import Segment, speech_word_probs, speech_words
+from ..result import Segment, SegmentResults, segment_from_dict
 
 try:  # cheap dependency check; the model loads in load_model()
     import torch
@@ -86,7 +86,7 @@ def load_checkpoint(path: Path, device: str):
     return model.to(device)
 
 
-class WhisperTimestampedASR(ASRBase):
+class WhisperTimestampedASR(SegmentResults, ASRBase):
     """Streaming-ready wrapper around ``whisper_timestamped.transcribe_timestamped``."""
 
     backend_name = "whisper_timestamped"
@@ -174,15 +174,6 @@ class WhisperTimestampedASR(ASRBase):
         duration = len(audio) / SAMPLING_RATE
         return [to_segment(s, duration) for s in result.get("segments", [])]
 
-    def ts_words(self, result: list[Segment]) -> list[tuple]:
-        return speech_words(result)  # without what the model itself calls non-speech
-
-    def word_probabilities(self, result: list[Segment]) -> list:
-        return speech_word_probs(result)
-
-    def segments_end_ts(self, result: list[Segment]) -> list[float]:
-        return [s.end for s in result]
-
     def use_vad(self) -> None:
         """Have whisper_timestamped drop non-speech first (``vad_method`` option)."""
         self.transcribe_kargs["vad"] = self.vad_method
@@ -195,30 +186,8 @@ class WhisperTimestampedASR(ASRBase):
 
 
 def to_segment(seg: dict, duration: float) -> Segment:
-    """One whisper_timestamped segment dict as a :class:`Segment`.
-
-    Times are clipped to ``duration`` (the audio given to transcribe): the
-    model pads audio to 30 s, and a word cut off at the end can otherwise be
-    timed past the last sample.
-    """
-    words, probs = [], []
-    for w in seg.get("words", []):
-        text = str(w.get("text", ""))
-        if text.strip():
-            end = min(float(w["end"]), duration)
-            words.append((min(float(w["start"]), end), end, text))
-            prob = w.get("confidence")
-            probs.append(None if prob is None else float(prob))
-    return Segment(
-        start=min(float(seg["start"]), duration),
-        end=min(float(seg["end"]), duration),
-        text=str(seg.get("text", "")).strip(),
-        words=words,
-        word_probs=probs,
-        no_speech_prob=float(seg.get("no_speech_prob", 0.0)),
-        avg_logprob=float(seg.get("avg_logprob", 0.0)),
-        compression_ratio=float(seg.get("compression_ratio", 1.0)),
-    )
+    """One whisper_timestamped segment dict as a :class:`Segment`, times clipped to ``duration``."""
+    return segment_from_dict(seg, duration, word_key="text", prob_key="confidence")
 
 
 def _first_line(exc: BaseException) -> str:
