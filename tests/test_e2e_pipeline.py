@@ -14,14 +14,13 @@ import json
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.procs import DATA, ROOT, VOXPIPE, Bus, child_env
+from tests.procs import DATA, ROOT, VOXPIPE, Bus, Session, child_env
 
 pytestmark = pytest.mark.model
 
@@ -64,32 +63,11 @@ def commit_text(records, worker=None) -> str:
     return " ".join(r["text"].strip() for r in records if r["kind"] == "commit" and worker in (None, r["worker"]))
 
 
-class Launched:
+class Launched(Session):
     """A ``voxpipe`` command in a new session; remembers its descendants to clean them up."""
 
     def __init__(self, args: list[str], log: Path, env: dict | None = None):
-        self.log_path = log
-        self._log = open(log, "wb")
-        self.popen = subprocess.Popen(VOXPIPE + args, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(ROOT),
-                                      env=child_env(env), start_new_session=True)
-        self.known: dict[int, object] = {}
-
-    def track(self) -> None:
-        import psutil
-
-        try:
-            for c in psutil.Process(self.popen.pid).children(recursive=True):
-                self.known.setdefault(c.pid, c)
-        except psutil.NoSuchProcess:
-            pass
-
-    def alive(self) -> bool:
-        self.track()
-        return self.popen.poll() is None
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
+        super().__init__(VOXPIPE + args, log, env=child_env(env))
 
     def signal_group(self, sig: int) -> None:
         self.track()
@@ -105,24 +83,6 @@ class Launched:
 
     def leftovers(self) -> list:
         return [p for p in self.known.values() if p.is_running() and p.status() != "zombie"]
-
-    def cleanup(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-                self.popen.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        for p in [self.popen.pid] + list(self.known):
-            try:
-                os.killpg(p, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        self._log.close()
 
 
 @pytest.fixture
