@@ -64,7 +64,7 @@ class StreamingOptions:
     # backend reports probabilities) that ends this long before the end of the
     # audio is committed from the first hypothesis that has it (0: off)
     early_commit_sec: float = 0.0
-    early_commit_prob: float = 0.9
+    early_commit_prob: float = 0.6
     # after a flush (a pause), the buffer is cut at the pause but keeps this
     # much of the speech before it as acoustic context for what comes next
     flush_keep_sec: float = 2.0

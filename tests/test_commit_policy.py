@@ -14,7 +14,8 @@ Rules specified here:
 * with ``early_commit_sec``, leading words the model is sure of (its word
   probability at least ``early_commit_prob``) that end that long before the
   end of the audio commit from the first hypothesis that has them; an unsure
-  word stops it, and a backend without probabilities never commits early.
+  word stops it, a looping hypothesis commits nothing early, and a backend
+  without probabilities never commits early.
 """
 
 from __future__ import annotations
@@ -347,3 +348,11 @@ def test_without_word_probabilities_nothing_commits_early():
 def test_early_commit_is_off_by_default_in_the_processor():
     asr = SureOfSomeWords(["the cat sat"], probs=[0.99, 0.99, 0.99])
     assert not step(OnlineASRProcessor(asr), 3.0)
+
+
+def test_a_looping_hypothesis_commits_nothing_early_even_when_sure():
+    # the model repeats a phrase it is sure of: the loop guard cuts it, and nothing commits unconfirmed
+    looping = "go on " * 6
+    asr = SureOfSomeWords([looping], probs=[0.99] * 12)
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(early_commit_sec=0.3))
+    assert not step(proc, 8.0)
