@@ -44,6 +44,14 @@ class Commit:
 
 @dataclass(frozen=True)
 class StreamingOptions:
+    """The commit policy and buffer bounds of one stream.
+
+    The defaults are the pipeline's policy (the ASR worker's, and ``voxpipe simulate``'s):
+    LocalAgreement plus settling and early commits. :meth:`la2` is whisper_streaming's plain
+    LocalAgreement-2, which :class:`OnlineASRProcessor` uses when it is built the way
+    whisper_online builds it (without options).
+    """
+
     buffer_trimming: str = "segment"  # "segment" | "sentence"
     buffer_trimming_sec: float = 15.0
     # hard bound: past it, words seen once are committed and the buffer is cut
@@ -57,19 +65,24 @@ class StreamingOptions:
     # the audio is committed even without agreement (0: LocalAgreement only).
     # It bounds the wait behind a word that keeps changing: with the VAD's
     # pause flushes (the pipeline) 2 s took the bench's p90 latency from 2.59
-    # to 2.46 s and its max from 4.7 to 3.5 s at the same WER; without them
-    # (simulate) it cost WER (0.103 -> 0.120 on the clean clips), so it is off here.
-    settle_sec: float = 0.0
+    # to 2.46 s and its max from 4.7 to 3.5 s at the same WER.
+    settle_sec: float = 2.0
     # a word the model is sure of (probability >= early_commit_prob, where the
     # backend reports probabilities) that ends this long before the end of the
-    # audio is committed from the first hypothesis that has it (0: off)
-    early_commit_sec: float = 0.0
+    # audio is committed from the first hypothesis that has it (0: off); chosen
+    # with scripts/commit_policy_sweep.py (docs/benchmarks.md)
+    early_commit_sec: float = 0.3
     early_commit_prob: float = 0.6
     # after a flush (a pause), the buffer is cut at the pause but keeps this
     # much of the speech before it as acoustic context for what comes next
     flush_keep_sec: float = 2.0
     prompt_chars: int = 200
     history_words: int = 400  # committed words remembered for the prompt
+
+    @classmethod
+    def la2(cls, **changes) -> "StreamingOptions":
+        """whisper_streaming's rule: LocalAgreement-2 only (no settling, no early commits)."""
+        return cls(**{"settle_sec": 0.0, "early_commit_sec": 0.0, **changes})
 
     def __post_init__(self):
         if self.buffer_trimming not in ("segment", "sentence"):
@@ -112,8 +125,8 @@ class OnlineASRProcessor:
         self.asr = asr
         self.tokenizer = tokenizer  # accepted for interface compatibility; unused
         self.logfile = logfile
-        if options is None:
-            options = StreamingOptions(buffer_trimming=buffer_trimming[0], buffer_trimming_sec=float(buffer_trimming[1]))
+        if options is None:  # built as whisper_online builds it: whisper_online's rule
+            options = StreamingOptions.la2(buffer_trimming=buffer_trimming[0], buffer_trimming_sec=float(buffer_trimming[1]))
         self.options = options
         self.sep = getattr(asr, "sep", " ")
         self.stats = ProcessorStats()

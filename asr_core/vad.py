@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .base import BackendError
+
 SAMPLING_RATE = 16000
 WINDOW = 512
 CONTEXT = 64
 
 
-class VADUnavailable(RuntimeError):
-    pass
+class VADUnavailable(BackendError):
+    """The Silero model or onnxruntime is missing (exit code 4, like any model that cannot load)."""
 
 
 def silero_model_path() -> Path:
@@ -86,11 +88,19 @@ class SileroVAD:
 
 @dataclass(frozen=True)
 class VADOptions:
-    threshold: float = 0.5
-    neg_threshold: float = 0.35
-    min_silence_ms: int = 500
-    speech_pad_ms: int = 100
-    min_speech_ms: int = 100
+    """Speech detection settings; the defaults are the pipeline's VAD (``vad:`` in a config)."""
+
+    threshold: float = 0.5  # speech starts at this probability
+    neg_threshold: float = 0.35  # and is silence below this one
+    min_silence_ms: int = 300  # a pause this long ends a speech segment (the worker flushes there)
+    speech_pad_ms: int = 100  # kept before and after speech
+    min_speech_ms: int = 100  # (not used yet)
+
+    def __post_init__(self):
+        if not 0 < self.neg_threshold <= self.threshold < 1:
+            raise ValueError("VAD thresholds need 0 < neg_threshold <= threshold < 1")
+        if self.min_silence_ms < 0 or self.speech_pad_ms < 0 or self.min_speech_ms < 0:
+            raise ValueError("min_silence_ms, speech_pad_ms and min_speech_ms must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError, RuntimeFailure, UsageError
 
 SERVER = "server"
 AUTHORIZED = "authorized"
@@ -58,10 +58,11 @@ def is_loopback(endpoint: str) -> bool:
         return False
     host = rest.rsplit(":", 1)[0]
     # ZeroMQ's "tcp://source;destination:port": both sides must be local
-    return all(_loopback_host(h) for h in host.split(";"))
+    return all(is_loopback_host(h) for h in host.split(";"))
 
 
-def _loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """A host name or address that only this machine reaches (127.x.y.z, ::1, localhost)."""
     host = host.strip().strip("[]").lower()
     return host in LOOPBACK_HOSTS or bool(re.fullmatch(r"127(\.\d{1,3}){3}", host))
 
@@ -200,13 +201,11 @@ def run(args) -> int:
     try:
         files = create_keys(args.dir, args.client or ["client"], force=args.force, authorize=not args.no_authorize)
     except ConfigError as exc:
-        print(f"voxpipe: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        print(f"voxpipe: cannot write keys into {args.dir}: {exc}", file=sys.stderr)
-        return 1
+        raise RuntimeFailure(f"cannot write keys into {args.dir}: {exc}") from None
     for f in files:
         print(f)
     if not files:
-        print(f"voxpipe: the keys in {args.dir} exist already (--force replaces them)", file=sys.stderr)
+        print(f"voxpipe keys: the keys in {args.dir} exist already (--force replaces them)", file=sys.stderr)
     return 0

@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """Commit-policy settings compared on a deterministic replay of a corpus.
 
-Each setting is a ``StreamingOptions`` keyword dict. Per clip, the audio goes
-to a VAC processor in 40 ms steps with the clock stopped while decoding
-(computation-unaware), flushing at each 300 ms pause and keeping the audio
-as context, as the pipeline's worker does; a decode is due every 1 s of new
-speech. Prints, per setting, the WER over the clips (word errors summed over
-reference words) and the p50/p90 of each committed word's latency (the audio
-time at which it was committed minus its end: decode time not included).
+Each setting is a keyword dict of changes to the pipeline's ``StreamingOptions``
+(its defaults are the worker's: ``dict()`` is today's policy). Per clip, the audio
+goes through exactly what ``voxpipe simulate --comp-unaware`` runs (the pipeline's
+100 ms frames, VAD and streaming session: :mod:`asr_core.replay`), with the clock
+stopped while decoding. Prints, per setting, the WER over the clips (word errors
+summed over reference words) and the p50/p90 of each committed word's latency (the
+audio time at which it was committed minus its end: decode time not included).
 
 Usage:
-  scripts/commit_policy_sweep.py [--corpus DIR] [--clips a,b] "dict(settle_sec=2.0)" \
-      "dict(settle_sec=2.0, early_commit_sec=0.3, early_commit_prob=0.6)"
+  scripts/commit_policy_sweep.py [--corpus DIR] [--clips a,b] "dict()" \
+      "dict(early_commit_sec=0.0)" "dict(settle_sec=0.0, early_commit_sec=0.0)"
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from apps.bench.evaluation import percentile, reference_text, wer  # noqa: E402
 from asr_core.audio import load_audio  # noqa: E402
-from asr_core.evaluation import percentile, reference_text, wer  # noqa: E402
-from asr_core.online import StreamingOptions  # noqa: E402
+from asr_core.online import OnlineASRProcessor, StreamingOptions  # noqa: E402
 from asr_core.registry import create_backend  # noqa: E402
-from asr_core.vac import VACOnlineASRProcessor  # noqa: E402
-from asr_core.vad import VADOptions  # noqa: E402
-
-STEP_S = 0.04
+from asr_core.replay import Feed, stream_audio  # noqa: E402
+from asr_core.streaming import Schedule, StreamingSession  # noqa: E402
 
 
 def parse_setting(text: str) -> dict:
@@ -41,23 +39,12 @@ def parse_setting(text: str) -> dict:
     return {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
 
 
-def run_clip(asr, path: Path, options: StreamingOptions) -> tuple[str, list[float]]:
-    audio = load_audio(path)
-    proc = VACOnlineASRProcessor(1.0, asr, options=options, vad_options=VADOptions(min_silence_ms=300))
-    proc.online.finish = proc.online.flush  # the worker flushes at pauses, keeping the audio as context
-    step = int(STEP_S * 16000)
+def run_clip(asr, path: Path, options: StreamingOptions, schedule: Schedule) -> tuple[str, list[float]]:
+    session = StreamingSession(OnlineASRProcessor(asr, options=options), schedule)
     texts, latencies = [], []
-    for i in range(0, len(audio), step):
-        proc.insert_audio_chunk(audio[i:i + step])
-        now = min(len(audio), i + step) / 16000
-        commit = proc.process_iter()
-        if commit:
-            texts.append(commit.text)
-            latencies += [now - w[1] for w in commit.words]
-    commit = proc.finish()
-    if commit:
+    for at, commit in stream_audio(session, load_audio(path), Feed(), clock="unaware"):
         texts.append(commit.text)
-        latencies += [len(audio) / 16000 - w[1] for w in commit.words]
+        latencies += [at - w[1] for w in commit.words]
     return " ".join(texts), latencies
 
 
@@ -71,12 +58,13 @@ def main() -> int:
     asr = create_backend("faster-whisper", lan="en", model=args.model, device="cpu")
     for text in args.settings:
         setting = parse_setting(text)
+        schedule = Schedule(**{k: setting.pop(k) for k in ("min_chunk_size", "utterance_gap") if k in setting})
         errors = ref_words = 0.0
         latencies: list[float] = []
         per_clip = []
         for name in args.clips.split(","):
             path = Path(args.corpus) / f"{name}.wav"
-            hyp, lat = run_clip(asr, path, StreamingOptions(**setting))
+            hyp, lat = run_clip(asr, path, StreamingOptions(**setting), schedule)
             ref = reference_text(path)
             w = wer(ref, hyp)
             per_clip.append(f"{name}={w:.3f}")

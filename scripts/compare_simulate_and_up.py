@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from asr_core.evaluation import percentile, reference_text, wer  # noqa: E402
+from apps.bench.evaluation import percentile, reference_text, wer  # noqa: E402
 
-VOXPIPE = [sys.executable, "-m", "pipeline.cli"]
+VOXPIPE = [sys.executable, "-m", "apps.cli"]
 
 
 def simulate(clip: Path, *extra: str) -> list[tuple[float, float, float, str]]:

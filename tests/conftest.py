@@ -32,7 +32,7 @@ def clip_path(name: str) -> Path:
 
 
 def reference(name: str) -> str:
-    from asr_core.evaluation import reference_text
+    from apps.bench.evaluation import reference_text
 
     return reference_text(clip_path(name))
 
@@ -58,7 +58,7 @@ def silences(name: str, min_seconds: float = 1.0) -> list[tuple[float, float]]:
 
 def parse_simulate_args(argv: list[str]) -> argparse.Namespace:
     """Parse ``voxpipe simulate`` arguments with the command's own parser."""
-    from asr_core import simulate
+    from apps import simulate
 
     parser = argparse.ArgumentParser(prog="voxpipe")
     simulate.register(parser.add_subparsers(dest="command"))
@@ -81,7 +81,7 @@ def simulate_clip(tiny_en):
     so each clip is decoded once however many tests look at it.
     """
     from asr_core.audio import load_audio
-    from asr_core.simulate import Printer, simulate
+    from apps.simulate import Printer, simulate
 
     cache: dict = {}
 
@@ -111,7 +111,7 @@ def parse_lines(stdout: str) -> list[tuple[int, int, int, str]]:
 
 def voxpipe_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("voxpipe")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "apps.cli"]
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from pipeline import messages as m
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
-VOXPIPE = [sys.executable, "-m", "pipeline.cli"]
+VOXPIPE = [sys.executable, "-m", "apps.cli"]
 
 
 def free_port() -> int:

@@ -107,14 +107,14 @@ def test_a_clip_without_commits_reports_no_latency(bench):
 
 # -- figure logic without a model --------------------------------------------------------------------
 def _clip(text="hello world", seconds=2.0):
-    from pipeline.bench.corpus import Clip
+    from apps.bench.corpus import Clip
 
     return Clip("c", Path("c.wav"), text, seconds)
 
 
 def test_stream_figures_from_commits():
-    from pipeline.bench.metrics import stream_figures
-    from pipeline.bench.watch import CommitRecord, StreamRecord
+    from apps.bench.metrics import stream_figures
+    from apps.bench.watch import CommitRecord, StreamRecord
 
     rec = StreamRecord("s", "c", speech_starts=[(0.5, 1000.0, 1000.7)], eos_received=1003.0)
     rec.commits.append(CommitRecord(0.5, 1.5, " hello world", [[0.5, 1.0, " hello"], [1.0, 1.5, " world"]],
@@ -128,8 +128,8 @@ def test_stream_figures_from_commits():
 
 
 def test_unfinished_or_silent_streams_are_not_given_numbers():
-    from pipeline.bench.metrics import stream_figures
-    from pipeline.bench.watch import StreamRecord
+    from apps.bench.metrics import stream_figures
+    from apps.bench.watch import StreamRecord
 
     f = stream_figures(StreamRecord("s", "c"), _clip())
     assert f["wer"] is None and f["latency"] is None and f["tail_lag"] is None and f["first_word_delay"] is None
@@ -139,7 +139,7 @@ def test_unfinished_or_silent_streams_are_not_given_numbers():
 
 
 def test_capacity_search_stops_at_the_first_round_that_does_not_hold():
-    from pipeline.bench.capacity import CapacityOptions, judge, search
+    from apps.bench.capacity import CapacityOptions, judge, search
 
     def fig(p90, finished=True, lag=1.0):
         return {"per_stream": [{"stream": "s", "finished": finished}], "latency": {"p50": 1, "p90": p90, "max": p90},
@@ -157,7 +157,7 @@ def test_capacity_search_stops_at_the_first_round_that_does_not_hold():
 
 
 def test_targets_say_what_was_not_measured_and_by_how_much_others_missed():
-    from pipeline.bench.targets import evaluate
+    from apps.bench.targets import evaluate
 
     rows = {t["key"]: t for t in evaluate({"settings": {"streams": 1, "min_chunk_size": 1.0, "model": "tiny.en"}})}
     assert all(t["met"] is None and t["value"] is None and t["note"] for t in rows.values())

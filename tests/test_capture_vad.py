@@ -252,7 +252,7 @@ def test_vad_drops_backwards_frames_rejects_garbage_and_closes_idle_streams(pipe
 # -- the speech gate alone ----------------------------------------------------------------------------
 def gate_events(samples: np.ndarray, frame: int):
     from asr_core.vad import SileroVAD, SpeechSegmenter, VADOptions
-    from workers.speech_gate import SpeechGate
+    from asr_core.speech_gate import SpeechGate
 
     gate = SpeechGate(lambda t0: SpeechSegmenter(VADOptions(), SileroVAD(), t0=t0), 100)
     events = []

@@ -80,7 +80,7 @@ def run(argv, **kw) -> subprocess.Popen:
 
 
 def test_listen_prints_readable_lines_and_json(pipe):
-    vox = [sys.executable, "-m", "pipeline.cli", "listen"]
+    vox = [sys.executable, "-m", "apps.cli", "listen"]
     # distinct prefixes: the broker forwards only the first subscription to a given prefix
     readable = run(vox + ["speech.s1", "transcript.", "--xpub", pipe.bus.xpub, "--count", "3"])
     js = run(vox + ["speech.", "--json", "--xpub", pipe.bus.xpub, "--count", "2"])
@@ -107,7 +107,7 @@ def test_listen_prints_readable_lines_and_json(pipe):
 
 
 def test_listen_from_start_needs_a_snapshot_endpoint(pipe):
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "listen", "--from-start", "--xpub", pipe.bus.xpub],
+    p = subprocess.run([sys.executable, "-m", "apps.cli", "listen", "--from-start", "--xpub", pipe.bus.xpub],
                        capture_output=True, text=True, timeout=20, cwd=str(ROOT))
     assert p.returncode == 3 and "serves snapshots" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 

@@ -178,7 +178,7 @@ def _port_free(port: int) -> bool:
 def test_up_refuses_a_bad_config_before_starting_anything(tmp_path):
     path = write(tmp_path, GOOD.replace("    model: tiny.en", "    backend: nope\n    model: tiny.en"))
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "up", str(path)], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "apps.cli", "up", str(path)], capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
     assert res.returncode == 3
     lines = [line for line in res.stderr.splitlines() if line.strip()]

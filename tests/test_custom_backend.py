@@ -31,7 +31,7 @@ LINE = re.compile(r"^(\d+) (\d+) (\d+) (.+)$")
 
 def voxpipe_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("voxpipe")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "apps.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ for _mod in ("workers.asr_worker", "workers.capture", "workers.vad_actor", "meet
 
 
 def wer_of(text: str, clip: Path = CLIP) -> float:
-    from asr_core.evaluation import reference_text, wer
+    from apps.bench.evaluation import reference_text, wer
 
     return wer(reference_text(clip), text)
 

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from pipeline import messages as m
-from workers import formats as f
+from pipeline import formats as f
 from workers.console import ConsoleOutput
-from workers.outputs import CueOutput, JsonlOutput, TextOutput, pair_path, parse_output
+from pipeline.outputs import CueOutput, JsonlOutput, TextOutput, pair_path, parse_output
 
 
 def commit(words, worker="asr", stream="s", seq=0, text=None):

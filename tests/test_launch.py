@@ -6,17 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import derived_config, plan
+from apps import plan
+from pipeline import derived_config
 from pipeline.config import load_config
-from pipeline.export import export
-from pipeline.transcribe import derive
+from apps.export import export
+from apps.transcribe import derive
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = ROOT / "tests" / "data" / "kitchen.wav"
 
 
 def voxpipe(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True,
                           timeout=60, cwd=cwd)
 
 
@@ -158,4 +159,4 @@ def test_up_refuses_a_bus_port_in_use(tmp_path):
         holder.listen()
         res = voxpipe("up", str(path))
     assert res.returncode == 1 and res.stdout == ""
-    assert res.stderr.strip() == f"voxpipe: cannot start: {bus.xpub} already in use (another pipeline on this bus?)"
+    assert res.stderr.strip() == f"voxpipe up: cannot start: {bus.xpub} already in use (another pipeline on this bus?)"

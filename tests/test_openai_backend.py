@@ -27,7 +27,7 @@ import pytest
 from asr_core.audio import load_audio
 from asr_core.backends.openai_api import OpenAIAPIASR, clean_words, encode_multipart, parse_response, wav_bytes
 from asr_core.base import BackendError
-from asr_core.evaluation import wer
+from apps.bench.evaluation import wer
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def free_port() -> int:
 
 def voxpipe_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("voxpipe")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "apps.cli"]
 
 
 # -- reply parsing (no server) ---------------------------------------------------

@@ -24,7 +24,7 @@ CLIP_S = 25.2
 
 
 def wer_of(text: str, clip=CLIP) -> float:
-    from asr_core.evaluation import reference_text, wer
+    from apps.bench.evaluation import reference_text, wer
 
     return wer(reference_text(clip), text)
 

@@ -95,7 +95,7 @@ class Fuzzer(threading.Thread):
 
 @pytest.mark.model
 def test_fuzz_while_a_clip_is_transcribed(tmp_path):
-    from asr_core.evaluation import reference_text, wer
+    from apps.bench.evaluation import reference_text, wer
 
     bad = malformed(N_MALFORMED, streams=("real", "base", "x"))
     evil = hostile(protect=("real", "base"))

@@ -166,7 +166,7 @@ def test_listen_from_start(sink):
     worker.run()
     worker.close()
     sink.wait_heartbeat("out", lambda h: h.counters["written"] >= 5)
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "listen", "--from-start", "--config", str(sink.cfg),
+    res = subprocess.run([sys.executable, "-m", "apps.cli", "listen", "--from-start", "--config", str(sink.cfg),
                           "--timeout", "1"], capture_output=True, text=True, cwd=str(ROOT), timeout=30)
     lines = res.stdout.splitlines()
     assert res.returncode == 0, res.stderr

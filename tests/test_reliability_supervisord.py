@@ -91,7 +91,7 @@ sinks:
   - name: out
     output: jsonl:{tmp_path}/t.jsonl
 """)
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "export", "supervisord", str(cfg), str(tmp_path / "sv")],
+    res = subprocess.run([sys.executable, "-m", "apps.cli", "export", "supervisord", str(cfg), str(tmp_path / "sv")],
                          capture_output=True, text=True, cwd=str(ROOT), env=child_env(), timeout=60)
     assert res.returncode == 0, res.stderr
     sv = Session([supervisord_exe(), "-c", str(main_conf(tmp_path, tmp_path / "sv" / "voxpipe.conf"))],

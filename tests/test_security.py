@@ -191,7 +191,7 @@ def test_curve_bus_admits_only_authorized_keys(tmp_path, keys):
 
 @pytest.mark.model
 def test_curve_pipeline_transcribes_key_holders_only(tmp_path, keys):
-    from asr_core.evaluation import reference_text, wer
+    from apps.bench.evaluation import reference_text, wer
 
     clip = DATA / "weather.wav"
     with Pipeline(tmp_path / "p", curve_keys=keys) as p:

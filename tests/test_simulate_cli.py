@@ -22,7 +22,7 @@ import pytest
 
 from asr_core.audio import AudioFileError, float_to_pcm16, load_audio
 from asr_core.base import check_audio
-from asr_core.evaluation import normalize, wer
+from apps.bench.evaluation import normalize, wer
 from asr_core.online import OnlineASRProcessor
 from tests.conftest import clip_path
 from tests.fakes import ScriptedASR

@@ -148,5 +148,5 @@ def test_sink_bad_output_is_a_config_error(args, message):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "sink", *args], capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-m", "apps.cli", "sink", *args], capture_output=True, text=True, timeout=60)
     assert res.returncode == 3 and message in res.stderr

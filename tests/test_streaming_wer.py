@@ -1,7 +1,7 @@
 """Streaming accuracy with the real tiny.en model on the speech clips in tests/data.
 
 * ``voxpipe simulate --comp-unaware`` on the clean clips: mean WER <= 0.15,
-  no clip above 0.25 (Whisper English normalisation, asr_core.evaluation.wer);
+  no clip above 0.25 (Whisper English normalisation, apps.bench.evaluation.wer);
 * the same with ``--vac`` on the ``_gaps`` clips (1.5 s silences between
   sentences);
 * with VAC, every sentence's last word is emitted when its speech ends
@@ -20,7 +20,7 @@ from statistics import mean
 import pytest
 
 from asr_core.audio import load_audio
-from asr_core.evaluation import normalize, wer
+from apps.bench.evaluation import normalize, wer
 from tests.conftest import CLEAN_CLIPS, GAPS_CLIPS, WER_RESULTS, clip_path, reference, silences
 
 pytestmark = pytest.mark.model

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from asr_core.base import BackendUnavailable, ModelNotFound
-from asr_core.evaluation import normalize, reference_text, wer
+from apps.bench.evaluation import normalize, reference_text, wer
 
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "weather.wav"
@@ -255,7 +255,7 @@ def _check_simulate_output(stdout: str, seconds: float) -> str:
 
 def _simulate(wav: Path, backend: str, model_dir: Path, chunk: float, env=None, timeout=240) -> str:
     cmd = [
-        sys.executable, "-m", "pipeline.cli", "simulate", str(wav), "--backend", backend,
+        sys.executable, "-m", "apps.cli", "simulate", str(wav), "--backend", backend,
         "--model-dir", str(model_dir), "--comp-unaware", "--min-chunk-size", str(chunk),
         "--lan", "en", "--log-level", "WARNING",
     ]

@@ -51,13 +51,13 @@ CHROME_ARGS = [
 
 
 def reference(name: str) -> str:
-    from asr_core.evaluation import reference_text
+    from apps.bench.evaluation import reference_text
 
     return reference_text(DATA / f"{name}.wav")
 
 
 def wer(ref: str, hyp: str) -> float:
-    from asr_core.evaluation import wer as _wer
+    from apps.bench.evaluation import wer as _wer
 
     return _wer(ref, hyp)
 

@@ -2,27 +2,16 @@
 
 A worker loads its backend once (it reports ready only after), subscribes to
 ``speech.`` (audio gated by the VAD actor) or ``audio.`` (raw capture), and
-keeps one :class:`asr_core.online.OnlineASRProcessor` per stream id, created
+keeps one :class:`asr_core.streaming.StreamingSession` per stream id, created
 the first time the stream is seen and freed after ``eos`` or
-``idle_timeout`` seconds without a message.
-
-When to decode:
-
-* every ``min_chunk_size`` seconds of new audio, the next hypothesis
-  (LocalAgreement commits what two consecutive ones agree on; a word the
-  model is sure of commits from its first hypothesis once it ended
-  ``early_commit_sec`` before the end of the audio, and any word once it
-  ended ``settle_sec`` before);
-* at a ``speech_end`` (a pause the VAD heard), a *flush*: the tail is decoded
-  and every word before the pause is committed at once, while the audio
-  stays in the buffer as context for what is said next;
-* when speech resumes more than ``utterance_gap`` seconds later, the buffer
-  starts afresh (everything before was already committed at the pause);
-* at ``eos``, idle timeout or shutdown, a *finish*: decode, commit, free.
+``idle_timeout`` seconds without a message. When a stream decodes, flushes at
+a pause, starts afresh and finishes is the session's rule (``min_chunk_size``,
+``utterance_gap``; see :mod:`asr_core.streaming`); this module only moves
+messages in and out and runs the sessions' steps.
 
 Decodes run on ``concurrency`` threads (auto: one per core for backends that
-allow concurrent calls), one job per stream at a time, the streams with the
-oldest undecoded audio first; the actor's own thread keeps receiving, so
+allow concurrent calls), one step per stream at a time, pending flushes first,
+then the oldest undecoded audio; the actor's own thread keeps receiving, so
 audio that arrives during a decode waits in the stream's inbox. A backend
 failure on one stream (any exception, MemoryError included) resets that
 stream's processor and publishes an ``error`` on its transcript topic; other
@@ -37,49 +26,36 @@ instead of filling the hole with silence.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from asr_core.streaming import Step, StepResult, StreamingSession
 from pipeline import messages as m
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
-from .decode_jobs import FINISH, FLUSH, ITER, DecodeRunner, JobResult
+from .decode_jobs import DecodeRunner
 
 WARMUP_SECONDS = 1.0
 MAX_BACKLOG_S = 120.0  # undecoded audio per stream beyond which new frames are dropped (counted)
 BUSY_POLL_MS = 5  # loop period while decodes run on the pool, so results go out at once
-MARK_FLUSH, MARK_EOS = "flush", "eos"
-
-
-def streaming_options(w):
-    """The streaming processor's options for a worker's config (a :class:`pipeline.config.WorkerConfig`)."""
-    from asr_core.online import StreamingOptions
-
-    return StreamingOptions(
-        buffer_trimming=w.buffer_trimming, buffer_trimming_sec=w.buffer_trimming_sec, settle_sec=w.settle_sec,
-        early_commit_sec=w.early_commit_sec, early_commit_prob=w.early_commit_prob,
-    )
 
 
 @dataclass
 class StreamState:
+    """What the worker keeps per stream beside its session: the bus side."""
+
     stream: str
-    processor: object
+    session: StreamingSession
     wall0: float = 0.0
     last_seen: float = 0.0
-    # audio frames (t, samples) and marks (MARK_FLUSH, MARK_EOS) not yet given
-    # to the processor: it may be busy decoding on another thread
-    inbox: deque = field(default_factory=deque)
-    job: str | None = None  # the next job this stream needs (FLUSH / FINISH), if any
-    eos: bool = False  # the stream ends after its FINISH job
-    busy: bool = False
     last_partial: str = ""
     commits: int = 0
     failures: int = 0
-    received_until: float = 0.0  # stream time just after the last received sample
+
+    @property
+    def processor(self):
+        return self.session.processor
 
 
 class ASRWorker(Actor):
@@ -144,7 +120,7 @@ class ASRWorker(Actor):
     def _new_processor(self):
         from asr_core.online import OnlineASRProcessor
 
-        return OnlineASRProcessor(self.asr, options=streaming_options(self.wcfg))
+        return OnlineASRProcessor(self.asr, options=self.wcfg.streaming_options())
 
     def _stream(self, msg: m.Message) -> StreamState | None:
         """The stream's state (made on its first message); None when refused (``max_streams`` live)."""
@@ -152,7 +128,7 @@ class ASRWorker(Actor):
         if st is None:
             if not self.admit_stream(msg.stream, len(self.streams), self.wcfg.max_streams):
                 return None
-            st = StreamState(msg.stream, self._new_processor())
+            st = StreamState(msg.stream, StreamingSession(self._new_processor(), self.wcfg.schedule()))
             self.streams[msg.stream] = st
             self.counters["streams_total"] += 1
             self.counters["streams_active"] = len(self.streams)
@@ -172,15 +148,13 @@ class ASRWorker(Actor):
         elif isinstance(msg, m.SpeechEnd):
             st = self._stream(msg)
             if st is not None:
-                st.inbox.append(MARK_FLUSH)
-                self._feed(st)
+                st.session.push_pause()
         elif isinstance(msg, m.SpeechStart):
             self._stream(msg)
         elif isinstance(msg, m.EndOfStream):
             st = self.streams.get(msg.stream)
             if st is not None:
-                st.inbox.append(MARK_EOS)
-                self._feed(st)
+                st.session.push_end()
             elif not self.stopping:  # a stream without speech: nothing to flush, but say it ended
                 topic = m.transcript_topic(self.name, msg.stream)
                 self.publish(topic, m.EndOfStream(stream=msg.stream, seq=self.pub.seq(topic), t=msg.t, worker=self.name))
@@ -191,7 +165,7 @@ class ASRWorker(Actor):
         st = self._stream(msg)
         if st is None:
             return
-        if msg.t + 1e-3 < st.received_until:
+        if not st.session.accepts(msg.t):
             self.limited.warning("late", "stream %s: frame at %.2fs is late, dropped", msg.stream, msg.t)
             self.counters["dropped"] += 1
             return
@@ -200,94 +174,60 @@ class ASRWorker(Actor):
                                  msg.stream, st.processor.undecoded_seconds)
             self.counters["dropped"] += 1
             return
-        st.inbox.append((msg.t, pcm16_to_float(msg.pcm)))
-        st.received_until = msg.t + msg.duration
-        self._feed(st)
-
-    def _feed(self, st: StreamState) -> None:
-        """Hand the inbox to the processor, up to the next mark or needed job (never while busy)."""
-        proc = st.processor
-        while st.inbox and not st.busy and st.job is None:
-            item = st.inbox[0]
-            if item == MARK_FLUSH:
-                st.inbox.popleft()
-                if proc.buffer_duration:
-                    st.job = FLUSH
-                continue
-            if item == MARK_EOS:
-                st.inbox.popleft()
-                st.job, st.eos = FINISH, True
-                continue
-            t, samples = item
-            if proc.buffer_duration and t - proc.buffer_end > self.wcfg.utterance_gap:
-                # speech resumes after a long pause: start a fresh buffer; when
-                # something is still unconfirmed, finish the old one first
-                if proc.hyp.pending() or proc.undecoded_seconds > 0.05:
-                    st.job = FINISH
-                    continue
-                proc.init(t)
-            st.inbox.popleft()
-            proc.insert_audio_chunk(samples, t=t)
+        st.session.push_audio(msg.t, pcm16_to_float(msg.pcm))
 
     # -- scheduling ----------------------------------------------------------------
     def tick(self, now: float) -> None:
-        for stream, result in self.runner.done():
-            st = self.streams.get(stream)
-            if st is not None:
-                self._apply(st, result)
+        self._collect()
         while self.runner.free > 0:
-            st, kind = self._next_job()
+            st, step = self._next_step()
             if st is None:
                 break
-            st.busy = True
-            st.job = None
-            self.runner.submit(st.stream, st.processor, kind)
+            st.session.start(step)
+            self.runner.submit(st.stream, st.session, step)
             if self.runner.concurrency == 1:
                 break  # inline: one decode per loop turn, so messages keep flowing
+        self._collect()
+        self.poll_ms = BUSY_POLL_MS if self.runner.running else 50
+        for st in list(self.streams.values()):
+            if now - st.last_seen > self.wcfg.idle_timeout and not st.session.end_requested:
+                self.log.info("stream %s idle for %.0fs: flushing and freeing it", st.stream, now - st.last_seen)
+                st.session.push_end()
+
+    def _collect(self) -> None:
         for stream, result in self.runner.done():
             st = self.streams.get(stream)
             if st is not None:
                 self._apply(st, result)
-        self.poll_ms = BUSY_POLL_MS if self.runner.running else 50
-        for st in list(self.streams.values()):
-            if now - st.last_seen > self.wcfg.idle_timeout and not st.eos and MARK_EOS not in st.inbox:
-                self.log.info("stream %s idle for %.0fs: flushing and freeing it", st.stream, now - st.last_seen)
-                st.inbox.append(MARK_EOS)
-                self._feed(st)
 
-    def _next_job(self) -> tuple[StreamState | None, str | None]:
-        best, best_key, best_kind = None, None, None
+    def _next_step(self) -> tuple[StreamState | None, Step | None]:
+        """The stream whose step is most urgent: flushes and finishes first, then the oldest undecoded audio."""
+        best, best_key, best_step = None, None, None
         for st in self.streams.values():
-            if st.busy:
+            step = st.session.due()
+            if step is None:
                 continue
-            undecoded = st.processor.undecoded_seconds
-            if st.job is not None:
-                key, kind = (0, -undecoded), st.job
-            elif undecoded >= self.wcfg.min_chunk_size:
-                key, kind = (1, -undecoded), ITER
-            else:
-                continue
+            key = st.session.priority()
             if best_key is None or key < best_key:
-                best, best_key, best_kind = st, key, kind
-        return best, best_kind
+                best, best_key, best_step = st, key, step
+        return best, best_step
 
-    def _apply(self, st: StreamState, result: JobResult) -> None:
-        """A finished job's outcome, on the actor's thread: publish, then feed on."""
-        st.busy = False
+    def _apply(self, st: StreamState, result: StepResult) -> None:
+        """A finished step's outcome, on the actor's thread: publish, then feed on."""
         c = self.counters
         c["decodes"] += result.decodes
         c["decode_seconds"] = round(c["decode_seconds"] + result.decode_seconds, 3)
         c["decoded_audio_seconds"] = round(c["decoded_audio_seconds"] + result.decoded_audio_seconds, 3)
+        commit = st.session.complete(result)
         if result.error is not None:
             self._fail(st, result.error)
         else:
-            self._publish_commit(st, result.commit)
-            if st.eos and result.kind == FINISH:
+            self._publish_commit(st, commit)
+            if st.session.ended:
                 self._end_stream(st)
                 return
             if self.wcfg.partials:
                 self._publish_partial(st)
-        self._feed(st)
         self._update_rtf()
 
     def _fail(self, st: StreamState, exc: BaseException) -> None:
@@ -298,11 +238,8 @@ class ASRWorker(Actor):
         topic = m.transcript_topic(self.name, st.stream)
         self.publish(topic, m.Error(stream=st.stream, seq=self.pub.seq(topic), message=message, worker=self.name))
         self._ended_audio += st.processor.stats.audio_seconds
-        st.processor = self._new_processor()
-        queued = [x[0] for x in st.inbox if isinstance(x, tuple)]
-        st.processor.init(queued[0] if queued else st.received_until)  # go on from the next audio
-        st.job = None
-        if st.eos:
+        st.session.restart(self._new_processor())  # go on from the next audio
+        if st.session.ended:
             self._end_stream(st)
 
     # -- output ----------------------------------------------------------------------
@@ -335,7 +272,7 @@ class ASRWorker(Actor):
 
     def _end_stream(self, st: StreamState) -> None:
         topic = m.transcript_topic(self.name, st.stream)
-        self.publish(topic, m.EndOfStream(stream=st.stream, seq=self.pub.seq(topic), t=st.received_until, worker=self.name))
+        self.publish(topic, m.EndOfStream(stream=st.stream, seq=self.pub.seq(topic), t=st.session.received_until, worker=self.name))
         self._ended_audio += st.processor.stats.audio_seconds
         self.streams.pop(st.stream, None)
         self.counters["streams_active"] = len(self.streams)
@@ -351,9 +288,7 @@ class ASRWorker(Actor):
     def drain(self) -> None:
         """Every stream ends: its tail is decoded, its commits and eos published (by tick)."""
         for st in self.streams.values():
-            if not st.eos and MARK_EOS not in st.inbox:
-                st.inbox.append(MARK_EOS)
-                self._feed(st)
+            st.session.push_end()
 
     def drained(self) -> bool:
         if self.streams and self.runner.running:
@@ -375,18 +310,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     def build():
-        cfg = actor_config(args)
-        if cfg.workers:
-            wcfg = cfg.worker(args.name) if args.name else cfg.workers[0]
-        else:
-            from pipeline.config import WorkerConfig
-
-            wcfg = WorkerConfig(name=args.name or "asr")
-        overrides = {
+        cfg = actor_config(args, "workers", {
             "backend": args.backend, "model": args.model, "model_dir": args.model_dir,
             "language": args.language, "min_chunk_size": args.min_chunk_size, "input": args.input,
-        }
-        wcfg = dataclasses.replace(wcfg, **{k: v for k, v in overrides.items() if v is not None})
+        }, default_name="asr", first=True)
+        wcfg = cfg.worker(args.name) if args.name else cfg.workers[0]
         return ASRWorker(wcfg.name, cfg.bus, wcfg, cfg)
 
     return run_actor(build)

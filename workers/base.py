@@ -23,7 +23,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import time
 from typing import Iterable
 
@@ -31,14 +30,9 @@ import zmq
 
 from pipeline import messages as m
 from pipeline.bus import Publisher, Subscriber, handshake
-from pipeline.config import BusConfig, Config, ConfigError, load_config
+from pipeline.config import BusConfig, Config, ConfigError, Override, load_config
+from pipeline.errors import ExitCode
 
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
-EXIT_MODEL = 4
-EXIT_INTERRUPTED = 130
 MAX_TRACKED_TOPICS = 4096  # topics whose next seq is remembered (least recent forgotten first)
 MAX_GAP_COUNT = 1_000_000  # a single seq jump counts at most this much (a forged seq cannot overflow it)
 
@@ -165,7 +159,7 @@ class Actor:
         self._signals += 1
         if self._signals >= 2:
             self.log.warning("second stop signal: exiting now")
-            raise SystemExit(EXIT_INTERRUPTED)
+            raise SystemExit(ExitCode.for_signal(signum))
         self.log.info("stop signal: draining")
         self.stopping = True
 
@@ -243,7 +237,7 @@ class Actor:
                     self.drain()
                 if self.drained() or now - self._drain_started > self.drain_timeout:
                     self.heartbeat()
-                    return EXIT_OK
+                    return ExitCode.OK
             try:
                 if self.sub.sock.poll(self.poll_ms):
                     # take what is queued, but never starve tick() and heartbeats
@@ -273,35 +267,19 @@ def add_actor_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def actor_config(args) -> Config:
-    """The config for an actor subcommand, with endpoint overrides applied."""
-    import dataclasses
+def actor_config(args, section: str | None = None, values: dict | None = None, **pick) -> Config:
+    """The config for an actor subcommand: ``--config`` (or the defaults) with its command-line overrides.
 
-    cfg = load_config(args.config) if args.config else load_config(None)
-    bus = cfg.bus
-    if args.xsub or args.xpub:
-        bus = dataclasses.replace(bus, xsub=args.xsub or bus.xsub, xpub=args.xpub or bus.xpub)
-        cfg = dataclasses.replace(cfg, bus=bus)
-    return cfg
+    ``section`` and ``values`` are this actor's own overrides (``pick``: how its item of a
+    list section is found, see :class:`pipeline.config.Override`); ``--xsub``/``--xpub``
+    apply to the bus. Everything is validated once, together.
+    """
+    overrides = [Override("bus", {"xsub": args.xsub, "xpub": args.xpub})]
+    if section is not None:
+        overrides.append(Override(section, dict(values or {}), name=getattr(args, "name", None), **pick))
+    return load_config(args.config, overrides=overrides)
 
 
 def run_actor(build) -> int:
-    """Build an actor (callable returning it) and run it with clean exit codes."""
-    from asr_core.base import BackendError
-
-    try:
-        actor = build()
-    except ConfigError as exc:
-        print(f"voxpipe: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        return actor.run()
-    except ConfigError as exc:
-        print(f"voxpipe: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except BackendError as exc:
-        print(f"voxpipe: {exc}", file=sys.stderr)
-        return EXIT_MODEL
-    except zmq.ZMQError as exc:
-        print(f"voxpipe: bus error: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+    """Build an actor (a callable returning it) and run it; errors reach the command line's one exit rule."""
+    return build().run()

@@ -156,7 +156,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     def build():
-        cfg = actor_config(args)
-        return Broker(args.name or cfg.broker.name, cfg.bus, cfg)
+        cfg = actor_config(args, "broker", {"name": args.name})
+        return Broker(cfg.broker.name, cfg.bus, cfg)
 
     return run_actor(build)

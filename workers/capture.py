@@ -34,9 +34,7 @@ Stdin is paced like a file; for a live producer (e.g. ``arecord``) use
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import sys
 import time
 
 import numpy as np
@@ -46,7 +44,7 @@ from pipeline import messages as m
 from pipeline.bus import handshake
 from pipeline.config import ConfigError, SourceConfig
 
-from .base import EXIT_RUNTIME, Actor, actor_config, add_actor_arguments, run_actor
+from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .capture_sources import SR, CaptureError, InputSpec, Source, open_source, parse_input
 
 MAX_BATCH = 50  # frames sent per loop turn when behind schedule (keeps heartbeats regular)
@@ -207,38 +205,6 @@ def default_wait_for(cfg) -> tuple:
     return tuple(names + [w.name for w in cfg.workers])
 
 
-def source_config(args, cfg) -> SourceConfig:
-    """The source section (``--name`` in ``--config``) with the command-line overrides applied."""
-    if args.config:
-        if args.name:
-            scfg = cfg.source(args.name)
-        elif len(cfg.sources) == 1:
-            scfg = cfg.sources[0]
-        else:
-            raise ConfigError(f"{args.config}: say which source with --name "
-                              f"(have: {', '.join(s.name for s in cfg.sources) or 'none'})")
-    else:
-        scfg = SourceConfig(name=args.name or "capture")
-    overrides = {
-        "input": args.input, "stream": args.stream, "speed": args.speed, "device": args.device,
-        "frame_ms": args.frame_ms, "sample_rate": args.sample_rate, "wait_timeout": args.wait_timeout,
-        "loop": True if args.loop else None,
-    }
-    if args.wait_for is not None:
-        overrides["wait_for"] = tuple(n.strip() for n in args.wait_for.split(",") if n.strip())
-    scfg = dataclasses.replace(scfg, **{k: v for k, v in overrides.items() if v is not None})
-    if not m.valid_id(scfg.stream_id):
-        raise ConfigError(f"stream id {scfg.stream_id!r} must be 1-64 letters, digits, '_', '-', ':' or '@'")
-    if scfg.speed < 0:
-        raise ConfigError("--speed must be >= 0 (0 = as fast as possible)")
-    if not 1 <= scfg.frame_ms <= 5000:
-        raise ConfigError("--frame-ms must be between 1 and 5000")
-    for name in scfg.wait_for or ():
-        if not m.valid_id(name):
-            raise ConfigError(f"wait_for: {name!r} is not an actor name")
-    return scfg
-
-
 def register(sub) -> None:
     p = sub.add_parser("capture", help="publish audio from a file, stdin or the microphone")
     p.add_argument("input", nargs="?", default=None, metavar="INPUT",
@@ -260,8 +226,13 @@ def run(args) -> int:
     source: list[Source] = []
 
     def build():
-        cfg = actor_config(args)
-        scfg = source_config(args, cfg)
+        cfg = actor_config(args, "sources", {
+            "input": args.input, "stream": args.stream, "speed": args.speed, "device": args.device,
+            "frame_ms": args.frame_ms, "sample_rate": args.sample_rate, "wait_timeout": args.wait_timeout,
+            "loop": True if args.loop else None,
+            "wait_for": None if args.wait_for is None else [n.strip() for n in args.wait_for.split(",") if n.strip()],
+        }, default_name="capture")
+        scfg = cfg.source(args.name) if args.name else cfg.sources[0]
         wait_for = scfg.wait_for if scfg.wait_for is not None else (default_wait_for(cfg) if args.config else ())
         spec = parse_input(scfg.input)
         if spec.kind != "mic" and scfg.device is not None and args.device is not None:
@@ -272,9 +243,6 @@ def run(args) -> int:
 
     try:
         return run_actor(build)
-    except CaptureError as exc:
-        print(f"voxpipe capture: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
     finally:
         for src in source:
             src.close()

@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import RuntimeFailure
+
 SR = 16000
 
 
-class CaptureError(RuntimeError):
+class CaptureError(RuntimeFailure):
     """A source that cannot be opened: one line for the user."""
 
 

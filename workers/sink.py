@@ -6,7 +6,7 @@
 
 It subscribes to ``transcript.`` (``transcript.<worker>.`` for each selected
 worker) and, for a console with partials, to ``partial.``; commits, eos and
-errors go to the output (:mod:`workers.outputs`, :mod:`workers.console`).
+errors go to the output (:mod:`pipeline.outputs`, :mod:`workers.console`).
 
 Stopping: on the first SIGTERM/SIGINT the sink keeps listening until every
 (worker, stream) it has seen without an ``eos`` gets one (that is the
@@ -22,17 +22,16 @@ file at start) and serves them to ``voxpipe listen --from-start`` and
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from pipeline import messages as m
 from pipeline.config import ConfigError, SinkConfig
 from pipeline.snapshot import History, SnapshotServer
 
-from . import formats as f
+from pipeline import formats as f
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .console import ConsoleOutput
-from .outputs import open_file_output, parse_output
+from pipeline.outputs import open_file_output, parse_output
 
 DEFAULT_GRACE = 4.0  # under honcho's 5 s before SIGKILL, so cue files still get their last cue
 
@@ -172,38 +171,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def sink_config(cfg, args) -> SinkConfig:
-    """This sink's section (by --name, else the config's first, else defaults) with CLI overrides."""
-    if args.name and any(s.name == args.name for s in cfg.sinks):
-        scfg = cfg.sink(args.name)
-    elif args.name and args.output is None:
-        scfg = cfg.sink(args.name)  # raises: no such sink, and nothing to write
-    elif not args.name and args.output is None and cfg.sinks:
-        scfg = cfg.sinks[0]
-    else:
-        scfg = SinkConfig(name=args.name or "sink")
-    changes = {}
-    if args.output is not None:
-        changes["output"] = args.output
-    if args.workers is not None:
-        changes["workers"] = tuple(w.strip() for w in args.workers.split(",") if w.strip())
-    if args.no_partials:
-        changes["partials"] = False
-    scfg = dataclasses.replace(scfg, **changes)
-    for w in scfg.workers:
-        if not m.valid_id(w):
-            raise ConfigError(f"--workers: {w!r} is not a worker name")
-    known = {w.name for w in cfg.workers}
-    unknown = [w for w in scfg.workers if known and w not in known]
-    if unknown:
-        raise ConfigError(f"sink {scfg.name}: no worker named {unknown[0]!r} in the config")
-    return scfg
-
-
 def run(args) -> int:
     def build():
-        cfg = actor_config(args)
-        scfg = sink_config(cfg, args)
+        # a sink named on the command line with its own output is a new sink; without
+        # either, the config's first sink
+        cfg = actor_config(args, "sinks", {
+            "output": args.output, "partials": False if args.no_partials else None,
+            "workers": None if args.workers is None else [w.strip() for w in args.workers.split(",") if w.strip()],
+        }, default_name="sink", new=args.output is not None, first=True)
+        scfg = cfg.sink(args.name) if args.name else (cfg.sinks[-1] if args.output is not None else cfg.sinks[0])
         return Sink(scfg.name, cfg.bus, scfg, cfg, grace=args.grace)
 
     return run_actor(build)

@@ -1,6 +1,6 @@
 """The VAD actor: ``audio.<stream>`` in, speech only out on ``speech.<stream>``.
 
-One :class:`workers.speech_gate.SpeechGate` (Silero VAD + segmenter) per
+One :class:`asr_core.speech_gate.SpeechGate` (Silero VAD + segmenter) per
 stream, created when the stream is first seen and freed on ``eos`` or after
 ``idle_timeout`` seconds without a frame. For each stream it publishes, in
 order: ``speech_start`` (t), the audio inside the segment (with its
@@ -20,8 +20,6 @@ of audio processed.
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 import time
 from dataclasses import dataclass
 
@@ -30,8 +28,8 @@ import numpy as np
 from pipeline import messages as m
 from pipeline.config import VADConfig
 
-from .base import EXIT_MODEL, Actor, actor_config, add_actor_arguments, run_actor
-from .speech_gate import SR, SpeechGate, to_samples
+from .base import Actor, actor_config, add_actor_arguments, run_actor
+from asr_core.speech_gate import SR, SpeechGate, to_samples
 
 
 @dataclass
@@ -44,10 +42,10 @@ class StreamGate:
 class VADActor(Actor):
     role = "vad"
 
-    def __init__(self, name, bus, vcfg: VADConfig, idle_timeout: float = 30.0, config=None):
+    def __init__(self, name, bus, vcfg: VADConfig, config=None):
         super().__init__(name, bus, config)
         self.vcfg = vcfg
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = vcfg.idle_timeout
         self.streams: dict[str, StreamGate] = {}
         self.counters.update({"speech_segments": 0, "out_of_order": 0, "streams_total": 0})
         self._model_path = None
@@ -63,17 +61,10 @@ class VADActor(Actor):
         self._model_path = silero_model_path()
         SileroVAD(self._model_path)  # fail now, with one line, if the model cannot load
 
-    def _options(self):
-        from asr_core.vad import VADOptions
-
-        v = self.vcfg
-        return VADOptions(threshold=v.threshold, neg_threshold=v.neg_threshold, min_silence_ms=v.min_silence_ms,
-                          speech_pad_ms=v.speech_pad_ms, min_speech_ms=v.min_speech_ms)
-
     def _make_segmenter(self, t0: float):
         from asr_core.vad import SileroVAD, SpeechSegmenter
 
-        return SpeechSegmenter(self._options(), SileroVAD(self._model_path), t0=t0)
+        return SpeechSegmenter(self.vcfg.options(), SileroVAD(self._model_path), t0=t0)
 
     def info(self) -> dict:
         v = self.vcfg
@@ -160,36 +151,18 @@ def register(sub) -> None:
     p.add_argument("--neg-threshold", type=float, default=None, help="silence is below this probability")
     p.add_argument("--min-silence-ms", type=int, default=None, help="silence that ends a segment")
     p.add_argument("--speech-pad-ms", type=int, default=None, help="padding kept before and after speech")
-    p.add_argument("--idle-timeout", type=float, default=30.0, help="close a stream after this many silent seconds")
+    p.add_argument("--idle-timeout", type=float, default=None,
+                   help="close a stream after this many seconds without a frame (default 30)")
     p.set_defaults(func=run)
 
 
-def vad_config(args, cfg) -> VADConfig:
-    from pipeline.config import ConfigError
-
-    overrides = {"threshold": args.threshold, "neg_threshold": args.neg_threshold,
-                 "min_silence_ms": args.min_silence_ms, "speech_pad_ms": args.speech_pad_ms,
-                 "name": args.name}
-    v = dataclasses.replace(cfg.vad, **{k: val for k, val in overrides.items() if val is not None})
-    if not 0 < v.neg_threshold <= v.threshold < 1:
-        raise ConfigError("VAD thresholds need 0 < neg_threshold <= threshold < 1")
-    if v.min_silence_ms < 0 or v.speech_pad_ms < 0:
-        raise ConfigError("min_silence_ms and speech_pad_ms must be >= 0")
-    if args.idle_timeout <= 0:
-        raise ConfigError("--idle-timeout must be positive")
-    return v
-
-
 def run(args) -> int:
-    from asr_core.vad import VADUnavailable
-
     def build():
-        cfg = actor_config(args)
-        v = vad_config(args, cfg)
-        return VADActor(v.name, cfg.bus, v, args.idle_timeout, cfg)
+        cfg = actor_config(args, "vad", {
+            "name": args.name, "threshold": args.threshold, "neg_threshold": args.neg_threshold,
+            "min_silence_ms": args.min_silence_ms, "speech_pad_ms": args.speech_pad_ms,
+            "idle_timeout": args.idle_timeout,
+        })
+        return VADActor(cfg.vad.name, cfg.bus, cfg.vad, cfg)
 
-    try:
-        return run_actor(build)
-    except VADUnavailable as exc:
-        print(f"voxpipe vad: {exc}", file=sys.stderr)
-        return EXIT_MODEL
+    return run_actor(build)

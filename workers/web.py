@@ -21,7 +21,6 @@ gets ``eos`` and no new one is accepted; the page server stops last.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import sys
@@ -29,17 +28,14 @@ import threading
 import time
 
 from pipeline import messages as m
-from pipeline.config import ConfigError, WebConfig
+from pipeline.config import WebConfig
+from pipeline.errors import RuntimeFailure, UsageError
+from pipeline.security import is_loopback_host
 
-from .base import EXIT_RUNTIME, Actor, actor_config, add_actor_arguments, run_actor
+from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .web_streams import WebHub
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 START_TIMEOUT_S = 60.0
-
-
-def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 class PageServer:
@@ -75,7 +71,7 @@ class PageServer:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the page server did not start: {self.error or 'timed out'}")
+                raise RuntimeFailure(f"the page server did not start: {self.error or 'timed out'}")
             time.sleep(0.05)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -105,7 +101,7 @@ class WebActor(Actor):
     def setup(self) -> None:
         from .web_page import build_app, limit_ice_addresses
 
-        addresses = self.settings.ice_addresses or (("127.0.0.1",) if is_loopback(self.wcfg.host) else ())
+        addresses = self.settings.ice_addresses or (("127.0.0.1",) if is_loopback_host(self.wcfg.host) else ())
         if addresses:
             limit_ice_addresses(addresses)
         # Gradio prints debugging lines on stdout (one per WebRTC signalling call); this actor says
@@ -164,7 +160,7 @@ def register(sub) -> None:
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; anything else needs a token)")
     p.add_argument("--port", type=int, default=None, help="port to listen on (default 9880; 0 = any free port)")
     p.add_argument("--token", default=None, help="access token the page asks for before it streams")
-    p.add_argument("--max-sessions", type=int, default=16, help="browser streams at once (default %(default)s)")
+    p.add_argument("--max-sessions", type=int, default=None, help="browser streams at once (default 16)")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
                    help="STUN/TURN server for browsers behind NAT (repeatable; default none: host candidates only)")
     p.add_argument("--ice-address", action="append", default=[], metavar="ADDR",
@@ -173,40 +169,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def web_config(args, cfg) -> WebConfig:
-    """The config's ``web:`` section with the command-line overrides applied and checked."""
-    wcfg = cfg.web
-    overrides = {"name": args.name, "host": args.host, "port": args.port, "token": args.token}
-    wcfg = dataclasses.replace(wcfg, **{k: v for k, v in overrides.items() if v is not None})
-    if not m.valid_id(wcfg.name):
-        raise ConfigError(f"actor name {wcfg.name!r} must be 1-64 letters, digits, '_', '-', ':' or '@'")
-    if not 0 <= wcfg.port <= 65535:
-        raise ConfigError(f"web port {wcfg.port} is not a port number")
-    if not is_loopback(wcfg.host) and not wcfg.token:
-        raise ConfigError(f"listening on {wcfg.host} (beyond loopback) needs an access token: "
-                          "give --token or set web.token")
-    if args.max_sessions < 1:
-        raise ConfigError("--max-sessions must be at least 1")
-    return wcfg
-
-
 def run(args) -> int:
     def build():
-        cfg = actor_config(args)
-        wcfg = web_config(args, cfg)
+        cfg = actor_config(args, "web", {"enabled": True, "name": args.name, "host": args.host, "port": args.port,
+                                         "token": args.token, "max_sessions": args.max_sessions})
+        wcfg = cfg.web
         try:
             import fastrtc  # noqa: F401
             import gradio  # noqa: F401
         except ImportError as exc:
-            raise RuntimeError(f"{exc.name} is not installed: pip install 'voxpipe[web]'") from None
+            raise UsageError(f"{exc.name} is not installed: pip install 'voxpipe[web]'") from None
         from .web_page import PageSettings
 
-        settings = PageSettings(token=wcfg.token or None, max_sessions=args.max_sessions,
+        settings = PageSettings(token=wcfg.token or None, max_sessions=wcfg.max_sessions,
                                 ice_servers=tuple(args.ice_server), ice_addresses=tuple(args.ice_address))
         return WebActor(wcfg.name, cfg.bus, wcfg, settings, cfg)
 
     try:
         return run_actor(build)
-    except (OSError, RuntimeError) as exc:
-        print(f"voxpipe web: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+    except OSError as exc:  # the page's port
+        raise RuntimeFailure(str(exc)) from None

@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline import messages as m
 
-from .formats import CueBuilder, commit_words, join_commit_texts, render_srt
+from pipeline.formats import CueBuilder, commit_words, join_commit_texts, render_srt
 
 SR = m.SAMPLE_RATE
 FRAME_SAMPLES = SR // 10  # 100 ms per published frame

@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
 
 
 def register(sub) -> None:
@@ -63,39 +62,26 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pipeline.config import ConfigError
-
-    from .corpus import CorpusError
-    from .session import BenchError
+    from pipeline.errors import UsageError
 
     try:
         import matplotlib  # noqa: F401
         import psutil  # noqa: F401
         import tqdm  # noqa: F401
     except ImportError as exc:
-        print(f"voxpipe bench: {exc.name} is missing: pip install 'voxpipe[bench]'", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"{exc.name} is missing: pip install 'voxpipe[bench]'") from None
+
     def interrupted(signum, _frame):
         raise KeyboardInterrupt  # unwinds through the cleanup: every actor is stopped
 
     signal.signal(signal.SIGTERM, interrupted)
-    try:
-        return Bench(args).run()
-    except ConfigError as exc:
-        print(f"voxpipe bench: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except CorpusError as exc:
-        print(f"voxpipe bench: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BenchError as exc:
-        print(f"voxpipe bench: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+    return Bench(args).run()
 
 
 class Bench:
     def __init__(self, args):
         from pipeline.config import ConfigError, SourceConfig, load_config
-        from pipeline.transcribe import default_config
+        from apps.transcribe import default_config
 
         from .capacity import CapacityOptions
         from .corpus import load_corpus
@@ -166,7 +152,7 @@ class Bench:
                 f"the checkout changed while the bench ran (commit {end.get('commit')} at the end): actors started "
                 "at different times may have run different code")
         self.write()
-        return EXIT_OK
+        return 0
 
     def transport(self) -> None:
         from . import transport

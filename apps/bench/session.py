@@ -2,8 +2,8 @@
 
 :func:`bench_config` derives the persistent part of a config (broker, VAD,
 one worker; no sources, sinks or web page; two free ports). A
-:class:`BenchSession` starts those actors with :class:`pipeline.runner.ProcessRunner`
-(the command lines come from :func:`pipeline.plan.actor_processes`), waits
+:class:`BenchSession` starts those actors with :class:`apps.runner.ProcessRunner`
+(the command lines come from :func:`apps.plan.actor_processes`), waits
 until each has reported ready and the bench's subscription is in place, then
 runs *rounds*: ``N`` captures of one clip at once, real time, distinct stream
 ids. Each round's captures come from a config of their own (the same bus,
@@ -26,9 +26,10 @@ from pathlib import Path
 from honcho.printer import Printer
 
 from pipeline.config import Config, ConfigError, SourceConfig, load_config
+from pipeline.errors import RuntimeFailure
 from pipeline.derived_config import private_bus, write_config
-from pipeline.plan import actor_processes, stop_stages
-from pipeline.runner import ProcessRunner
+from apps.plan import actor_processes, stop_stages
+from apps.runner import ProcessRunner
 
 from .corpus import Clip
 from .sampler import Sampler
@@ -38,7 +39,7 @@ CAPTURE_WAIT = 120.0  # seconds for a round's captures to start and wait at the 
 GATE_REPEAT = 0.25  # the gate heartbeat is repeated until every capture has started
 
 
-class BenchError(RuntimeError):
+class BenchError(RuntimeFailure):
     """The pipeline could not be measured (an actor died, nothing got ready)."""
 
 

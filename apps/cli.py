@@ -24,24 +24,21 @@ import sys  # noqa: E402
 
 # subcommand modules, in the order they appear in --help
 COMMANDS = [
-    "asr_core.simulate",
+    "apps.simulate",
     "asr_core.convert_ct2",
     "workers.broker",
     "workers.asr_worker",
     "workers.capture",
     "workers.vad_actor",
-    "workers.listen",
+    "apps.listen",
     "workers.sink",
     "workers.web",
-    "pipeline.launch",
-    "pipeline.bench.cli",
+    "apps.launch",
+    "apps.transcribe",
+    "apps.export",
+    "pipeline.security",
+    "apps.bench.cli",
 ]
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
-EXIT_MODEL = 4
-EXIT_RUNTIME = 1
 
 
 def setup_logging(level: str | None = None) -> None:
@@ -67,13 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.errors import run_command
+
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "log_level", None))
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+    return run_command(lambda: args.func(args), prog=f"voxpipe {args.command}")
 
 
 if __name__ == "__main__":  # pragma: no cover

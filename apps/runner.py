@@ -9,7 +9,7 @@ in a session of its own, output merged and read line by line) and
   wait for some actors to be ready before starting others;
 * :meth:`ProcessRunner.stop` is staged: SIGTERM to one stage (e.g. the
   sources), wait until it has exited (up to ``timeout``, then SIGKILL), then
-  the next, broker last (see :data:`pipeline.plan.STOP_STAGES`). honcho
+  the next, broker last (see :data:`apps.plan.STOP_STAGES`). honcho
   signals everything at once and kills after 5 s, which can take the broker
   away before the workers' final flush has crossed it;
 * the last lines of every process's output are kept for error reports.
@@ -37,6 +37,24 @@ from .plan import ActorProcess
 
 SYSTEM = "system"
 FORCE_WAIT = 3.0  # after a forced stop (second signal): SIGTERM again, then SIGKILL after this
+
+
+class SignalCounter:
+    """Counts SIGINT/SIGTERM instead of dying of them; remembers the first."""
+
+    def __init__(self):
+        self.count = 0
+        self.first: int | None = None
+
+    def __call__(self, signum, _frame):
+        self.count += 1
+        if self.first is None:
+            self.first = signum
+
+    def install(self) -> "SignalCounter":
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
+        return self
 
 
 def child_env(extra: dict | None = None) -> dict:

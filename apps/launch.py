@@ -1,65 +1,38 @@
-"""Launching a whole pipeline from its config: ``procfile``, ``up``, ``transcribe``, ``export``.
+"""Launching a whole pipeline from its config: ``voxpipe procfile`` and ``voxpipe up``.
 
 * ``voxpipe procfile CONFIG`` prints one Procfile line per actor
-  (:mod:`pipeline.plan`); ``--portable`` writes ``voxpipe`` and the config
+  (:mod:`apps.plan`); ``--portable`` writes ``voxpipe`` and the config
   path as given (the repository's ``Procfile`` is made that way).
 * ``voxpipe up CONFIG`` validates the config (a bad one: one line, exit 3,
-  nothing started), then runs every actor with honcho (:mod:`pipeline.runner`).
+  nothing started), then runs every actor with honcho (:mod:`apps.runner`).
   SIGINT/SIGTERM stops the pipeline in order (sources send eos, the VAD
   passes it on, workers flush, sinks write, broker last) and exits 130/143
   like honcho. A source that ends (its file is done, exit 0) leaves the rest
   running; any other exit stops everything and becomes the exit code.
-* ``voxpipe transcribe FILE`` runs one file to the end (:mod:`pipeline.transcribe`).
-* ``voxpipe export supervisord|systemd CONFIG DIR`` (:mod:`pipeline.export`).
-* ``voxpipe keys DIR`` makes CURVE keys for the bus (:mod:`pipeline.security`).
+
+Beside them: ``voxpipe transcribe FILE`` (:mod:`apps.transcribe`), ``voxpipe export``
+(:mod:`apps.export`), ``voxpipe keys DIR`` (:mod:`pipeline.security`).
 """
 
 from __future__ import annotations
 
 import re
-import signal
 import socket
 import sys
 
-from .config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ExitCode, RuntimeFailure
 
-EXIT_CONFIG = 3
+from .runner import SignalCounter
+
 STOP_TIMEOUT = 30.0
-
-
-def _load(path: str):
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(f"voxpipe: config error: {exc}", file=sys.stderr)
-        return None
-
-
-class SignalCounter:
-    """Counts SIGINT/SIGTERM instead of dying of them; remembers the first."""
-
-    def __init__(self):
-        self.count = 0
-        self.first: int | None = None
-
-    def __call__(self, signum, _frame):
-        self.count += 1
-        if self.first is None:
-            self.first = signum
-
-    def install(self) -> "SignalCounter":
-        signal.signal(signal.SIGINT, self)
-        signal.signal(signal.SIGTERM, self)
-        return self
 
 
 # -- procfile ----------------------------------------------------------------------------------
 def run_procfile(args) -> int:
     from .plan import actor_processes, render_procfile
 
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_CONFIG
+    cfg = load_config(args.config)
     procs = actor_processes(cfg, args.config if args.portable else None, portable=args.portable)
     sys.stdout.write(render_procfile(procs))
     return 0
@@ -88,14 +61,10 @@ def run_up(args) -> int:
     from .plan import actor_processes, stop_stages
     from .runner import ProcessRunner
 
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_CONFIG
+    cfg = load_config(args.config)
     busy = busy_endpoints(cfg.bus)
     if busy:
-        print(f"voxpipe: cannot start: {' and '.join(busy)} already in use (another pipeline on this bus?)",
-              file=sys.stderr)
-        return 1
+        raise RuntimeFailure(f"cannot start: {' and '.join(busy)} already in use (another pipeline on this bus?)")
     procs = actor_processes(cfg)
     roles = {p.name: p.role for p in procs}
     runner = ProcessRunner(procs)
@@ -111,7 +80,7 @@ def run_up(args) -> int:
             rc = code if code else 1
             break
         if rc is None and signals.count:
-            rc = 130 if signals.first == signal.SIGINT else 143
+            rc = int(ExitCode.for_signal(signals.first))
             runner.say("stop signal: stopping the pipeline in order (again to force)")
         if rc is None and not runner.running():
             rc = 0
@@ -134,9 +103,3 @@ def register(sub) -> None:
     p.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT,
                    help="seconds each stage may take to stop before it is killed (default %(default)s)")
     p.set_defaults(func=run_up)
-
-    from . import export, security, transcribe
-
-    transcribe.register(sub)
-    export.register(sub)
-    security.register(sub)

@@ -13,10 +13,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import UsageError
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-class CorpusError(ValueError):
+class CorpusError(UsageError):
     """A corpus or clip that cannot be used: one line for the user."""
 
 

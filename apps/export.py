@@ -24,7 +24,8 @@ import re
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from pipeline.config import ConfigError, load_config
+from pipeline.errors import RuntimeFailure, UsageError
 from .plan import ActorProcess, actor_processes
 
 # start order: lower first; stopped in the reverse order
@@ -162,16 +163,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", args.app):
-        print(f"voxpipe: --app {args.app!r}: use letters, digits, '_' and '-'", file=sys.stderr)
-        return 2
+        raise UsageError(f"--app {args.app!r}: use letters, digits, '_' and '-'")
     try:
         files = export(args.format, args.config, args.dir, args.app, args.log_dir, args.user, args.workdir)
-    except ConfigError as exc:
-        print(f"voxpipe: config error: {exc}", file=sys.stderr)
-        return 3
     except OSError as exc:
-        print(f"voxpipe: cannot write {args.dir}: {exc}", file=sys.stderr)
-        return 1
+        raise RuntimeFailure(f"cannot write {args.dir}: {exc}") from None
     for f in files:
         print(f)
     return 0

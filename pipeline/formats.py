@@ -1,6 +1,6 @@
 """Transcript formats: pure functions from commits to JSONL, SRT, WebVTT and text.
 
-Nothing here touches files or the bus; :mod:`workers.outputs` does the
+Nothing here touches files or the bus; :mod:`pipeline.outputs` does the
 writing. A commit's ``words`` (``[[beg, end, word], ...]``, stream seconds)
 are grouped into subtitle cues by :class:`CueBuilder`:
 

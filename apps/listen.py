@@ -17,8 +17,6 @@ import time
 
 from pipeline import messages as m
 
-EXIT_USAGE = 2
-
 
 def _span(beg, end) -> str:
     if beg is None or end is None:
@@ -78,7 +76,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from pipeline.client import Subscription
-    from pipeline.config import ConfigError
+    from pipeline.errors import RuntimeFailure
     from pipeline.snapshot import SnapshotError
 
     prefixes = args.prefixes or ["transcript."]
@@ -91,12 +89,8 @@ def run(args) -> int:
         subscription = Subscription(prefixes, config=args.config, xpub=args.xpub, xsub=args.xsub, timeout=args.timeout,
                                     on_reject=on_reject, from_start=bool(args.from_start or args.snapshot),
                                     snapshot=args.snapshot)
-    except ConfigError as exc:
-        print(f"voxpipe: config error: {exc}", file=sys.stderr)
-        return 3
     except SnapshotError as exc:
-        print(f"voxpipe listen: {exc}", file=sys.stderr)
-        return 1
+        raise RuntimeFailure(str(exc)) from None
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"listening on {', '.join(prefixes)} at {subscription.bus.xpub} (Ctrl-C to stop)", file=sys.stderr)
     shown = 0

@@ -5,7 +5,7 @@ enabled, workers, sinks, the web page when enabled. Every line reads
 ``NAME: <voxpipe> <role> --config CONFIG --name NAME``.
 
 ``<voxpipe>`` is the ``voxpipe`` console script next to the running Python
-(so a venv works without being activated), else ``python -m pipeline.cli``
+(so a venv works without being activated), else ``python -m apps.cli``
 with that Python. The portable form (``portable=True``) writes plain
 ``voxpipe`` and keeps the config path as given, for a Procfile that lives in
 the repository and is run with the venv activated.
@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from pipeline.config import Config
 
 # roles in stopping order; each stage is stopped (and waited for) before the next
 STOP_STAGES = (("capture", "web"), ("vad",), ("worker",), ("sink",), ("broker",))
@@ -46,7 +46,7 @@ def voxpipe_command(portable: bool = False) -> list[str]:
     script = Path(sys.executable).parent / "voxpipe"
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "pipeline.cli"]
+    return [sys.executable, "-m", "apps.cli"]
 
 
 def actor_processes(cfg: Config, config_path: str | None = None, portable: bool = False) -> list[ActorProcess]:

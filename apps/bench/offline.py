@@ -5,9 +5,8 @@
   and what that pass costs in CPU seconds per second of audio.
 * :func:`decode_replay`: the speech the worker was sent during a round
   (recorded from ``speech.<stream>``) fed again to an
-  :class:`asr_core.online.OnlineASRProcessor` with the worker's scheduling
-  rule (decode once ``min_chunk_size`` seconds are new, flush at
-  ``speech_end`` and ``eos``), to see where a worker's CPU goes: how many
+  :class:`asr_core.streaming.StreamingSession` with the worker's schedule and
+  options (the same class the worker uses), to see where a worker's CPU goes: how many
   decodes, how much audio each one covers, what each one costs. The worker
   itself publishes only its decode count and real-time factor; the replay
   schedules decodes as a one-stream worker does when each decode is faster
@@ -50,23 +49,26 @@ def offline_clip(asr, clip) -> dict:
 
 
 def decode_replay(asr, events: list, w) -> dict:
-    """Replay ``("audio", t, pcm)`` / ``("end", t, None)`` / ``("eos", t, None)`` events as the worker does."""
+    """Replay ``("audio", t, pcm)`` / ``("end", t, None)`` / ``("eos", t, None)`` events through the worker's session."""
     from asr_core.audio import pcm16_to_float
     from asr_core.online import OnlineASRProcessor
-    from workers.asr_worker import streaming_options
+    from asr_core.streaming import StreamingSession
 
-    proc = OnlineASRProcessor(asr, options=streaming_options(w))
-    cpu = 0.0
+    session = StreamingSession(OnlineASRProcessor(asr, options=w.streaming_options()), w.schedule())
+    proc = session.processor
     flushes = 0
     c0 = time.process_time()
     for kind, t, pcm in events:
         if kind == "audio":
-            proc.insert_audio_chunk(pcm16_to_float(pcm), t=t)
-            if proc.undecoded_seconds >= w.min_chunk_size:
-                proc.process_iter()
-        else:
+            session.push_audio(t, pcm16_to_float(pcm))
+        elif kind == "end":
             flushes += 1
-            proc.finish()
+            session.push_pause()
+        else:
+            session.push_end()
+        session.run_due()
+    session.push_end()
+    session.run_due()
     cpu = time.process_time() - c0
     st = proc.stats
     if not st.decodes:

@@ -4,7 +4,7 @@ A figure that could not be measured is ``None``, and the ``missing`` map of
 the object that holds it says why (``{"latency": "no committed words"}``);
 nothing is filled in with a zero or a guess.
 
-* WER: Whisper English normalisation (:mod:`asr_core.evaluation`) of the
+* WER: Whisper English normalisation (:mod:`apps.bench.evaluation`) of the
   reference and of the commit texts joined; over several streams or clips,
   word errors summed over reference words summed.
 * Latency of a committed word: ``emitted - wall0 - word_end`` (the commit's
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import statistics
 
-from asr_core.evaluation import edit_distance, normalize, percentile
+from apps.bench.evaluation import edit_distance, normalize, percentile
 
 MB = 1024 * 1024
 
@@ -50,7 +50,7 @@ def ratio(errors: int, words: int) -> float:
 
 # -- one stream ------------------------------------------------------------------------------------
 def stream_figures(rec, clip) -> dict:
-    from workers.formats import join_commit_texts
+    from pipeline.formats import join_commit_texts
 
     missing: dict[str, str] = {}
     text = join_commit_texts(c.text for c in rec.commits)

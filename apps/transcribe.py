@@ -29,11 +29,11 @@ from pathlib import Path
 
 import zmq
 
-from . import messages as m
-from .bus import Subscriber
-from .config import ConfigError, SinkConfig, load_config
+from pipeline import messages as m
+from pipeline.bus import Subscriber
+from pipeline.config import ConfigError, SinkConfig, load_config
+from pipeline.errors import ExitCode, RuntimeFailure, UsageError
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 STAGE_TIMEOUT = 30.0
 
 
@@ -62,7 +62,7 @@ def _sink_name(kind: str, taken: set[str]) -> str:
 
 def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, source: str | None):
     """The config that runs ``audio`` through ``cfg``'s pipeline on a private bus."""
-    from .derived_config import private_bus
+    from pipeline.derived_config import private_bus
 
     if not cfg.workers:
         raise ConfigError(f"{cfg.path}: no workers to transcribe with")
@@ -71,7 +71,7 @@ def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, sou
     elif cfg.sources:
         src = cfg.sources[0]
     else:
-        from .config import SourceConfig
+        from pipeline.config import SourceConfig
 
         src = SourceConfig()
     taken = {cfg.broker.name, src.name, cfg.vad.name} | {w.name for w in cfg.workers}
@@ -93,7 +93,7 @@ def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, sou
 
 def _fresh_outputs(cfg) -> None:
     """Remove what an earlier run left in the sinks' files (jsonl appends; cue files per pair)."""
-    from workers.outputs import pair_path
+    from pipeline.outputs import pair_path
 
     streams = [s.stream_id for s in cfg.sources]
     for s in cfg.sinks:
@@ -153,7 +153,7 @@ class TranscriptWatch:
         return self.done >= set(self.workers)
 
     def transcript(self) -> str:
-        from workers.formats import join_commit_texts
+        from pipeline.formats import join_commit_texts
 
         if len(self.workers) == 1:
             return join_commit_texts(self.texts[self.workers[0]])
@@ -168,8 +168,7 @@ class TranscriptWatch:
 def run(args) -> int:
     audio = Path(args.file)
     if not audio.is_file():
-        print(f"voxpipe: cannot read audio file {args.file!r}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"cannot read audio file {args.file!r}")
     tmp = Path(tempfile.mkdtemp(prefix="voxpipe-transcribe-"))
     try:
         return _run(args, audio, tmp)
@@ -178,17 +177,13 @@ def run(args) -> int:
 
 
 def _run(args, audio: Path, tmp: Path) -> int:
-    from .derived_config import write_config
-    from .launch import SignalCounter
-    from .plan import actor_processes, stop_stages
-    from .runner import ProcessRunner
+    from pipeline.derived_config import write_config
 
-    try:
-        cfg = derive(load_config(args.config, check_files=False), audio, args.speed, args.output, args.source)
-        cfg = load_config(write_config(cfg, tmp / "pipeline.yaml"))
-    except ConfigError as exc:
-        print(f"voxpipe: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    from .plan import actor_processes, stop_stages
+    from .runner import ProcessRunner, SignalCounter
+
+    cfg = derive(load_config(args.config, check_files=False), audio, args.speed, args.output, args.source)
+    cfg = load_config(write_config(cfg, tmp / "pipeline.yaml"))
     _fresh_outputs(cfg)
     procs = actor_processes(cfg)
     capture = cfg.sources[0].name
@@ -202,7 +197,7 @@ def _run(args, audio: Path, tmp: Path) -> int:
     watch = TranscriptWatch(cfg.bus, cfg.sources[0].stream_id, [w.name for w in cfg.workers])
     signals = SignalCounter().install()
     t0 = time.monotonic()
-    failure, rc = None, EXIT_OK
+    failure = None
     try:
         runner.start([p.name for p in procs if p.name != capture])
         while True:
@@ -231,20 +226,19 @@ def _run(args, audio: Path, tmp: Path) -> int:
     finally:
         watch.close()
     if signals.count and not failure:
-        print("voxpipe: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print("voxpipe transcribe: interrupted", file=sys.stderr)
+        return ExitCode.for_signal(signals.first)
     if failure:
         name, line = failure
-        print(f"voxpipe: transcribe failed: {line}", file=sys.stderr)
         if name and runner.tails[name]:
-            print(f"--- last lines from {name} ---\n{runner.tail(name)}", file=sys.stderr)
-        return EXIT_RUNTIME
+            line += f"\n--- last lines from {name} ---\n{runner.tail(name)}"
+        raise RuntimeFailure(f"transcribe failed: {line}")
     print(watch.transcript())
     sys.stdout.flush()
     outs = ", ".join(s.output for s in cfg.sinks)
-    print(f"voxpipe: {audio.name}: {watch.commits} commit(s) in {time.monotonic() - t0:.1f}s"
+    print(f"voxpipe transcribe: {audio.name}: {watch.commits} commit(s) in {time.monotonic() - t0:.1f}s"
           + (f"; written to {outs}" if outs else ""), file=sys.stderr)
-    return rc
+    return ExitCode.OK
 
 
 def register(sub) -> None:

@@ -1,7 +1,7 @@
 """The broker's one-hop latency and throughput, with messages the size of audio frames.
 
 A real ``voxpipe broker`` runs on two free ports. A sender process (this
-module run as ``python -m pipeline.bench.transport XSUB RATE SECONDS BYTES``)
+module run as ``python -m apps.bench.transport XSUB RATE SECONDS BYTES``)
 publishes ``audio`` messages on ``audio.hop`` with a realistic header and a
 payload of ``BYTES`` (3200: 100 ms of 16 kHz int16), plus an extra header
 field ``sent`` (its Unix send time; receivers ignore unknown fields). The
@@ -75,8 +75,8 @@ class _Broker:
 
         from pipeline.config import BusConfig
         from pipeline.derived_config import private_bus
-        from pipeline.plan import ActorProcess, voxpipe_command
-        from pipeline.runner import ProcessRunner
+        from apps.plan import ActorProcess, voxpipe_command
+        from apps.runner import ProcessRunner
 
         self.bus = private_bus(BusConfig())
         argv = voxpipe_command() + ["broker", "--xsub", self.bus.xsub, "--xpub", self.bus.xpub, "--name", "hop-broker"]
@@ -91,7 +91,7 @@ class _Broker:
 
 
 def _sender(xsub: str, rate: float, seconds: float, size: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.bench.transport", xsub, str(rate), str(seconds), str(size)],
+    return subprocess.Popen([sys.executable, "-m", "apps.bench.transport", xsub, str(rate), str(seconds), str(size)],
                             stdout=subprocess.PIPE, text=True)
 
 
@@ -142,7 +142,7 @@ def measure(rate: float = 200.0, seconds: float = 5.0, blast_seconds: float = 3.
     import psutil
     import zmq
 
-    from asr_core.evaluation import percentile
+    from apps.bench.evaluation import percentile
 
     broker = _Broker(verbose)
     ctx = zmq.Context()

@@ -15,6 +15,8 @@ what the VAD actor forwards: ``("start", n)``, ``("audio", n, samples)``,
   held back until the segmenter either ends the segment or resumes speech.
   So in speech audio flows with ~no delay; only pauses are held.
 * Segments never overlap: a start is never before the previous end.
+* Samples are int16 PCM (the bus's audio) or float32 in [-1, 1]; they are forwarded as
+  they came.
 * Input frames must be contiguous: a frame that goes backwards is refused
   (:meth:`push` returns None), a forward gap up to ``max_fill`` seconds is
   filled with silence, a longer one ends any open segment and restarts the
@@ -30,7 +32,7 @@ import numpy as np
 SR = 16000
 TOLERANCE = 16  # samples (1 ms) of timestamp jitter treated as contiguous
 
-Event = tuple  # ("start", n) | ("audio", n, np.ndarray[int16]) | ("end", n)
+Event = tuple  # ("start", n) | ("audio", n, samples) | ("end", n)
 
 
 def to_samples(t: float) -> int:
@@ -39,8 +41,9 @@ def to_samples(t: float) -> int:
 
 class SpeechGate:
     def __init__(self, make_segmenter: Callable[[float], object], speech_pad_ms: int, first_sample: int = 0,
-                 max_fill: float = 1.0, max_chunk: int = SR):
+                 max_fill: float = 1.0, max_chunk: int = SR, dtype="<i2"):
         self.make_segmenter = make_segmenter
+        self.dtype = np.dtype(dtype)
         self.pad = int(speech_pad_ms) * SR // 1000
         self.max_fill = int(max_fill * SR)
         self.max_chunk = int(max_chunk)
@@ -50,7 +53,7 @@ class SpeechGate:
 
     def _restart(self, n: int) -> None:
         self.seg = self.make_segmenter(n / SR)
-        self.buf = np.zeros(0, dtype="<i2")
+        self.buf = np.zeros(0, dtype=self.dtype)
         self.buf0 = n  # stream sample index of buf[0]
         self.in_speech = False
 
@@ -68,11 +71,11 @@ class SpeechGate:
             return None
         if n > expected + TOLERANCE:
             if n - expected <= self.max_fill:
-                self._feed(np.zeros(n - expected, dtype="<i2"), events)
+                self._feed(np.zeros(n - expected, dtype=self.dtype), events)
             else:
                 events += self.close()
                 self._restart(n)
-        self._feed(np.asarray(samples, dtype="<i2"), events)
+        self._feed(np.asarray(samples, dtype=self.dtype), events)
         return events
 
     def close(self) -> list[Event]:
@@ -90,7 +93,8 @@ class SpeechGate:
         if len(samples) == 0:
             return
         self.buf = np.concatenate([self.buf, samples]) if len(self.buf) else samples.copy()
-        for ev in self.seg.process(samples.astype(np.float32) / 32768.0):
+        floats = samples.astype(np.float32) / 32768.0 if self.dtype.kind == "i" else samples
+        for ev in self.seg.process(floats):
             if ev.kind == "start" and not self.in_speech:
                 self._start(to_samples(ev.t), events)
             elif ev.kind == "end" and self.in_speech:
@@ -103,7 +107,7 @@ class SpeechGate:
             self._drop(to_samples(self.seg.t) - self.pad)
 
     def _silence_since(self) -> int | None:
-        t = self.seg.pause_started
+        t = getattr(self.seg, "pause_started", None)
         return None if t is None else to_samples(t)
 
     def _start(self, n: int, events: list[Event]) -> None:

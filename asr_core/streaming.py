@@ -1,0 +1,224 @@
+"""One stream's streaming schedule: when to decode, flush, start afresh and finish.
+
+A :class:`StreamingSession` wraps one :class:`~asr_core.online.OnlineASRProcessor` and is
+the only implementation of the rule every driver follows (the ASR worker, ``voxpipe
+simulate``, the VAC processor, the bench's decode replay, the commit-policy sweep):
+
+* audio and *marks* (a :data:`Mark.PAUSE` where the VAD heard a pause, :data:`Mark.END`
+  at the end of the stream) go into an inbox, in stream order;
+* a **decode** (:data:`Step.DECODE`: the next hypothesis) is due once the processor holds
+  ``min_chunk_size`` seconds of audio it has not decoded;
+* at a pause, ``at_pause`` says what happens: ``flush`` (the worker's rule: the tail is
+  decoded and every word before the pause committed at once, the audio stays as context),
+  ``finish`` (whisper_streaming's VAC: commit everything and start a fresh buffer), or
+  ``ignore``;
+* speech that resumes more than ``utterance_gap`` seconds after the end of the buffer
+  starts a fresh buffer (finishing the old one first if something is unconfirmed);
+* at the end of the stream, a **finish**: decode the tail, commit everything; the session
+  has then *ended*.
+
+The session has no threads and no sockets. A driver asks :meth:`StreamingSession.due`
+which step to run, marks it started, runs it (:meth:`run`, which touches only the
+processor, so it may run on another thread) and hands the result back
+(:meth:`complete`); :meth:`run_due` does all three in a loop for single-threaded drivers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from .online import Commit, OnlineASRProcessor
+
+LATE_TOLERANCE = 1e-3  # seconds a frame may start before the end of the last one and still be taken
+
+
+class Mark(Enum):
+    """A point in a stream's inbox between two pieces of audio."""
+
+    PAUSE = "pause"  # the speaker paused (the VAD's speech_end)
+    END = "end"  # the stream ended (eos, idle timeout, shutdown)
+
+
+class Step(str, Enum):
+    """What a session needs done next by its processor."""
+
+    DECODE = "decode"  # the next hypothesis of the buffer (LocalAgreement commits)
+    FLUSH = "flush"  # a pause: decode the tail, commit everything, keep the audio as context
+    FINISH = "finish"  # the end of an utterance or of the stream: commit everything, fresh buffer
+
+
+PAUSE_ACTIONS = ("flush", "finish", "ignore")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a session decodes. The defaults are the ASR worker's (and ``voxpipe simulate``'s)."""
+
+    min_chunk_size: float = 1.0  # seconds of new audio that make the next decode due
+    at_pause: str = "flush"  # flush | finish | ignore (see the module's docstring)
+    utterance_gap: float = 1.0  # a pause longer than this starts a fresh audio buffer
+
+    def __post_init__(self):
+        if self.min_chunk_size <= 0:
+            raise ValueError("min_chunk_size must be positive")
+        if self.at_pause not in PAUSE_ACTIONS:
+            raise ValueError(f"at_pause must be one of {', '.join(PAUSE_ACTIONS)}, not {self.at_pause!r}")
+        if self.utterance_gap <= 0:
+            raise ValueError("utterance_gap must be positive")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step did: its commit (maybe empty), or the exception it raised, and its cost."""
+
+    step: Step
+    commit: Commit = Commit()
+    error: BaseException | None = None
+    decode_seconds: float = 0.0  # wall seconds spent in the backend during the step
+    decoded_audio_seconds: float = 0.0  # seconds of audio handed to the backend
+    decodes: int = 0
+
+
+class StreamingSession:
+    def __init__(self, processor: OnlineASRProcessor, schedule: Schedule | None = None):
+        self.processor = processor
+        self.schedule = schedule or Schedule()
+        self.inbox: deque = deque()  # (t, samples) and Mark items not yet given to the processor
+        self.pending: Step | None = None  # a FLUSH or FINISH that must run before the inbox goes on
+        self.running: Step | None = None  # the step handed out by due() and not completed yet
+        self.ending = False  # the pending FINISH is the stream's last step
+        self.ended = False
+        self.received_until = 0.0  # stream time just after the last accepted sample
+        self.started = False  # some audio was accepted
+
+    # -- input (the owner's thread) ------------------------------------------------------
+    def accepts(self, t: float) -> bool:
+        """May audio starting at stream time ``t`` come next (it does not go back in time)?"""
+        return not self.ended and not (self.started and t + LATE_TOLERANCE < self.received_until)
+
+    def push_audio(self, t: float, samples: np.ndarray) -> bool:
+        """Audio whose first sample is at stream time ``t``; False (and nothing kept) if it is late."""
+        if not self.accepts(t):
+            return False
+        self.inbox.append((float(t), samples))
+        self.received_until = float(t) + len(samples) / self.processor.SAMPLING_RATE
+        self.started = True
+        self._feed()
+        return True
+
+    def push_pause(self) -> None:
+        if not self.ended:
+            self.inbox.append(Mark.PAUSE)
+            self._feed()
+
+    def push_end(self) -> None:
+        if not self.ended and Mark.END not in self.inbox and not self.ending:
+            self.inbox.append(Mark.END)
+            self._feed()
+
+    @property
+    def end_requested(self) -> bool:
+        return self.ended or self.ending or Mark.END in self.inbox
+
+    # -- scheduling ----------------------------------------------------------------------
+    def due(self) -> Step | None:
+        """The step to run now, or None (one is running, nothing is due, or the session ended)."""
+        if self.running is not None or self.ended:
+            return None
+        self._feed()
+        if self.pending is not None:
+            return self.pending
+        if self.processor.undecoded_seconds >= self.schedule.min_chunk_size:
+            return Step.DECODE
+        return None
+
+    def priority(self) -> tuple:
+        """Sort key among sessions with a due step: pending flushes/finishes first, then the oldest undecoded audio."""
+        return (0 if self.pending is not None else 1, -self.processor.undecoded_seconds)
+
+    def start(self, step: Step) -> None:
+        """The driver hands ``step`` (from :meth:`due`) to :meth:`run` now."""
+        self.running = step
+        self.pending = None
+
+    def run(self, step: Step) -> StepResult:
+        """Run one step on the processor (any thread); an exception is returned, not raised."""
+        proc = self.processor
+        stats = proc.stats
+        before = (stats.decode_seconds, stats.decoded_audio_seconds, stats.decodes)
+        try:
+            if step is Step.DECODE:
+                commit = proc.process_iter()
+            elif step is Step.FLUSH:
+                commit = proc.flush()
+            else:
+                commit = proc.finish()
+        except BaseException as exc:  # noqa: BLE001 - MemoryError too: it belongs to this stream
+            return StepResult(step, error=exc)
+        return StepResult(step, commit, None, stats.decode_seconds - before[0],
+                          stats.decoded_audio_seconds - before[1], stats.decodes - before[2])
+
+    def complete(self, result: StepResult) -> Commit:
+        """Take a finished step's result back (the owner's thread); returns its commit."""
+        self.running = None
+        if result.error is None and result.step is Step.FINISH and self.ending:
+            self.ended = True
+        self._feed()
+        return result.commit if result.error is None else Commit()
+
+    def restart(self, processor: OnlineASRProcessor) -> None:
+        """After a failed step: go on with a fresh ``processor`` from the next audio (the failed buffer is lost)."""
+        self.processor = processor
+        queued = [item[0] for item in self.inbox if isinstance(item, tuple)]
+        processor.init(queued[0] if queued else self.received_until)
+        self.pending = None
+        self.running = None
+        if self.ending:
+            self.ended = True
+        self._feed()
+
+    def run_due(self, on_commit=None) -> list[Commit]:
+        """Run every step that is due, one after the other (single-threaded drivers); returns the commits."""
+        commits = []
+        while (step := self.due()) is not None:
+            self.start(step)
+            result = self.run(step)
+            if result.error is not None:
+                raise result.error
+            commit = self.complete(result)
+            if commit:
+                commits.append(commit)
+                if on_commit is not None:
+                    on_commit(commit)
+        return commits
+
+    # -- internals -----------------------------------------------------------------------
+    def _feed(self) -> None:
+        """Hand the inbox to the processor up to the next step that must run first (never while one runs)."""
+        proc = self.processor
+        while self.inbox and self.running is None and self.pending is None and not self.ended:
+            item = self.inbox[0]
+            if item is Mark.PAUSE:
+                self.inbox.popleft()
+                if proc.buffer_duration and self.schedule.at_pause != "ignore":
+                    self.pending = Step.FLUSH if self.schedule.at_pause == "flush" else Step.FINISH
+                continue
+            if item is Mark.END:
+                self.inbox.popleft()
+                self.pending, self.ending = Step.FINISH, True
+                continue
+            t, samples = item
+            if proc.buffer_duration and t - proc.buffer_end > self.schedule.utterance_gap:
+                # speech resumes after a long pause: a fresh buffer; when something is
+                # still unconfirmed, finish the old one first
+                if proc.hyp.pending() or proc.undecoded_seconds > 0.05:
+                    self.pending = Step.FINISH
+                    continue
+                proc.init(t)
+            self.inbox.popleft()
+            proc.insert_audio_chunk(samples, t=t)
+
