@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
 from pipeline.errors import RuntimeFailure, UsageError
+
 from .plan import ActorProcess, actor_processes
 
 # start order: lower first; stopped in the reverse order

@@ -64,10 +64,12 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
     p.add_argument("--from-start", action="store_true",
                    help="first the transcript so far (from the config's sink with snapshot:, or --snapshot), then live")
-    p.add_argument("--snapshot", default=None, metavar="ENDPOINT", help="snapshot endpoint of a sink (implies --from-start)")
+    p.add_argument("--snapshot", default=None, metavar="ENDPOINT",
+                   help="snapshot endpoint of a sink (implies --from-start)")
     p.add_argument("--config", "-c", default=None, help="pipeline YAML (for the bus endpoints)")
     p.add_argument("--xpub", default=None, help="broker XPUB endpoint (overrides the config)")
-    p.add_argument("--xsub", default=None, help="broker XSUB endpoint (overrides the config; --from-start syncs through it)")
+    p.add_argument("--xsub", default=None,
+                   help="broker XSUB endpoint (overrides the config; --from-start syncs through it)")
     p.add_argument("--count", type=int, default=None, help="exit after this many messages")
     p.add_argument("--timeout", type=float, default=None, help="exit after this many seconds without a message")
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -99,7 +101,8 @@ def run(args) -> int:
             for topic, msg in subscription.items():
                 now = time.time()
                 if subscription.missing_before_last:
-                    print(f"voxpipe listen: {subscription.missing_before_last} message(s) lost before this one on {topic}",
+                    print(f"voxpipe listen: {subscription.missing_before_last} message(s) lost "
+                          f"before this one on {topic}",
                           file=sys.stderr)
                 if args.json:
                     line = as_json(topic, msg, now)

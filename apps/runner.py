@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from honcho.colour import get_colours
 from honcho.printer import Message, Printer
@@ -51,7 +51,7 @@ class SignalCounter:
         if self.first is None:
             self.first = signum
 
-    def install(self) -> "SignalCounter":
+    def install(self) -> SignalCounter:
         signal.signal(signal.SIGINT, self)
         signal.signal(signal.SIGTERM, self)
         return self

@@ -149,7 +149,7 @@ class Printer:
             return
         line = (emit_s * 1000, commit.beg * 1000, commit.end * 1000, commit.text)
         self.lines.append(line)
-        print("%1.0f %1.0f %1.0f %s" % line, file=self.out, flush=True)
+        print("{:1.0f} {:1.0f} {:1.0f} {}".format(*line), file=self.out, flush=True)
 
 
 def simulate(asr, audio, args, printer: Printer) -> None:

@@ -136,7 +136,7 @@ class TranscriptWatch:
                 if msg.ready and msg.role != "probe":
                     self.ready.add(msg.name)
                 continue
-            worker = topic.split(".")[1] if topic.count(".") == 2 else ""
+            worker = m.parse_topic(topic).worker
             if msg.stream != self.stream or worker not in self.texts:
                 continue
             if isinstance(msg, m.Commit):

@@ -100,7 +100,7 @@ class HypothesisBuffer:
         """
         probs = list(probs) if probs is not None and len(probs) == len(words) else [None] * len(words)
         shifted, sure = [], set()
-        for (b, e, t), p in zip(words, probs):
+        for (b, e, t), p in zip(words, probs, strict=False):
             if t.strip():
                 w = (round(b + offset, 3), round(e + offset, 3), t)
                 shifted.append(w)

@@ -109,7 +109,8 @@ def resolve_ct2_model(
     if model_dir:
         path = Path(model_dir).expanduser()
         if not (path / "model.bin").is_file():
-            raise ModelNotFound(f"model_dir {str(path)!r} has no model.bin (expected a CTranslate2 Whisper model folder)")
+            raise ModelNotFound(
+                f"model_dir {str(path)!r} has no model.bin (expected a CTranslate2 Whisper model folder)")
         return ResolvedModel(name or path.name, str(path), "model_dir")
     if not name:
         raise ModelNotFound("no model given: set model (e.g. tiny.en) or model_dir")

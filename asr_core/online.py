@@ -80,7 +80,7 @@ class StreamingOptions:
     history_words: int = 400  # committed words remembered for the prompt
 
     @classmethod
-    def la2(cls, **changes) -> "StreamingOptions":
+    def la2(cls, **changes) -> StreamingOptions:
         """whisper_streaming's rule: LocalAgreement-2 only (no settling, no early commits)."""
         return cls(**{"settle_sec": 0.0, "early_commit_sec": 0.0, **changes})
 
@@ -126,7 +126,8 @@ class OnlineASRProcessor:
         self.tokenizer = tokenizer  # accepted for interface compatibility; unused
         self.logfile = logfile
         if options is None:  # built as whisper_online builds it: whisper_online's rule
-            options = StreamingOptions.la2(buffer_trimming=buffer_trimming[0], buffer_trimming_sec=float(buffer_trimming[1]))
+            options = StreamingOptions.la2(buffer_trimming=buffer_trimming[0],
+                                           buffer_trimming_sec=float(buffer_trimming[1]))
         self.options = options
         self.sep = getattr(asr, "sep", " ")
         self.stats = ProcessorStats()

@@ -108,7 +108,7 @@ def spread_words(start: float, end: float, text: str) -> list[tuple[float, float
     total = float(sum(weights))
     out = []
     t = start
-    for word, weight in zip(words, weights):
+    for word, weight in zip(words, weights, strict=False):
         dur = (end - start) * weight / total
         out.append((round(t, 3), round(t + dur, 3), word))
         t += dur

@@ -14,29 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 import zmq
 
 from . import messages as m
+from .sequence import Sequencer
 
 log = logging.getLogger("voxpipe.bus")
-
-
-class Sequencer:
-    """Per-stream sequence numbers for one sender, from 0."""
-
-    def __init__(self) -> None:
-        self._next: dict[str, int] = defaultdict(int)
-
-    def __call__(self, stream: str) -> int:
-        n = self._next[stream]
-        self._next[stream] = n + 1
-        return n
-
-    def forget(self, stream: str) -> None:
-        self._next.pop(stream, None)
 
 
 # a frame larger than this makes the broker drop the sender's connection (the protocol allows 160000 bytes)

@@ -38,6 +38,7 @@ import zmq
 from . import messages as m
 from .bus import Publisher, Subscriber, handshake
 from .config import BusConfig, Config, ConfigError, load_config
+from .sequence import GapCounter
 from .snapshot import Merger, SnapshotError, fetch
 
 _ids = itertools.count()
@@ -83,7 +84,7 @@ class Subscription:
         self.missing_before_last = 0  # how many were missing just before the last message
         self.eos_seen = 0
         self.last_topic: str | None = None
-        self._expect: dict[str, int] = {}  # topic -> next seq
+        self._gap_counter = GapCounter()
         self._open: set[str] = set()  # topics that have not sent eos
         self.duplicates = 0  # live messages skipped because the snapshot had them (from_start)
         self._own_ctx = context is None
@@ -186,17 +187,12 @@ class Subscription:
         return topic, msg
 
     def _track(self, topic: str, msg: m.Message) -> None:
-        expected = self._expect.get(topic)
-        self.missing_before_last = 0
-        if expected is not None and msg.seq > expected:
-            self.missing_before_last = msg.seq - expected
-            self.gaps += self.missing_before_last
-        # a seq below the expected one is a sender (or stream) that started over
-        self._expect[topic] = msg.seq + 1
-        if isinstance(msg, m.EndOfStream):
+        ends = isinstance(msg, m.EndOfStream)
+        self.missing_before_last = self._gap_counter.observe(topic, msg.seq, ends=ends)
+        self.gaps += self.missing_before_last
+        if ends:
             self.eos_seen += 1
             self._open.discard(topic)
-            self._expect.pop(topic, None)
         else:
             self._open.add(topic)
 

@@ -13,7 +13,6 @@ that involve several sections.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from asr_core.online import StreamingOptions
 from asr_core.streaming import Schedule
@@ -97,12 +96,12 @@ class SourceConfig:
     name: str = "capture"
     input: str = "mic"  # mic | file:PATH | stdin | auto:PATH (mic if there is one, else the file)
     stream: str = ""  # stream id; default: the source's name
-    device: Optional[str] = None  # mic: sounddevice device name or index
+    device: str | None = None  # mic: sounddevice device name or index
     speed: float = 1.0  # file/stdin: replay speed (1.0 = real time, 0 = as fast as possible)
     frame_ms: int = 100
     loop: bool = False
     sample_rate: int = 16000  # stdin: rate of the raw PCM on stdin
-    wait_for: Optional[tuple] = None  # actors to wait for; default: VAD and workers
+    wait_for: tuple | None = None  # actors to wait for; default: VAD and workers
     wait_timeout: float = 120.0
 
     @property
@@ -166,9 +165,9 @@ _SCHEDULE = Schedule()
 class WorkerConfig:
     name: str = "asr"
     backend: str = "faster-whisper"
-    model: Optional[str] = "tiny.en"
-    model_dir: Optional[str] = None
-    cache_dir: Optional[str] = None
+    model: str | None = "tiny.en"
+    model_dir: str | None = None
+    cache_dir: str | None = None
     language: str = "auto"
     task: str = "transcribe"
     min_chunk_size: float = _SCHEDULE.min_chunk_size
@@ -202,7 +201,8 @@ class WorkerConfig:
 
         _name(self.name)
         if not is_known_backend(self.backend):
-            raise SectionError("backend", f"unknown backend {self.backend!r} (known: {', '.join(available_backends())})")
+            raise SectionError("backend",
+                               f"unknown backend {self.backend!r} (known: {', '.join(available_backends())})")
         if self.task not in WORKER_TASKS:
             raise SectionError("task", f"{self.task!r} is not transcribe or translate")
         if self.input not in ("speech", "audio"):
@@ -227,7 +227,7 @@ class SinkConfig:
     output: str = "console"  # console | jsonl:PATH | srt:PATH | vtt:PATH | txt:PATH
     workers: tuple = ()  # only these workers (default: all)
     partials: bool = True  # console only: show partials live
-    snapshot: Optional[str] = None  # endpoint to serve the transcript so far on (pipeline/snapshot.py)
+    snapshot: str | None = None  # endpoint to serve the transcript so far on (pipeline/snapshot.py)
 
     def check(self) -> None:
         import re
@@ -251,7 +251,7 @@ class WebConfig:
     name: str = "web"
     host: str = "127.0.0.1"
     port: int = 9880
-    token: Optional[str] = None
+    token: str | None = None
     max_sessions: int = 16  # browser streams at once
 
     def check(self) -> None:
@@ -276,7 +276,7 @@ class Config:
     sinks: tuple = ()
     web: WebConfig = field(default_factory=WebConfig)
     version: int = 1
-    path: Optional[str] = None  # the file it was loaded from
+    path: str | None = None  # the file it was loaded from
 
     def worker(self, name: str) -> WorkerConfig:
         return _by_name(self.workers, name, "worker")
@@ -309,4 +309,5 @@ def _by_name(items, name, what):
 
 
 #: list sections and the class of their items
-LIST_ITEMS = {"sources": SourceConfig, "workers": WorkerConfig, "sinks": SinkConfig}
+LIST_ITEMS: dict[str, type[SourceConfig] | type[WorkerConfig] | type[SinkConfig]] = {
+    "sources": SourceConfig, "workers": WorkerConfig, "sinks": SinkConfig}

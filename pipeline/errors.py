@@ -35,7 +35,7 @@ class ExitCode(IntEnum):
     TERMINATED = 143
 
     @classmethod
-    def for_signal(cls, signum: int | None) -> "ExitCode":
+    def for_signal(cls, signum: int | None) -> ExitCode:
         return cls.INTERRUPTED if signum == signal.SIGINT else cls.TERMINATED
 
 

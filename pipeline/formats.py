@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from pipeline import messages as m
 
@@ -57,12 +57,14 @@ def _hmsms(seconds: float) -> tuple[int, int, int, int]:
 
 def srt_time(seconds: float) -> str:
     """``HH:MM:SS,mmm`` (SubRip)."""
-    return "%02d:%02d:%02d,%03d" % _hmsms(seconds)
+    h, mi, s, ms = _hmsms(seconds)
+    return f"{h:02d}:{mi:02d}:{s:02d},{ms:03d}"
 
 
 def vtt_time(seconds: float) -> str:
     """``HH:MM:SS.mmm`` (WebVTT)."""
-    return "%02d:%02d:%02d.%03d" % _hmsms(seconds)
+    h, mi, s, ms = _hmsms(seconds)
+    return f"{h:02d}:{mi:02d}:{s:02d}.{ms:03d}"
 
 
 # -- words and cues -----------------------------------------------------------------------
@@ -179,20 +181,12 @@ def render_vtt(cues: list[Cue], note: str | None = None) -> str:
 
 
 # -- JSONL and text ---------------------------------------------------------------------------
-def topic_parts(topic: str) -> tuple[str, str, str]:
-    """``family.worker.stream`` -> (family, worker, stream); ("", "", "") if it has another shape."""
-    parts = topic.split(".")
-    if len(parts) != 3:
-        return "", "", ""
-    return parts[0], parts[1], parts[2]
-
-
 def jsonl_record(topic: str, msg: m.Message, received: float | None = None) -> dict:
     """One JSON object for a commit, eos or error: the message's fields plus topic and receive time."""
     record = {"kind": msg.kind, "topic": topic}
     record.update(m.as_dict(msg))
     if not record.get("worker"):
-        record["worker"] = topic_parts(topic)[1]
+        record["worker"] = m.parse_topic(topic).worker
     record["received"] = round(time.time() if received is None else received, 6)
     return record
 

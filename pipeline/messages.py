@@ -43,7 +43,7 @@ class ProtocolError(ValueError):
         self.reason = reason
 
 
-def valid_id(value: str) -> bool:
+def valid_id(value: object) -> bool:
     """Stream, worker and actor ids: 1-64 of letters, digits, ``_ - : @`` (no dots)."""
     return isinstance(value, str) and bool(_ID.match(value))
 
@@ -67,6 +67,31 @@ def partial_topic(worker: str, stream: str) -> str:
 
 def status_topic(actor: str) -> str:
     return f"status.{actor}"
+
+
+# ids after the family in a topic: audio.<stream>, transcript.<worker>.<stream>, status.<actor>, ...
+_TOPIC_IDS = {"audio": 1, "speech": 1, "status": 1, "transcript": 2, "partial": 2}
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic's parts: ``family``, ``worker`` (transcript and partial topics, else "") and the last id."""
+
+    family: str
+    worker: str
+    id: str  # the stream (the actor, for status topics)
+
+
+def parse_topic(topic: str) -> Topic:
+    """The parts of a topic of one of the protocol's shapes; raises ProtocolError otherwise."""
+    family, _, rest = topic.partition(".")
+    if family not in _TOPIC_IDS or not rest:
+        raise ProtocolError("topic", f"unknown topic family in {topic[:80]!r}")
+    ids = rest.split(".")
+    if len(ids) != _TOPIC_IDS[family] or not all(valid_id(i) for i in ids):
+        worker = "<worker>." if _TOPIC_IDS[family] > 1 else ""
+        raise ProtocolError("topic", f"topic {topic[:80]!r} is not {family}.{worker}<id>")
+    return Topic(family, ids[0] if len(ids) == 2 else "", ids[-1])
 
 
 # -- message types -------------------------------------------------------------
@@ -181,9 +206,6 @@ KINDS: dict[str, type[Message]] = {
     cls.kind: cls for cls in (Audio, EndOfStream, SpeechStart, SpeechEnd, Commit, Partial, Error, Heartbeat)
 }
 
-# ids after the family in a topic: audio.<stream>, transcript.<worker>.<stream>, status.<actor>, ...
-_TOPIC_IDS = {"audio": 1, "speech": 1, "status": 1, "transcript": 2, "partial": 2}
-
 # field name -> (accepted types, required, check)
 _NUM = (int, float)
 
@@ -204,7 +226,8 @@ def _words(x) -> bool:
     if not isinstance(x, list) or len(x) > MAX_WORDS:
         return False
     for w in x:
-        if not (isinstance(w, (list, tuple)) and len(w) == 3 and _finite(w[0]) and _finite(w[1]) and isinstance(w[2], str)):
+        if not (isinstance(w, (list, tuple)) and len(w) == 3
+                and _finite(w[0]) and _finite(w[1]) and isinstance(w[2], str)):
             return False
     return True
 
@@ -300,13 +323,9 @@ def decode(frames: list[bytes]) -> tuple[str, Message]:
         if not check(value):
             raise ProtocolError("field", f"{kind}.{f.name} has a bad value")
         kwargs[f.name] = value
-    family, _, rest = topic.partition(".")
-    if family not in cls.families or not rest:
+    if topic.partition(".")[0] not in cls.families:
         raise ProtocolError("topic", f"{kind} on topic {topic[:80]!r}")
-    ids = rest.split(".")
-    if len(ids) != _TOPIC_IDS[family] or not all(valid_id(i) for i in ids):
-        raise ProtocolError("topic", f"topic {topic[:80]!r} is not {family}.{'<worker>.' if _TOPIC_IDS[family] > 1 else ''}<id>")
-    topic_stream = ids[-1]
+    topic_stream = parse_topic(topic).id
     if stream and topic_stream != stream:
         raise ProtocolError("topic", f"topic {topic!r} does not match stream {stream!r}")
     if cls is Audio:

@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from .errors import ConfigError, RuntimeFailure, UsageError
@@ -110,7 +110,7 @@ def check_keys(sec, check_files: bool = True) -> str | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(path: str) -> tuple[bytes, bytes | None]:
     import zmq.auth
 
@@ -193,7 +193,8 @@ def register(sub) -> None:
     p.add_argument("--client", action="append", default=None, metavar="NAME",
                    help="client keypair to make and authorize (repeatable; default: client)")
     p.add_argument("--no-authorize", action="store_true", help="do not add the client keys to authorized/")
-    p.add_argument("--force", action="store_true", help="replace existing keypairs (every client must get the new server.key)")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing keypairs (every client must get the new server.key)")
     p.set_defaults(func=run)
 
 

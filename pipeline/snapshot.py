@@ -61,7 +61,7 @@ class History:
         self.topics: OrderedDict[str, deque] = OrderedDict()
 
     def add(self, topic: str, msg: m.Message) -> None:
-        if topic.partition(".")[0] not in FAMILIES or isinstance(msg, m.Partial):
+        if m.parse_topic(topic).family not in FAMILIES or isinstance(msg, m.Partial):
             return
         records = self.topics.pop(topic, None)
         if records is None:
@@ -196,7 +196,8 @@ def fetch(ctx: zmq.Context, endpoint: str, prefixes, bus, timeout: float = 10.0)
     except Exception:  # noqa: BLE001
         head = None
     if not isinstance(head, dict) or head.get("kind") != "snapshot" or (len(frames) - 1) % 2:
-        raise SnapshotError(f"bad snapshot reply from {endpoint}: {head.get('message') if isinstance(head, dict) else head!r}")
+        detail = head.get("message") if isinstance(head, dict) else head
+        raise SnapshotError(f"bad snapshot reply from {endpoint}: {detail!r}")
     out = []
     for i in range(1, len(frames), 2):
         try:

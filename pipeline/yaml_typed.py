@@ -80,7 +80,8 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
 
 
 def _type_name(tp: Any) -> str:
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "text", dict: "a mapping", tuple: "a list of names"}
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "text", dict: "a mapping",
+             tuple: "a list of names"}
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"

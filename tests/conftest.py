@@ -80,8 +80,8 @@ def simulate_clip(tiny_en):
     Runs the command's own ``simulate()`` in-process with the session model,
     so each clip is decoded once however many tests look at it.
     """
-    from asr_core.audio import load_audio
     from apps.simulate import Printer, simulate
+    from asr_core.audio import load_audio
 
     cache: dict = {}
 

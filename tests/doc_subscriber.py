@@ -73,7 +73,8 @@ def is_worker(x) -> bool:
 
 def is_words(x) -> bool:
     return isinstance(x, list) and len(x) <= MAX_WORDS and all(
-        isinstance(w, list) and len(w) == 3 and is_number(w[0]) and is_number(w[1]) and isinstance(w[2], str) for w in x)
+        isinstance(w, list) and len(w) == 3 and is_number(w[0]) and is_number(w[1]) and isinstance(w[2], str)
+        for w in x)
 
 
 def optional(check):

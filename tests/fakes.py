@@ -18,8 +18,8 @@ All fakes record each ``transcribe`` call (audio length, stream start, prompt).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 

@@ -69,7 +69,8 @@ def _mutations(rng: random.Random, family: str, stream: str):
     """One malformed message per mutation kind (name, frames)."""
     topic, h, payload = _valid(family, stream, rng)
     num_fields = [k for k in ("t", "wall0", "beg", "end", "emitted") if k in h]
-    yield "not msgpack", _frames(topic, bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 40))) + b"\xc1", payload)
+    yield "not msgpack", _frames(topic, bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 40))) + b"\xc1",
+                                 payload)
     yield "truncated", _frames(topic, pack(h)[: rng.randrange(1, len(pack(h)) - 1)], payload)
     yield "not a map", _frames(topic, pack(rng.choice([[1, 2], 5, "x", None, True, 1.5])), payload)
     yield "bad v", _frames(topic, {**h, "v": rng.choice([0, 2, "1", 1.0, True, None, -1, 2**40])}, payload)
@@ -79,14 +80,17 @@ def _mutations(rng: random.Random, family: str, stream: str):
     yield "missing field", _frames(topic, {k: v for k, v in h.items() if k != gone}, payload)
     if num_fields:
         key = rng.choice(num_fields)
-        yield "mistyped number", _frames(topic, {**h, key: rng.choice(["1.0", [1], {"a": 1}, True, None, b"\x01"])}, payload)
-        yield "nan/inf", _frames(topic, {**h, rng.choice(num_fields): rng.choice([math.nan, math.inf, -math.inf])}, payload)
+        yield "mistyped number", _frames(topic, {**h, key: rng.choice(["1.0", [1], {"a": 1}, True, None, b"\x01"])},
+                                         payload)
+        yield "nan/inf", _frames(topic, {**h, rng.choice(num_fields): rng.choice([math.nan, math.inf, -math.inf])},
+                                 payload)
     yield "bad seq", _frames(topic, {**h, "seq": rng.choice([-1, True, 1.5, "3", None])}, payload)
     bad_ids = ["s" * 65, "a b", "é", 7, None, "a/b"] + ([""] if family != "status" else [])  # heartbeats may have ""
     yield "bad stream id", _frames(topic, {**h, "stream": rng.choice(bad_ids)}, payload)
     yield "stream mismatch", _frames(topic, {**h, "stream": stream + "x"}, payload)
     yield "topic not utf-8", _frames(f"{family}.".encode() + b"\xff\xfe" + stream.encode(), h, payload)
-    yield "topic shape", _frames(f"{family}.a.b.{stream}" if family != "transcript" else f"transcript.{stream}", h, payload)
+    yield "topic shape", _frames(f"{family}.a.b.{stream}" if family != "transcript" else f"transcript.{stream}",
+                                 h, payload)
     yield "topic too long", _frames(f"{family}." + "x" * 300 + f".{stream}", h, payload)
     yield "one frame", [topic.encode()]
     yield "four frames", _frames(topic, h, payload or b"") + [b"extra"]
@@ -101,7 +105,8 @@ def _mutations(rng: random.Random, family: str, stream: str):
         yield "no pcm", _frames(topic, h, None)
         if rng.random() < 0.25:
             yield "pcm too large", _frames(topic, h, b"\x00\x00" * (m.MAX_AUDIO_BYTES // 2 + 1))
-        yield "wrong rate", _frames(topic, {**h, "sr": rng.choice([8000, 44100, 48000, 0, -16000, "16000", 16000.0, True])}, payload)
+        rate = rng.choice([8000, 44100, 48000, 0, -16000, "16000", 16000.0, True])
+        yield "wrong rate", _frames(topic, {**h, "sr": rate}, payload)
         yield "negative t", _frames(topic, {**h, "t": -rng.uniform(0.001, 100)}, payload)
         yield "kind not on family", _frames(topic, {**h, "kind": "commit"}, payload)
     if family == "speech":
@@ -115,7 +120,8 @@ def _mutations(rng: random.Random, family: str, stream: str):
         yield "bad word", _frames(topic, {**h, "words": [[0, math.nan, "w"]]}, None)
         yield "negative end", _frames(topic, {**h, "end": -1.0}, None)
         yield "commit with payload", _frames(topic, h, b"\x00\x00")
-        yield "audio on transcript", _frames(topic, {**h, "kind": "audio", "t": 0.0, "sr": SR, "wall0": 0.0}, b"\x00\x00")
+        yield "audio on transcript", _frames(topic, {**h, "kind": "audio", "t": 0.0, "sr": SR, "wall0": 0.0},
+                                             b"\x00\x00")
     if family == "status":
         yield "heartbeat stream mismatch", _frames(topic, {**h, "stream": stream + "y"}, None)
 
@@ -152,7 +158,8 @@ def hostile(seed: int = 2, flood: int = 1500, protect=("real",)):
 
     for i in range(flood):  # a stream id flood on the capture's topics: one frame each, absurd times
         s = f"flood{i}"
-        add("audio", "stream flood", f"audio.{s}", m.Audio(stream=s, seq=rng.choice([0, 2**62]), t=rng.choice([0.0, 1e9, 1e300]),
+        add("audio", "stream flood", f"audio.{s}", m.Audio(stream=s, seq=rng.choice([0, 2**62]),
+                                                             t=rng.choice([0.0, 1e9, 1e300]),
                                                              wall0=rng.choice([0.0, -1e15, 1e15]), pcm=noise))
     for i in range(flood // 5):  # ... and on the VAD's: speech segments of unknown streams
         s = f"sflood{i}"
@@ -169,7 +176,8 @@ def hostile(seed: int = 2, flood: int = 1500, protect=("real",)):
         add("transcript", "stranger commit", f"transcript.stranger.s{i}", m.Commit(
             stream=f"s{i}", seq=i, beg=0.0, end=1.0, text=" forged", words=[], worker="stranger",
             emitted=1.7e9, wall0=1.7e9))
-        add("status", "forged heartbeat", f"status.ghost{i}", m.Heartbeat(stream="", seq=i, name=f"ghost{i}", role="worker"))
+        add("status", "forged heartbeat", f"status.ghost{i}",
+            m.Heartbeat(stream="", seq=i, name=f"ghost{i}", role="worker"))
     rng.shuffle(out)
     return out
 

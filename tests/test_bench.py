@@ -88,7 +88,8 @@ def test_every_figure_is_present_and_plausible(bench):
     assert {t["key"] for t in r["targets"]} >= {"wer_gap", "latency_p50", "latency_p90", "capacity"}
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "bench.md").read_text()
-    for heading in ("## Targets", "## Accuracy and latency per clip", "## Cost per actor", "## Transport", "## Capacity"):
+    for heading in ("## Targets", "## Accuracy and latency per clip", "## Cost per actor", "## Transport",
+                    "## Capacity"):
         assert heading in md
 
 

@@ -27,7 +27,8 @@ def silences(x: np.ndarray, min_s: float = 0.5) -> list[tuple[float, float]]:
     """Digital-silence runs (|x| <= 30) longer than ``min_s``, in seconds: the ground truth."""
     quiet = np.concatenate([[0], (np.abs(x.astype(np.int32)) <= 30).astype(np.int8), [0]])
     d = np.diff(quiet)
-    return [(s / SR, e / SR) for s, e in zip(np.where(d == 1)[0], np.where(d == -1)[0]) if e - s > min_s * SR]
+    return [(s / SR, e / SR) for s, e in zip(np.where(d == 1)[0], np.where(d == -1)[0], strict=False)
+            if e - s > min_s * SR]
 
 
 def sentences(name: str) -> int:
@@ -111,13 +112,13 @@ def test_file_through_vad(pipe):
     ends = [s.t for s in speech if isinstance(s, m.SpeechEnd)]
     assert starts[0] < 0.3
     assert ends[-1] > file_s - 1.0
-    for (q0, q1), end, start in zip(quiet, ends, starts[1:]):
+    for (q0, q1), end, start in zip(quiet, ends, starts[1:], strict=False):
         assert q0 < end < start < q1, (quiet, starts, ends)
 
     # forwarded audio: exactly [start, end) of each segment, the file's own samples
     total = 0.0
     i = 0
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=False):
         while not isinstance(speech[i], m.SpeechStart):
             i += 1
         seg = []
@@ -251,8 +252,8 @@ def test_vad_drops_backwards_frames_rejects_garbage_and_closes_idle_streams(pipe
 
 # -- the speech gate alone ----------------------------------------------------------------------------
 def gate_events(samples: np.ndarray, frame: int):
-    from asr_core.vad import SileroVAD, SpeechSegmenter, VADOptions
     from asr_core.speech_gate import SpeechGate
+    from asr_core.vad import SileroVAD, SpeechSegmenter, VADOptions
 
     gate = SpeechGate(lambda t0: SpeechSegmenter(VADOptions(), SileroVAD(), t0=t0), 100)
     events = []
@@ -265,9 +266,15 @@ def test_gate_is_independent_of_frame_size():
     x = read_wav(DATA / f"{CLIP}.wav")[: 10 * SR]
     _, a = gate_events(x, 1600)
     _, b = gate_events(x, 7777)
-    marks = lambda evs: [e for e in evs if e[0] != "audio"]
+
+    def marks(evs):
+        return [e for e in evs if e[0] != "audio"]
+
     assert marks(a) == marks(b) and len(marks(a)) >= 4
-    pcm = lambda evs: b"".join(e[2].tobytes() for e in evs if e[0] == "audio")
+
+    def pcm(evs):
+        return b"".join(e[2].tobytes() for e in evs if e[0] == "audio")
+
     assert pcm(a) == pcm(b)
 
 

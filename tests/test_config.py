@@ -1,4 +1,5 @@
-"""Config validation: every rule fails with one clear line; ``voxpipe up`` refuses a bad config before starting anything."""
+"""Config validation: every rule fails with one clear line; ``voxpipe up`` refuses a bad config before starting
+anything."""
 
 import socket
 import subprocess
@@ -135,7 +136,8 @@ def test_invalid_yaml(tmp_path):
 
 
 def test_env_expansion(tmp_path, monkeypatch):
-    text = GOOD.replace("tcp://127.0.0.1:7791", "${VP_TEST_XSUB}").replace("OUTDIR/t.jsonl", "${VP_TEST_OUT:-OUTDIR/d.jsonl}")
+    text = GOOD.replace("tcp://127.0.0.1:7791", "${VP_TEST_XSUB}")
+    text = text.replace("OUTDIR/t.jsonl", "${VP_TEST_OUT:-OUTDIR/d.jsonl}")
     monkeypatch.setenv("VP_TEST_XSUB", "tcp://127.0.0.1:7793")
     monkeypatch.delenv("VP_TEST_OUT", raising=False)
     cfg = load_config(write(tmp_path, text))

@@ -89,7 +89,7 @@ def test_engine_finds_bursts_at_their_real_times(example_target):
     result = asr.transcribe(_bursts(spec))
     words = asr.ts_words(result)
     assert len(words) == 3
-    for (beg, end, text), (b, e) in zip(words, spec):
+    for (beg, end, text), (b, e) in zip(words, spec, strict=False):
         assert abs(beg - b) <= 0.02 and abs(end - e) <= 0.03
         assert MADE_UP_WORD.match(text)
     # 0.55 s of silence between the 2nd and 3rd bursts is longer than `pause`
@@ -103,7 +103,7 @@ def test_engine_times_are_relative_to_the_audio_it_is_given(example_target):
     shifted = np.concatenate([np.zeros(8000, dtype=np.float32), audio])
     plain, late = asr.ts_words(asr.transcribe(audio)), asr.ts_words(asr.transcribe(shifted))
     assert [w[2] for w in plain] == [w[2] for w in late]
-    assert all(abs(b2 - b1 - 0.5) < 0.011 for (b1, _, _), (b2, _, _) in zip(plain, late))
+    assert all(abs(b2 - b1 - 0.5) < 0.011 for (b1, _, _), (b2, _, _) in zip(plain, late, strict=False))
 
 
 def test_engine_rejects_bad_options_in_one_line(example_target):
@@ -115,14 +115,15 @@ def _silent_gaps(audio, rate=16000, min_len=1.0):
     """(start, end) seconds of stretches of digital silence at least ``min_len`` long."""
     quiet = np.abs(audio) < 1e-3
     edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
-    return [(s / rate, e / rate) for s, e in zip(edges[::2], edges[1::2]) if (e - s) / rate >= min_len]
+    return [(s / rate, e / rate) for s, e in zip(edges[::2], edges[1::2], strict=False) if (e - s) / rate >= min_len]
 
 
 def test_simulate_cli_streams_the_example_engine(example_target):
     from asr_core.audio import load_audio
 
     clip = DATA / "weather_gaps.wav"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(example_target), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(example_target), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(
         voxpipe_cmd() + ["simulate", str(clip), "--backend", "example-energy", "--comp-unaware"],
         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
@@ -139,7 +140,7 @@ def test_simulate_cli_streams_the_example_engine(example_target):
         spans.append((beg / 1000, end / 1000))
         words += m.group(4).split(" ")
     assert all(MADE_UP_WORD.match(w) for w in words), words
-    assert all(b1 >= e0 - 0.05 for (_, e0), (b1, _) in zip(spans, spans[1:]))
+    assert all(b1 >= e0 - 0.05 for (_, e0), (b1, _) in zip(spans, spans[1:], strict=False))
     # Streaming commits about the same words the engine finds in one pass.
     offline = create_backend("example-energy", "en")
     expected = [w[2] for w in offline.ts_words(offline.transcribe(audio))]

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from pipeline import messages as m
 from pipeline import formats as f
-from workers.console import ConsoleOutput
+from pipeline import messages as m
 from pipeline.outputs import CueOutput, JsonlOutput, TextOutput, pair_path, parse_output
+from workers.console import ConsoleOutput
 
 
 def commit(words, worker="asr", stream="s", seq=0, text=None):
@@ -104,7 +104,8 @@ def test_commit_without_words_is_spread_over_its_span():
 
 
 def test_srt_and_vtt_rendering():
-    cues = [f.Cue(0.5, 1.3, "Hello there."), f.Cue(1.5, 4.0, "A longer second cue that needs to be wrapped onto two lines.")]
+    cues = [f.Cue(0.5, 1.3, "Hello there."),
+            f.Cue(1.5, 4.0, "A longer second cue that needs to be wrapped onto two lines.")]
     srt = f.render_srt(cues)
     assert srt == (
         "1\n00:00:00,500 --> 00:00:01,300\nHello there.\n\n"

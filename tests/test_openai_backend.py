@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from apps.bench.evaluation import wer
 from asr_core.audio import load_audio
 from asr_core.backends.openai_api import OpenAIAPIASR, clean_words, encode_multipart, parse_response, wav_bytes
 from asr_core.base import BackendError
-from apps.bench.evaluation import wer
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +232,7 @@ def test_transcribe_real_clip_has_ordered_words_and_low_wer(server):
     result = asr.transcribe(audio)
     words = asr.ts_words(result)
     assert len(words) > 40
-    for (b0, e0, _), (b1, e1, _) in zip(words, words[1:]):
+    for (b0, e0, _), (b1, _e1, _) in zip(words, words[1:], strict=False):
         assert b0 <= e0 and b0 <= b1
     assert all(0.0 <= b <= e <= duration and t == t.strip() and t for b, e, t in words)
     assert words[-1][1] > 0.8 * duration  # the words reach the end of the speech
@@ -273,7 +273,7 @@ def test_simulate_cli_against_the_server(server):
         emit, beg, end = (int(m.group(i)) for i in (1, 2, 3))
         assert beg <= end <= emit <= 25200
         spans.append((beg, end, m.group(4)))
-    for (b0, e0, _), (b1, e1, _) in zip(spans, spans[1:]):
+    for (_b0, e0, _), (b1, _e1, _) in zip(spans, spans[1:], strict=False):
         assert b1 >= e0 - 200  # commits move forward (small overlaps of word edges only)
     score = wer(reference("weather"), " ".join(s[2] for s in spans))
     print(f"openai-api simulate WER on weather.wav: {score:.3f}")

@@ -69,7 +69,7 @@ def test_a_failing_stream_leaves_its_neighbour_complete(pipe):
         pipe.start(f"cap-{name}", ["capture", "--config", str(pipe.cfg), "--name", name])
     seen: dict[str, list] = {"good": [], "boom": [], "oom": []}
     ended = set()
-    for topic, msg in sub.items():
+    for _topic, msg in sub.items():
         seen[msg.stream].append(msg)
         if isinstance(msg, m.EndOfStream):
             ended.add(msg.stream)
@@ -98,7 +98,7 @@ def test_the_broker_killed_and_restarted_mid_stream(pipe):
     pipe.start("cap-steady", ["capture", "--config", str(pipe.cfg), "--name", "steady"])
     commits, arrivals = [], []
     restarted = None
-    for topic, msg in sub.items():
+    for _topic, msg in sub.items():
         if isinstance(msg, m.EndOfStream):
             break
         commits.append(msg)
@@ -110,8 +110,8 @@ def test_the_broker_killed_and_restarted_mid_stream(pipe):
             time.sleep(1.0)  # an outage of a second (everything published meanwhile is lost)
             pipe.start("broker2", ["broker"])
             restarted = time.monotonic()
-    resumed = next(t for t, c in zip(arrivals, commits) if t > restarted) - restarted
-    after = [c for t, c in zip(arrivals, commits) if t > restarted]
+    resumed = next(t for t, c in zip(arrivals, commits, strict=False) if t > restarted) - restarted
+    after = [c for t, c in zip(arrivals, commits, strict=False) if t > restarted]
     hbs = {n: pipe.wait_heartbeat(n, lambda h: True) for n in ("vad", "asr")}
     text = " ".join(c.text for c in commits)
     print(f"\nbroker kill -9 at {killed - arrivals[0]:.1f}s after the first commit, restarted 1.0s later: "
@@ -144,14 +144,14 @@ sinks:
         sub = p.subscribe("transcript.", timeout=15)
         p.start("cap", ["capture", "--config", str(cfg), "--name", "mic"])
         seen = []
-        for topic, msg in sub.items():
+        for _topic, msg in sub.items():
             seen.append((time.time(), msg))
             if len([x for _, x in seen if isinstance(x, m.Commit)]) == 3:
                 break
         cut = time.time()
         for proc in p.procs.values():
             proc.signal(signal.SIGTERM)
-        for topic, msg in sub.items():  # what still comes: the final flush
+        for _topic, msg in sub.items():  # what still comes: the final flush
             seen.append((time.time(), msg))
         codes = {name: proc.wait(20) for name, proc in p.procs.items()}
     recs = jsonl(out)

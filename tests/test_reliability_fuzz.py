@@ -150,7 +150,8 @@ sinks:
 
     ref = reference_text(CLIP)
     w_base, w_real = wer(ref, base_text), wer(ref, real_text)
-    print(f"\nfuzz: sent {len(bad)} malformed + {len(evil)} hostile messages in {fuzzer.ended - fuzzer.began:.1f}s; rejected "
+    print(f"\nfuzz: sent {len(bad)} malformed + {len(evil)} hostile messages in "
+          f"{fuzzer.ended - fuzzer.began:.1f}s; rejected "
           + ", ".join(f"{k} {got[k].counters['rejected']}/{want[k]}" for k in want)
           + f"; WER without fuzz {w_base:.3f}, with {w_real:.3f}"
           + f"; vad streams refused {got['vad'].counters.get('streams_refused', 0)}, "

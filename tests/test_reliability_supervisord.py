@@ -99,7 +99,7 @@ sinks:
     try:
         commits, pids = [], []
         killed = resumed = None
-        for topic, msg in messages(bus, ["transcript.", "status.asr"], sv, timeout=180):
+        for _topic, msg in messages(bus, ["transcript.", "status.asr"], sv, timeout=180):
             if isinstance(msg, m.Heartbeat):
                 if msg.role == "worker" and msg.pid not in pids:
                     pids.append(msg.pid)
@@ -118,7 +118,8 @@ sinks:
         restarted = [msg for t, msg in commits if t > killed]
         new_pids = [p for p in pids if p != victim]
         deadline = time.monotonic() + 10
-        while not any(r["seq"] == restarted[0].seq and r["text"] == restarted[0].text for r in jsonl(tmp_path / "t.jsonl")):
+        while not any(r["seq"] == restarted[0].seq and r["text"] == restarted[0].text
+                      for r in jsonl(tmp_path / "t.jsonl")):
             assert time.monotonic() < deadline, "the restarted worker's commit is not in the JSONL"
             time.sleep(0.1)
     finally:

@@ -170,7 +170,7 @@ def test_curve_bus_admits_only_authorized_keys(tmp_path, keys):
             seq = 0
             while time.monotonic() < deadline:  # long enough for every reconnect attempt to have failed
                 pub.send("transcript.asr.s1", commit(seq, f" word{seq}"))
-                for i, sock in enumerate(intruders):
+                for _i, sock in enumerate(intruders):
                     sock.send_multipart(m.encode("transcript.evil.s1", commit(seq, " injected", worker="evil")))
                 seq += 1
                 time.sleep(0.05)
@@ -218,7 +218,7 @@ workers:
                              *p.bus.args()], bus=False)
         p.start("friend", ["capture", "--config", str(cfg), "--name", "friend"])
         texts, streams = [], set()
-        for topic, msg in sub.items():
+        for _topic, msg in sub.items():
             if isinstance(msg, m.Heartbeat):
                 streams.update(msg.info.get("streams", []))
             elif isinstance(msg, m.Commit):

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from apps.bench.evaluation import normalize, wer
 from asr_core.audio import AudioFileError, float_to_pcm16, load_audio
 from asr_core.base import check_audio
-from apps.bench.evaluation import normalize, wer
 from asr_core.online import OnlineASRProcessor
 from tests.conftest import clip_path
 from tests.fakes import ScriptedASR
@@ -92,12 +92,12 @@ def test_comp_unaware_output_is_one_line_per_commit_in_stream_order(voxpipe_cli,
     rows = parse(proc.stdout)
     assert_well_formed(rows, 7500)
     assert len(rows) >= 3  # streamed, not one final blob
-    for emit, beg, end, _ in rows:
+    for emit, _beg, end, _ in rows:
         # without a clock, EMIT is the audio time at the commit: no word is
         # emitted before its audio has arrived
         assert end <= emit
     # commits come in stream order
-    for prev, row in zip(rows, rows[1:]):
+    for prev, row in zip(rows, rows[1:], strict=False):
         assert row[1] >= prev[2] - 100, (prev, row)
     assert rows[-1][0] == 7500  # the last commit is made by finish() at the end of the audio
     text = " ".join(r[3] for r in rows)

@@ -19,8 +19,8 @@ from statistics import mean
 
 import pytest
 
-from asr_core.audio import load_audio
 from apps.bench.evaluation import normalize, wer
+from asr_core.audio import load_audio
 from tests.conftest import CLEAN_CLIPS, GAPS_CLIPS, WER_RESULTS, clip_path, reference, silences
 
 pytestmark = pytest.mark.model
@@ -81,7 +81,7 @@ def test_b_vac_emits_each_sentence_end_when_its_speech_ends(simulate_clip, name)
     lines = simulate_clip(name, *VAC)
     window_ends = [g[1] * 1000 for g in gaps] + [float("inf")]
     window_begs = [0.0] + window_ends[:-1]
-    for sentence, beg, end in zip(sentences, window_begs, window_ends):
+    for sentence, beg, end in zip(sentences, window_begs, window_ends, strict=False):
         last = normalize(sentence).split()[-1]
         emitted = normalize(" ".join(t for emit, _, _, t in lines if beg < emit <= end)).split()
         assert last in emitted, (

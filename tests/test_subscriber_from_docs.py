@@ -74,7 +74,7 @@ class LineReader:
             self.all.append(line)
             if predicate(line):
                 return line
-        raise TimeoutError("no matching line in %.0fs; output so far:\n%s" % (timeout, "\n".join(self.all[-20:])))
+        raise TimeoutError("no matching line in {:.0f}s; output so far:\n{}".format(timeout, "\n".join(self.all[-20:])))
 
 
 def start_doc_subscriber(pipe: Pipeline, prefixes, until_eos, timeout: float = 90.0) -> LineReader:
@@ -124,7 +124,7 @@ def check_topic(topic: str, msgs: list[dict], clip: np.ndarray) -> None:
         kinds = [h["kind"] for h in headers]
         assert kinds.count("speech_start") == kinds.count("speech_end") == 2, kinds
         assert kinds[0] == "speech_start"
-        for h, nxt in zip(headers, headers[1:]):
+        for h, nxt in zip(headers, headers[1:], strict=False):
             if h["kind"] == "speech_start":  # the first frame after a start begins at its t
                 assert nxt["kind"] == "audio" and nxt["t"] == pytest.approx(h["t"], abs=1e-6)
     elif topic.startswith("transcript."):

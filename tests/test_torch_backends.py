@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asr_core.base import BackendUnavailable, ModelNotFound
 from apps.bench.evaluation import normalize, reference_text, wer
+from asr_core.base import BackendUnavailable, ModelNotFound
 
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "weather.wav"
@@ -276,7 +276,8 @@ def test_simulate_whisper_timestamped_comp_unaware(openai_checkpoint, converted)
 
 
 def _openblas() -> str | None:
-    for path in sorted(glob.glob("/usr/lib/*/openblas*/libblas.so.3")) + sorted(glob.glob("/usr/lib*/libopenblas.so.0")):
+    for path in (sorted(glob.glob("/usr/lib/*/openblas*/libblas.so.3"))
+                 + sorted(glob.glob("/usr/lib*/libopenblas.so.0"))):
         if os.path.isfile(path):
             return path
     return None
@@ -286,7 +287,8 @@ def _openblas() -> str | None:
 def mlx_env() -> dict:
     """Environment for mlx subprocesses; skips when mlx-whisper cannot run (fast enough) here."""
     if _missing("mlx", "mlx_whisper"):
-        pytest.skip("mlx-whisper is not installed (macOS arm64: pip install 'voxpipe[mlx]'; Linux: see docs/backends.md)")
+        pytest.skip("mlx-whisper is not installed "
+                    "(macOS arm64: pip install 'voxpipe[mlx]'; Linux: see docs/backends.md)")
     env = dict(os.environ)
     if sys.platform.startswith("linux"):
         blas = _openblas()
@@ -355,7 +357,8 @@ def test_whisper_timestamped_missing_names_the_extra(monkeypatch):
 
 
 def test_mlx_missing_says_apple_silicon_and_linux_route(monkeypatch):
-    with pytest.raises(BackendUnavailable, match=r"Apple silicon \(pip install 'voxpipe\[mlx\]' on macOS arm64\)") as info:
+    with pytest.raises(BackendUnavailable,
+                       match=r"Apple silicon \(pip install 'voxpipe\[mlx\]' on macOS arm64\)") as info:
         _import_without(monkeypatch, "asr_core.backends.mlx_whisper", "mlx", "mlx.core", "mlx_whisper")
     assert "mlx[cpu]" in str(info.value)
 

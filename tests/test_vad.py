@@ -69,7 +69,7 @@ def test_segmenter_finds_one_segment_per_sentence_with_boundaries_in_the_silence
 
     segs = segments(run_segmenter(SpeechSegmenter(model=vad_model), audio))
     assert len(segs) == n_sentences, segs
-    for (_, end), (start, _), (quiet_beg, quiet_end) in zip(segs, segs[1:], gaps):
+    for (_, end), (start, _), (quiet_beg, quiet_end) in zip(segs, segs[1:], gaps, strict=False):
         # the speech ends and restarts inside the silence, with the padding around speech
         assert quiet_beg < end < start < quiet_end, (end, start, quiet_beg, quiet_end)
         assert end - quiet_beg <= 0.3 and quiet_end - start <= 0.3

@@ -115,7 +115,8 @@ def playwright():
 
 @pytest.fixture
 def browser(playwright, tmp_path):
-    """``browser(clip) -> (Page opener, clip seconds)``: a Chromium whose microphone plays ``clip``; all closed after."""
+    """``browser(clip) -> (Page opener, clip seconds)``: a Chromium whose microphone plays ``clip``; all closed
+    after."""
     opened = []
 
     def launch(clip: str):

@@ -157,7 +157,8 @@ class ASRWorker(Actor):
                 st.session.push_end()
             elif not self.stopping:  # a stream without speech: nothing to flush, but say it ended
                 topic = m.transcript_topic(self.name, msg.stream)
-                self.publish(topic, m.EndOfStream(stream=msg.stream, seq=self.pub.seq(topic), t=msg.t, worker=self.name))
+                self.publish(topic, m.EndOfStream(stream=msg.stream, seq=self.pub.seq(topic), t=msg.t,
+                                                  worker=self.name))
 
     def _audio(self, msg: m.Audio) -> None:
         from asr_core.audio import pcm16_to_float
@@ -233,7 +234,8 @@ class ASRWorker(Actor):
     def _fail(self, st: StreamState, exc: BaseException) -> None:
         st.failures += 1
         self.counters["stream_errors"] += 1
-        self.log.error("stream %s: backend failed (%s: %s); resetting its processor", st.stream, type(exc).__name__, exc)
+        self.log.error("stream %s: backend failed (%s: %s); resetting its processor",
+                       st.stream, type(exc).__name__, exc)
         message = f"{type(exc).__name__}: {exc}"[:500]
         topic = m.transcript_topic(self.name, st.stream)
         self.publish(topic, m.Error(stream=st.stream, seq=self.pub.seq(topic), message=message, worker=self.name))
@@ -272,7 +274,8 @@ class ASRWorker(Actor):
 
     def _end_stream(self, st: StreamState) -> None:
         topic = m.transcript_topic(self.name, st.stream)
-        self.publish(topic, m.EndOfStream(stream=st.stream, seq=self.pub.seq(topic), t=st.session.received_until, worker=self.name))
+        self.publish(topic, m.EndOfStream(stream=st.stream, seq=self.pub.seq(topic), t=st.session.received_until,
+                                          worker=self.name))
         self._ended_audio += st.processor.stats.audio_seconds
         self.streams.pop(st.stream, None)
         self.counters["streams_active"] = len(self.streams)

@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import zmq
 
@@ -32,9 +32,7 @@ from pipeline import messages as m
 from pipeline.bus import Publisher, Subscriber, handshake
 from pipeline.config import BusConfig, Config, ConfigError, Override, load_config
 from pipeline.errors import ExitCode
-
-MAX_TRACKED_TOPICS = 4096  # topics whose next seq is remembered (least recent forgotten first)
-MAX_GAP_COUNT = 1_000_000  # a single seq jump counts at most this much (a forged seq cannot overflow it)
+from pipeline.sequence import GapCounter
 
 
 class RateLimitedLog:
@@ -83,7 +81,7 @@ class Actor:
             "frames_in": 0, "frames_out": 0, "rejected": 0, "dropped": 0, "errors": 0, "streams_active": 0,
             "gaps": 0,
         }
-        self._expect: dict[str, int] = {}  # topic -> next seq (for "gaps"), most recent last
+        self._gaps = GapCounter()  # messages lost on the way in, per topic
         self.ready = False
         self.stopping = False
         self._signals = 0
@@ -188,15 +186,8 @@ class Actor:
                                  msg.kind, topic, level=logging.ERROR, exc_info=True)
 
     def _track_seq(self, topic: str, msg: m.Message) -> None:
-        """Count messages lost on the way in (``gaps``), from seq jumps per topic (protocol section 5)."""
-        expected = self._expect.pop(topic, None)
-        if expected is not None and msg.seq > expected:
-            self.counters["gaps"] += min(msg.seq - expected, MAX_GAP_COUNT)
-        if isinstance(msg, m.EndOfStream):
-            return
-        self._expect[topic] = msg.seq + 1
-        if len(self._expect) > MAX_TRACKED_TOPICS:
-            del self._expect[next(iter(self._expect))]
+        """Count messages lost on the way in (``gaps``), from seq jumps per topic."""
+        self.counters["gaps"] += self._gaps.observe(topic, msg.seq, ends=isinstance(msg, m.EndOfStream))
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> int:

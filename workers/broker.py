@@ -23,7 +23,7 @@ import zmq
 from pipeline import messages as m
 from pipeline.bus import MAX_WIRE_BYTES, apply_options
 
-from .base import Actor, add_actor_arguments, actor_config, run_actor
+from .base import Actor, actor_config, add_actor_arguments, run_actor
 
 # After a stop signal: exit once nothing moved for this long (at least two heartbeat intervals, so an
 # actor still draining, e.g. a sink waiting for a worker's final flush, keeps the broker up with its heartbeats)

@@ -43,6 +43,7 @@ import zmq
 from pipeline import messages as m
 from pipeline.bus import handshake
 from pipeline.config import ConfigError, SourceConfig
+from pipeline.errors import ExitCode
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .capture_sources import SR, CaptureError, InputSpec, Source, open_source, parse_input
@@ -114,7 +115,8 @@ class Capture(Actor):
         if self._wait_deadline is None:
             self._wait_deadline = now + float(self.scfg.wait_timeout)
             if self.wait_for:
-                self.log.info("waiting for %s to be ready (up to %.0fs)", ", ".join(self.wait_for), self.scfg.wait_timeout)
+                self.log.info("waiting for %s to be ready (up to %.0fs)", ", ".join(self.wait_for),
+                              self.scfg.wait_timeout)
         missing = set(self.wait_for) - self.seen_ready
         if missing and now < self._wait_deadline:
             return
@@ -136,7 +138,7 @@ class Capture(Actor):
             self.source.start()
         except CaptureError as exc:
             self.log.error("%s", exc)
-            self.exit_code = EXIT_RUNTIME
+            self.exit_code = ExitCode.RUNTIME
             self.state = "done"
             self.stopping = True
             return
@@ -208,7 +210,8 @@ def default_wait_for(cfg) -> tuple:
 def register(sub) -> None:
     p = sub.add_parser("capture", help="publish audio from a file, stdin or the microphone")
     p.add_argument("input", nargs="?", default=None, metavar="INPUT",
-                   help="mic, file:PATH, auto:PATH (mic, else the file) or stdin (raw int16 mono PCM); default: the config's, else mic")
+                   help="mic, file:PATH, auto:PATH (mic, else the file) or stdin (raw int16 mono PCM); "
+                        "default: the config's, else mic")
     add_actor_arguments(p, "capture")
     p.add_argument("--stream", default=None, help="stream id (default: the source's name)")
     p.add_argument("--speed", type=float, default=None, help="file/stdin replay speed (1 = real time, 0 = no pacing)")
@@ -237,7 +240,8 @@ def run(args) -> int:
         spec = parse_input(scfg.input)
         if spec.kind != "mic" and scfg.device is not None and args.device is not None:
             raise ConfigError("--device applies to mic input only")
-        src = open_source(spec, loop=scfg.loop, sample_rate=scfg.sample_rate, device=scfg.device, frame_ms=scfg.frame_ms)
+        src = open_source(spec, loop=scfg.loop, sample_rate=scfg.sample_rate, device=scfg.device,
+                          frame_ms=scfg.frame_ms)
         source.append(src)
         return Capture(scfg.name, cfg.bus, scfg, spec, src, wait_for, cfg)
 

@@ -26,12 +26,11 @@ import time
 
 from pipeline import messages as m
 from pipeline.config import ConfigError, SinkConfig
+from pipeline.outputs import open_file_output, parse_output
 from pipeline.snapshot import History, SnapshotServer
 
-from pipeline import formats as f
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .console import ConsoleOutput
-from pipeline.outputs import open_file_output, parse_output
 
 DEFAULT_GRACE = 4.0  # under honcho's 5 s before SIGKILL, so cue files still get their last cue
 
@@ -103,7 +102,8 @@ class Sink(Actor):
         }
 
     def handle(self, topic: str, msg: m.Message) -> None:
-        family, worker, stream = f.topic_parts(topic)
+        parts = m.parse_topic(topic)
+        family, worker, stream = parts.family, parts.worker, parts.id
         if family not in ("transcript", "partial") or not worker:
             return
         if self.workers and worker not in self.workers:

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asr_core.speech_gate import SR, SpeechGate, to_samples
 from pipeline import messages as m
 from pipeline.config import VADConfig
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
-from asr_core.speech_gate import SR, SpeechGate, to_samples
 
 
 @dataclass

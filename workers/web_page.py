@@ -251,11 +251,15 @@ def render_status(v: View, token_required: bool) -> str:
     else:
         hint = "enter the access token, then press Start" if token_required else "press Start to stream your microphone"
         state, conn = "idle", _pill(f"not connected: {hint}", None)
-    listen = _pill(f"listening · {v.seconds:.1f} s", True) if v.listening else _pill("not listening", False if v.open else None)
+    if v.listening:
+        listen = _pill(f"listening · {v.seconds:.1f} s", True)
+    else:
+        listen = _pill("not listening", False if v.open else None)
     if v.worker is None:
         worker = _pill("no worker running", False)
     elif v.worker.ready:
-        worker = _pill(f"worker {v.worker.name} ready · {v.worker.backend} {v.worker.model} · {v.worker.language}", True)
+        worker = _pill(f"worker {v.worker.name} ready · {v.worker.backend} {v.worker.model} · {v.worker.language}",
+                       True)
     else:
         worker = _pill(f"worker {v.worker.name} not ready yet (loading)", False)
     attrs = {

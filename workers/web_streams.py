@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import messages as m
-
 from pipeline.formats import CueBuilder, commit_words, join_commit_texts, render_srt
 
 SR = m.SAMPLE_RATE
@@ -313,8 +312,9 @@ class WebHub:
             if msg.role == "worker" and msg.name:
                 self._on_heartbeat(msg)
             return
-        family, _, rest = topic.partition(".")
-        worker = getattr(msg, "worker", None) or rest.rsplit(".", 1)[0]
+        parts = m.parse_topic(topic)
+        family = parts.family
+        worker = getattr(msg, "worker", None) or parts.worker
         with self._lock:
             s = self._sessions.get(msg.stream)
             if s is None or not worker:

@@ -23,8 +23,8 @@ time budget first.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def search(run_step: Callable[[int], dict], opts: CapacityOptions, clip_name: st
         steps.append({"streams": n, "held": held, "reasons": why, "p50": lat.get("p50"), "p90": lat.get("p90"),
                       "max": lat.get("max"), "tail_lag_max": fig.get("tail_lag_max"),
                       "wer": fig.get("wer"), "first_word_delay": fig.get("first_word_delay"),
-                      "worker_core_share": _worker_share(fig), "non_worker_core_share": fig.get("non_worker_core_share"),
+                      "worker_core_share": _worker_share(fig),
+                      "non_worker_core_share": fig.get("non_worker_core_share"),
                       "machine_busy_cores": fig.get("machine_busy_cores"), "wall_s": fig.get("wall_s"),
                       "label": fig.get("label")})
         if not held:

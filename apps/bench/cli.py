@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 
-
 def register(sub) -> None:
     p = sub.add_parser("bench", help="measure accuracy, latency, cost and capacity of a pipeline on a corpus")
     p.add_argument("--corpus", default=None, metavar="DIR",
@@ -80,8 +79,8 @@ def run(args) -> int:
 
 class Bench:
     def __init__(self, args):
-        from pipeline.config import ConfigError, SourceConfig, load_config
         from apps.transcribe import default_config
+        from pipeline.config import ConfigError, SourceConfig, load_config
 
         from .capacity import CapacityOptions
         from .corpus import load_corpus

@@ -49,7 +49,8 @@ def offline_clip(asr, clip) -> dict:
 
 
 def decode_replay(asr, events: list, w) -> dict:
-    """Replay ``("audio", t, pcm)`` / ``("end", t, None)`` / ``("eos", t, None)`` events through the worker's session."""
+    """Replay ``("audio", t, pcm)`` / ``("end", t, None)`` / ``("eos", t, None)`` events through the worker's
+    session."""
     from asr_core.audio import pcm16_to_float
     from asr_core.online import OnlineASRProcessor
     from asr_core.streaming import StreamingSession

@@ -21,13 +21,13 @@ def plot_latency(report: dict, path: Path) -> Path | None:
     panels = [("clip rounds", rounds)] + ([("capacity steps", cap)] if cap else [])
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.2 * len(panels)), squeeze=False)
     cmap = plt.get_cmap("viridis")
-    for ax, (title, figs) in zip(axes[:, 0], panels):
+    for ax, (title, figs) in zip(axes[:, 0], panels, strict=False):
         top = max((r["streams"] for r in figs), default=1)
         for r in figs:
             for s in r["per_stream"]:
                 if not s["series"]:
                     continue
-                xs, ys = zip(*s["series"])
+                xs, ys = zip(*s["series"], strict=False)
                 if title == "capacity steps":
                     colour = cmap((r["streams"] - 1) / max(1, top - 1) * 0.9)
                     label = f"{r['streams']} streams" if s is r["per_stream"][0] else None

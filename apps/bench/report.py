@@ -61,7 +61,8 @@ def markdown(r: dict) -> str:
     rows = []
     for f in r.get("rounds", []):
         rows.append([f["clip"], _f(f["seconds"], 1, " s"), str(f["streams"]), _f(f["wer"], 3), _f(f["offline_wer"], 3),
-                     _f(f["wer_gap"], 3), _lat(f["latency"], "p50"), _lat(f["latency"], "p90"), _lat(f["latency"], "max"),
+                     _f(f["wer_gap"], 3), _lat(f["latency"], "p50"), _lat(f["latency"], "p90"),
+                     _lat(f["latency"], "max"),
                      _f(f["first_word_delay"], 2, " s"), _f(f["tail_lag_max"], 2, " s"),
                      str(sum(x["commits"] for x in f["per_stream"]))])
     if o:
@@ -126,12 +127,14 @@ def markdown(r: dict) -> str:
     if c:
         lines += [f"## Capacity ({c['clip']}, one worker)", ""]
         lines += _table(["streams", "held", "WER", "p50", "p90", "max", "tail lag", "worker core", "others", "why not"],
-                        [[str(x["streams"]), _f(x["held"]), _f(x.get("wer"), 3), _f(x["p50"], 2, " s"), _f(x["p90"], 2, " s"),
-                          _f(x["max"], 2, " s"), _f(x["tail_lag_max"], 2, " s"), _pct(x["worker_core_share"]),
-                          _pct(x["non_worker_core_share"]), "; ".join(x["reasons"])] for x in c["steps"]])
+                        [[str(x["streams"]), _f(x["held"]), _f(x.get("wer"), 3), _f(x["p50"], 2, " s"),
+                          _f(x["p90"], 2, " s"), _f(x["max"], 2, " s"), _f(x["tail_lag_max"], 2, " s"),
+                          _pct(x["worker_core_share"]), _pct(x["non_worker_core_share"]), "; ".join(x["reasons"])]
+                         for x in c["steps"]])
         bound = "" if c["bound"] == "exact" else f" (a lower bound: stopped by {c['stopped_by']})"
         lines += [f"Capacity: **{c['capacity']}** concurrent real-time stream(s){bound}; held = every stream finished, "
-                  f"p90 <= {c['criteria']['max_p90_s']} s, last transcript <= {c['criteria']['max_tail_lag_s']} s after "
+                  f"p90 <= {c['criteria']['max_p90_s']} s, "
+                  f"last transcript <= {c['criteria']['max_tail_lag_s']} s after "
                   "the audio ended, no errors or lost messages.", ""]
     miss = r.get("missing") or []
     if miss:

@@ -119,7 +119,8 @@ class Sampler:
             s = self.series.get(name)
             if s is None:
                 return None
-            vals = [r for t, r in zip(s.times, s.rss) if (t0 is None or t >= t0) and (t1 is None or t <= t1)]
+            vals = [r for t, r in zip(s.times, s.rss, strict=False)
+                    if (t0 is None or t >= t0) and (t1 is None or t <= t1)]
         return max(vals) if vals else None
 
     def machine_busy(self, t0: float, t1: float) -> float | None:

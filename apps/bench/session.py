@@ -25,11 +25,11 @@ from pathlib import Path
 
 from honcho.printer import Printer
 
-from pipeline.config import Config, ConfigError, SourceConfig, load_config
-from pipeline.errors import RuntimeFailure
-from pipeline.derived_config import private_bus, write_config
 from apps.plan import actor_processes, stop_stages
 from apps.runner import ProcessRunner
+from pipeline.config import Config, ConfigError, SourceConfig, load_config
+from pipeline.derived_config import private_bus, write_config
+from pipeline.errors import RuntimeFailure
 
 from .corpus import Clip
 from .sampler import Sampler

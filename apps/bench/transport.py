@@ -73,10 +73,10 @@ class _Broker:
     def __init__(self, verbose: bool):
         from honcho.printer import Printer
 
-        from pipeline.config import BusConfig
-        from pipeline.derived_config import private_bus
         from apps.plan import ActorProcess, voxpipe_command
         from apps.runner import ProcessRunner
+        from pipeline.config import BusConfig
+        from pipeline.derived_config import private_bus
 
         self.bus = private_bus(BusConfig())
         argv = voxpipe_command() + ["broker", "--xsub", self.bus.xsub, "--xpub", self.bus.xpub, "--name", "hop-broker"]
@@ -174,7 +174,7 @@ def measure(rate: float = 200.0, seconds: float = 5.0, blast_seconds: float = 3.
         got, sent, bad = _receive(sub, snd, decode=True, limit=WARMUP + seconds + 30)
         c1 = _cpu(bproc) if bproc else None
         info = _sent(snd)
-        hops = [g - s for g, s in zip(got, sent) if sent and s >= sent[0] + WARMUP]
+        hops = [g - s for g, s in zip(got, sent, strict=False) if sent and s >= sent[0] + WARMUP]
         lat = {"rate_hz": rate, "seconds": seconds, "sent": info.get("sent"), "received": len(got), "rejected": bad}
         if info.get("sent") is not None:
             lat["lost"] = info["sent"] - len(got)

@@ -20,6 +20,7 @@ import zmq
 
 from pipeline import messages as m
 from pipeline.bus import Publisher, Subscriber, handshake
+from pipeline.sequence import GapCounter
 
 
 @dataclass
@@ -72,7 +73,7 @@ class BusWatch:
         self.heartbeats: dict[str, tuple[m.Heartbeat, float]] = {}
         self.rejected = 0
         self.gaps = 0
-        self._expect: dict[str, int] = {}
+        self._gap_counter = GapCounter()
         self._gate_seq = 0
 
     def sync(self, timeout: float = 10.0) -> bool:
@@ -116,13 +117,9 @@ class BusWatch:
             self._file(topic, msg, now)
 
     def _seq(self, topic: str, msg: m.Message, rec: StreamRecord) -> None:
-        expected = self._expect.get(topic)
-        if expected is not None and msg.seq > expected:
-            rec.gaps += msg.seq - expected
-            self.gaps += msg.seq - expected
-        self._expect[topic] = msg.seq + 1
-        if isinstance(msg, m.EndOfStream):
-            self._expect.pop(topic, None)
+        missing = self._gap_counter.observe(topic, msg.seq, ends=isinstance(msg, m.EndOfStream))
+        rec.gaps += missing
+        self.gaps += missing
 
     def _file(self, topic: str, msg: m.Message, now: float) -> None:
         rec = self.streams.get(msg.stream)

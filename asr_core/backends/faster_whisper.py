@@ -136,12 +136,6 @@ class FasterWhisperASR(SegmentResults, ASRBase):
             )
         return out
 
-    def use_vad(self) -> None:
-        self.transcribe_kargs["vad_filter"] = True
-
-    def set_translate_task(self) -> None:
-        self.transcribe_kargs["task"] = "translate"
-
     def describe(self) -> dict:
         return {
             "backend": self.backend_name,

@@ -112,7 +112,8 @@ class MLXWhisperASR(SegmentResults, ASRBase):
             raise ModelNotFound(
                 f"model {self.model_name!r} is English-only but language {self.original_language!r} was asked for"
             )
-        self.log.info("loaded %s (%s) on %s in %.1fs", self.model_name, self.source, mx.default_device(), time.monotonic() - t0)
+        self.log.info("loaded %s (%s) on %s in %.1fs", self.model_name, self.source, mx.default_device(),
+                      time.monotonic() - t0)
         return model
 
     def _resolve(self, modelsize, cache_dir, model_dir) -> tuple[str, str]:
@@ -163,9 +164,6 @@ class MLXWhisperASR(SegmentResults, ASRBase):
     def use_vad(self) -> None:
         """mlx-whisper has no voice activity filter; use voxpipe's VAC (--vac) instead."""
         self.log.warning("mlx-whisper has no internal VAD; ignoring --vad (use --vac for voxpipe's own)")
-
-    def set_translate_task(self) -> None:
-        self.transcribe_kargs["task"] = "translate"
 
     def describe(self) -> dict:
         return {

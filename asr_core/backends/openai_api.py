@@ -31,7 +31,6 @@ import io
 import json
 import os
 import re
-import socket
 import time
 import uuid
 import wave
@@ -116,7 +115,7 @@ class HTTPClient:
                 if reused and attempt == 1:
                     continue  # the server dropped an idle kept-alive connection
                 raise BackendError(f"openai-api: {method} {url} failed: {type(exc).__name__}: {exc}") from exc
-            except socket.timeout as exc:
+            except TimeoutError as exc:
                 self.close()
                 raise BackendError(f"openai-api: {method} {url} timed out after {timeout:g}s") from exc
             except (OSError, http.client.HTTPException) as exc:
@@ -233,7 +232,7 @@ def parse_response(content_type: str, body: bytes, duration: float) -> list[Segm
             return _text_only(str(payload.get("text") or ""), duration)
         groups = _assign_words(segments, words) if words else [None] * len(segments)
         out = []
-        for seg, group in zip(segments, groups):
+        for seg, group in zip(segments, groups, strict=False):
             if not isinstance(seg, dict):
                 raise ValueError("a segment is not an object")
             if group is None and isinstance(seg.get("words"), list):
@@ -379,5 +378,3 @@ class OpenAIAPIASR(SegmentResults, ASRBase):
     def use_vad(self) -> None:
         self.log.info("use_vad() has no effect on openai-api: the server decides about non-speech")
 
-    def set_translate_task(self) -> None:
-        self.transcribe_kargs["task"] = "translate"

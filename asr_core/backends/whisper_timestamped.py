@@ -117,7 +117,8 @@ class WhisperTimestampedASR(SegmentResults, ASRBase):
             raise ModelNotFound(
                 f"model {self.model_name!r} is English-only but language {self.original_language!r} was asked for"
             )
-        self.log.info("loaded %s from %s on %s in %.1fs", self.model_name, self.source, self.device, time.monotonic() - t0)
+        self.log.info("loaded %s from %s on %s in %.1fs", self.model_name, self.source, self.device,
+                      time.monotonic() - t0)
         return model
 
     def _load_file(self, path: Path):
@@ -177,9 +178,6 @@ class WhisperTimestampedASR(SegmentResults, ASRBase):
     def use_vad(self) -> None:
         """Have whisper_timestamped drop non-speech first (``vad_method`` option)."""
         self.transcribe_kargs["vad"] = self.vad_method
-
-    def set_translate_task(self) -> None:
-        self.transcribe_kargs["task"] = "translate"
 
     def describe(self) -> dict:
         return {"backend": self.backend_name, "model": self.model_name, "device": self.device}

@@ -98,7 +98,7 @@ def made_up_word(level: np.ndarray, zcr: np.ndarray, loud: float) -> str:
     """A pronounceable placeholder for one burst, determined by its frames."""
     n_syl = int(np.clip(round(len(level) * HOP / SYLLABLE), 1, 4))
     parts = []
-    for lv, zc in zip(np.array_split(level, n_syl), np.array_split(zcr, n_syl)):
+    for lv, zc in zip(np.array_split(level, n_syl), np.array_split(zcr, n_syl), strict=False):
         consonant = CONSONANTS[int(np.searchsorted(ZCR_EDGES, float(np.mean(zc))))]
         vowel = VOWELS[int(np.searchsorted(LEVEL_EDGES, loud - float(np.mean(lv))))]
         parts.append(consonant + vowel)

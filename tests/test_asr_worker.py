@@ -1,0 +1,100 @@
+"""The ASR worker actor, in-process (no sockets, no threads): messages in, commits and eos out.
+
+A real :class:`workers.asr_worker.ASRWorker` gets the bus messages of one stream (speech, a
+pause, a long gap, more speech, eos) through its own ``receive`` and ``tick``; a scripted
+perfect recogniser stands in for the model, and a recording publisher for the bus. The
+worker must publish every word once, in order, with the commit fields filled in, then the
+stream's eos, and forget the stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import messages as m
+from pipeline.config import BusConfig, WorkerConfig
+from pipeline.sequence import Sequencer
+from tests.fakes import TimelineASR, words
+from workers.asr_worker import ASRWorker
+from workers.decode_jobs import DecodeRunner
+
+FIRST = words("alpha bravo charlie delta", start=0.1, dur=0.35, gap=0.1)  # 0.1 .. 1.9
+SECOND = words("echo foxtrot golf hotel", start=4.1, dur=0.35, gap=0.1)  # after a 2 s pause
+
+
+class RecordingPublisher:
+    def __init__(self):
+        self.seq = Sequencer()
+        self.sent: list[tuple[str, m.Message]] = []
+
+    def send(self, topic, msg) -> bool:
+        m.decode(m.encode(topic, msg))  # what goes out is valid on the wire
+        self.sent.append((topic, msg))
+        return True
+
+
+def make_worker():
+    worker = ASRWorker("asr", BusConfig(), WorkerConfig(name="asr", utterance_gap=1.0, partials=True))
+    worker.asr = TimelineASR(FIRST + SECOND, start_of=lambda audio: worker.streams["s"].processor.buffer_time_offset)
+    worker.runner = DecodeRunner(1)
+    worker.pub = RecordingPublisher()
+    return worker
+
+
+def send(worker, topic, msg, now):
+    worker.receive(m.encode(topic, msg))
+    worker.tick(now)
+
+
+def speech(worker, beg, end, seq, now, wall0=1000.0):
+    t = beg
+    while t < end - 1e-9:
+        pcm = (np.full(1600, 100, dtype="<i2")).tobytes()
+        send(worker, "speech.s", m.Audio(stream="s", seq=seq, t=round(t, 3), wall0=wall0, pcm=pcm), now)
+        seq += 1
+        t += 0.1
+    return seq
+
+
+def test_a_worker_commits_each_word_once_through_speech_pause_gap_and_eos():
+    worker = make_worker()
+    seq = 0
+    send(worker, "speech.s", m.SpeechStart(stream="s", seq=seq, t=0.0, wall0=1000.0), 0.0)
+    seq = speech(worker, 0.0, 2.0, seq + 1, 1.0)
+    send(worker, "speech.s", m.SpeechEnd(stream="s", seq=seq, t=2.0), 2.0)
+    send(worker, "speech.s", m.SpeechStart(stream="s", seq=seq + 1, t=4.0), 4.0)
+    seq = speech(worker, 4.0, 6.0, seq + 2, 5.0)
+    send(worker, "speech.s", m.EndOfStream(stream="s", seq=seq, t=6.0), 6.0)
+    for _ in range(5):
+        worker.tick(7.0)
+
+    sent = worker.pub.sent
+    commits = [msg for topic, msg in sent if isinstance(msg, m.Commit)]
+    assert [w[2].strip() for c in commits for w in c.words] == [w[2].strip() for w in FIRST + SECOND]
+    assert all(c.worker == "asr" and c.backend == "scripted" and c.wall0 == 1000.0 for c in commits)
+    assert [c.seq for c in commits] == sorted(c.seq for c in commits)
+    # the pause committed the first four words before any audio after it arrived
+    first_after_pause = next(i for i, (t, msg) in enumerate(sent) if isinstance(msg, m.Commit)
+                             and msg.words[-1][2].strip() == "delta")
+    assert all(not (isinstance(msg, m.Commit) and msg.beg >= 4.0) for _, msg in sent[:first_after_pause])
+    topic, last = sent[-1]
+    assert topic == "transcript.asr.s" and isinstance(last, m.EndOfStream) and last.t == 6.0
+    assert any(isinstance(msg, m.Partial) for _, msg in sent)
+    assert worker.streams == {} and worker.counters["commits"] == len(commits)
+    # the buffer started afresh after the gap: no decode covered both sentences
+    assert all(not (c.start is not None and c.start < 2.0 and c.end > 4.0) for c in worker.asr.calls)
+
+
+def test_eos_for_a_stream_without_speech_is_answered_with_eos():
+    worker = make_worker()
+    send(worker, "speech.quiet", m.EndOfStream(stream="quiet", seq=0, t=3.0), 0.0)
+    assert [(t, type(msg).__name__) for t, msg in worker.pub.sent] == [("transcript.asr.quiet", "EndOfStream")]
+
+
+def test_a_frame_that_goes_back_in_time_is_dropped_and_counted():
+    worker = make_worker()
+    speech(worker, 0.0, 0.5, 0, 0.0)
+    pcm = np.zeros(1600, dtype="<i2").tobytes()
+    send(worker, "speech.s", m.Audio(stream="s", seq=5, t=0.2, pcm=pcm), 0.5)
+    assert worker.counters["dropped"] == 1
+    assert worker.streams["s"].session.received_until == 0.5
