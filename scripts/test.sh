@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up everything the test suite needs, then run it (arguments go to pytest).
+# Set up everything the test suite needs, lint and type-check, then run it (arguments go to pytest).
 #
 # * system packages (Debian/Ubuntu, as root): Chromium and its driver for the
 #   browser test, OpenBLAS for mlx on Linux CPUs;
@@ -34,4 +34,7 @@ if [ "${VOXPIPE_SKIP_TORCH:-0}" != 1 ]; then
   "${PIP[@]}" --no-deps openai-whisper==20250625 whisper-timestamped==1.15.9 mlx-whisper==0.4.3
 fi
 
+# lint and type check first (configured in pyproject.toml): a finding fails the run
+.venv/bin/ruff check --quiet .
+.venv/bin/mypy --no-error-summary
 exec .venv/bin/python -m pytest "$@"
