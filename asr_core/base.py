@@ -17,6 +17,12 @@ Contract:
   also relative to the start of that audio.
 * ``lan="auto"`` means: detect the language.
 * Heavy loading happens once, in the constructor via ``load_model``.
+* Optional: ``transcribe_batch(audios, prompts)`` decodes several independent buffers
+  (of different streams) at once and returns one result per buffer, in order, where an
+  item the engine failed on is that item's exception. The default calls ``transcribe``
+  once per item. A backend whose own implementation really batches says so with
+  ``Capabilities(batch=True)``; the worker then decodes streams that are due together in
+  one call (engines written for the interface above need not know about it).
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ class Capabilities:
     # worker then decodes several streams in parallel, passing the backend
     # option num_workers=<threads>).
     concurrent: bool = False
+    # True when transcribe_batch() decodes several streams' buffers in one call (cheaper
+    # than one transcribe() each); the worker then batches decodes that are due together.
+    batch: bool = False
 
 
 class ASRBase:
@@ -108,6 +117,25 @@ class ASRBase:
         raise NotImplementedError("a backend must implement segments_end_ts()")
 
     # -- defaults ----------------------------------------------------------
+    def transcribe_batch(self, audios: list, prompts: list[str] | None = None) -> list:
+        """One result per buffer of ``audios`` (each with its own prompt), in order.
+
+        Each item is what ``transcribe(audios[i], init_prompt=prompts[i])`` returns, or the
+        exception it raised: one item failing fails only that item. This default decodes
+        the items one after the other; backends with ``Capabilities(batch=True)`` override
+        it with one batched call.
+        """
+        prompts = list(prompts) if prompts is not None else [""] * len(audios)
+        if len(prompts) != len(audios):
+            raise ValueError(f"{len(audios)} buffers but {len(prompts)} prompts")
+        out: list = []
+        for audio, prompt in zip(audios, prompts, strict=True):
+            try:
+                out.append(self.transcribe(audio, init_prompt=prompt))
+            except Exception as exc:  # noqa: BLE001 - MemoryError too: it belongs to this item
+                out.append(exc)
+        return out
+
     def word_probabilities(self, result) -> list[float | None] | None:
         """The model's probability of each word of :meth:`ts_words`, if it knows them.
 

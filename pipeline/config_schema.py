@@ -178,6 +178,9 @@ class WorkerConfig:
     input: str = "speech"  # speech (from the VAD) | audio (raw capture)
     max_streams: int = 16  # live streams at once; messages of further new streams are refused (counted)
     concurrency: int = 0  # decode threads; 0: one per core (up to 4) when the backend allows it, else 1
+    batch: bool = True  # decode streams that are due together in one batched call (backends that batch)
+    batch_window_ms: float = 10.0  # a due decode waits this long for other streams to join its batch
+    max_batch: int = 16  # streams in one batch at most
     utterance_gap: float = _SCHEDULE.utterance_gap  # a pause longer than this starts a fresh audio buffer
     settle_sec: float = _STREAMING.settle_sec  # commit a word this long after it was heard even without agreement
     early_commit_sec: float = _STREAMING.early_commit_sec  # commit a word the model is sure of this long after
@@ -215,6 +218,10 @@ class WorkerConfig:
             raise SectionError("max_streams", "must be at least 1")
         if self.concurrency < 0:
             raise SectionError("concurrency", "must be >= 0 (0: automatic)")
+        if not 0 <= self.batch_window_ms <= 1000:
+            raise SectionError("batch_window_ms", "must be between 0 and 1000")
+        if self.max_batch < 1:
+            raise SectionError("max_batch", "must be at least 1")
         if self.settle_sec < 0 or self.early_commit_sec < 0:
             raise SectionError("settle_sec", "settle_sec and early_commit_sec must be >= 0 (0: off)")
         if not 0 <= self.early_commit_prob <= 1:

@@ -12,7 +12,11 @@ messages in and out and runs the sessions' steps.
 Decodes run on ``concurrency`` threads (auto: one per core for backends that
 allow concurrent calls), one step per stream at a time, pending flushes first,
 then the oldest undecoded audio; the actor's own thread keeps receiving, so
-audio that arrives during a decode waits in the stream's inbox. A backend
+audio that arrives during a decode waits in the stream's inbox. With ``batch``
+(the default) and a backend that batches (``Capabilities.batch``), the streams
+that are due together are decoded in one batched call per thread
+(:mod:`workers.decode_batches` says which and when); each stream's step still
+gets the hypothesis of its own buffer and prompt. A backend
 failure on one stream (any exception, MemoryError included) resets that
 stream's processor and publishes an ``error`` on its transcript topic; other
 streams go on.
@@ -34,6 +38,7 @@ from asr_core.streaming import Step, StepResult, StreamingSession
 from pipeline import messages as m
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
+from .decode_batches import DecodeLoad, plan_batches
 from .decode_jobs import DecodeRunner
 
 WARMUP_SECONDS = 1.0
@@ -52,6 +57,7 @@ class StreamState:
     last_partial: str = ""
     commits: int = 0
     failures: int = 0
+    due_since: float | None = None  # when its current step became due (for the queue wait)
 
     @property
     def processor(self):
@@ -72,6 +78,8 @@ class ASRWorker(Actor):
             "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
         })
         self._ended_audio = 0.0  # audio seconds of streams that have ended
+        self.batching = False  # set in setup(): batch is on and the backend batches
+        self.load = DecodeLoad()
         self.drain_timeout = 60.0
 
     # -- setup -------------------------------------------------------------------
@@ -88,6 +96,7 @@ class ASRWorker(Actor):
     def setup(self) -> None:
         import numpy as np
 
+        from asr_core.batching import batches
         from asr_core.registry import backend_class, create_backend
 
         w = self.wcfg
@@ -101,9 +110,13 @@ class ASRWorker(Actor):
         )
         # one throw-away decode so the first real one is not slower than the rest
         self.asr.transcribe(np.zeros(int(WARMUP_SECONDS * 16000), dtype=np.float32))
+        self.batching = bool(w.batch) and batches(self.asr)
+        if self.batching:
+            self.asr.transcribe_batch([np.zeros(int(WARMUP_SECONDS * 16000), dtype=np.float32)] * 2, ["", ""])
         self.runner = DecodeRunner(concurrency)
-        self.log.info("backend %s loaded in %.1fs; %d decode thread(s)", self.asr.describe(),
-                      time.monotonic() - t0, concurrency)
+        self.log.info("backend %s loaded in %.1fs; %d decode thread(s)%s", self.asr.describe(),
+                      time.monotonic() - t0, concurrency,
+                      f", batches of up to {w.max_batch} streams" if self.batching else "")
 
     def teardown(self) -> None:
         if self.runner is not None:
@@ -114,6 +127,8 @@ class ASRWorker(Actor):
         d["language"] = self.wcfg.language
         d["rtf"] = self.counters["rtf"]
         d["concurrency"] = self.runner.concurrency if self.runner else 0
+        d["batch"] = self.batching
+        d["decode_queue"] = self.load.summary()
         d["streams"] = sorted(self.streams)
         return d
 
@@ -180,16 +195,24 @@ class ASRWorker(Actor):
     # -- scheduling ----------------------------------------------------------------
     def tick(self, now: float) -> None:
         self._collect()
-        while self.runner.free > 0:
-            st, step = self._next_step()
-            if st is None:
-                break
-            st.session.start(step)
-            self.runner.submit(st.stream, st.session, step)
-            if self.runner.concurrency == 1:
-                break  # inline: one decode per loop turn, so messages keep flowing
+        gather_ms = None
+        if self.batching:
+            gather_ms = self._start_batches(now)
+        else:
+            while self.runner.free > 0:
+                st, step = self._next_step(now)
+                if st is None:
+                    break
+                self._started(st, now)
+                st.session.start(step)
+                self.runner.submit(st.stream, st.session, step)
+                self.load.batch(1)
+                if self.runner.concurrency == 1:
+                    break  # inline: one decode per loop turn, so messages keep flowing
         self._collect()
         self.poll_ms = BUSY_POLL_MS if self.runner.running else 50
+        if gather_ms is not None:
+            self.poll_ms = max(1, min(self.poll_ms, gather_ms))
         for st in list(self.streams.values()):
             if now - st.last_seen > self.wcfg.idle_timeout and not st.session.end_requested:
                 self.log.info("stream %s idle for %.0fs: flushing and freeing it", st.stream, now - st.last_seen)
@@ -200,14 +223,53 @@ class ASRWorker(Actor):
             st = self.streams.get(stream)
             if st is not None:
                 self._apply(st, result)
+        for stats in self.runner.batch_stats:
+            self.load.backend_calls(stats.sizes)
+        self.runner.batch_stats.clear()
 
-    def _next_step(self) -> tuple[StreamState | None, Step | None]:
+    def _start_batches(self, now: float) -> int | None:
+        """Start the due streams' steps as batches (one per free thread); ms to wait for more to join, or None."""
+        due, others = [], 0
+        for st in self.streams.values():
+            step = None if st.stream in self.runner.running else st.session.due()
+            if step is None:
+                st.due_since = None
+                others += st.stream not in self.runner.running and not st.session.ended
+                continue
+            if st.due_since is None:
+                st.due_since = now
+            due.append((st, step))
+        if not due or self.runner.free <= 0:
+            return None
+        window = self.wcfg.batch_window_ms / 1000.0
+        oldest = min(st.due_since for st, _ in due)
+        if others and now - oldest < window and len(due) < self.runner.free * self.wcfg.max_batch:
+            return int((oldest + window - now) * 1000) + 1  # others may become due: gather a little longer
+        due.sort(key=lambda item: item[0].session.priority())
+        for batch in plan_batches(due, self.runner.free, self.wcfg.max_batch,
+                                  length=lambda item: item[0].processor.buffer_duration):
+            for st, step in batch:
+                self._started(st, now)
+                st.session.start(step)
+            self.load.batch(len(batch))
+            self.counters["batches"] = self.counters.get("batches", 0) + 1
+            self.runner.submit_batch(self.asr, [(st.stream, st.session, step) for st, step in batch])
+        return None
+
+    def _started(self, st: StreamState, now: float) -> None:
+        self.load.started(now - st.due_since if st.due_since is not None else 0.0)
+        st.due_since = None
+
+    def _next_step(self, now: float) -> tuple[StreamState | None, Step | None]:
         """The stream whose step is most urgent: flushes and finishes first, then the oldest undecoded audio."""
         best, best_key, best_step = None, None, None
         for st in self.streams.values():
             step = st.session.due()
             if step is None:
+                st.due_since = None
                 continue
+            if st.due_since is None:
+                st.due_since = now
             key = st.session.priority()
             if best_key is None or key < best_key:
                 best, best_key, best_step = st, key, step

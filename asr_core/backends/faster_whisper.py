@@ -10,6 +10,10 @@ Options (all optional, given as keyword arguments or in the worker's
 ``num_workers``   CTranslate2 workers for concurrent calls (1)
 ``window``        ``short`` (default: encode only the audio there is) or
                   ``full`` (faster-whisper's own loop, padded to 30 s windows)
+``batch_pad``     seconds by which the windows of one batch may differ (1.0): in a
+                  batched call (``transcribe_batch``, the worker's ``batch: true``)
+                  buffers whose short windows are this close run as one batch, padded
+                  to the longest; others run in batches of their own
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def pick_device(device: str = "auto", compute_type: str = "auto") -> tuple[str, 
 class FasterWhisperASR(SegmentResults, ASRBase):
     backend_name = "faster-whisper"
     sep = ""  # words carry their own leading space
-    capabilities = Capabilities(quality_signals=True, concurrent=True)
+    capabilities = Capabilities(quality_signals=True, concurrent=True, batch=True)
 
     def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
         from faster_whisper import WhisperModel
@@ -60,6 +64,9 @@ class FasterWhisperASR(SegmentResults, ASRBase):
         self.device, self.compute_type = device, compute_type
         self.beam_size = int(opts.get("beam_size", 5))
         self.window = str(opts.get("window", "short"))
+        self.batch_pad = float(opts.get("batch_pad", 1.0))
+        if self.batch_pad < 0:
+            raise ValueError("faster-whisper option batch_pad must be >= 0 seconds")
         if self.window not in ("short", "full"):
             raise ValueError(f"faster-whisper option window must be 'short' or 'full', not {self.window!r}")
         resolved = resolve_ct2_model(modelsize, model_dir, cache_dir)
@@ -108,6 +115,31 @@ class FasterWhisperASR(SegmentResults, ASRBase):
         if self.window == "short" and len(audio) <= 29 * 16000 and not self.transcribe_kargs.get("vad_filter"):
             return self.decoder.decode(audio, init_prompt, self.original_language, task)
         return self._transcribe_full(audio, init_prompt, task)
+
+    def transcribe_batch(self, audios, prompts=None) -> list:
+        """Several streams' buffers at once: short windows run as batches (see ``batch_pad``)."""
+        prompts = list(prompts) if prompts is not None else [""] * len(audios)
+        if len(prompts) != len(audios):
+            raise ValueError(f"{len(audios)} buffers but {len(prompts)} prompts")
+        task = self.transcribe_kargs.get("task", "transcribe")
+        out: list = [None] * len(audios)
+        short: list[tuple[int, np.ndarray]] = []
+        for i, raw in enumerate(audios):
+            try:
+                audio = check_audio(raw)
+                if self.window == "short" and len(audio) <= 29 * 16000 and not self.transcribe_kargs.get("vad_filter"):
+                    short.append((i, audio))
+                else:
+                    out[i] = self._transcribe_full(audio, prompts[i], task)
+            except Exception as exc:  # noqa: BLE001 - this buffer fails, the others go on
+                out[i] = exc
+        if short:
+            decoded = self.decoder.decode_batch([a for _, a in short], [prompts[i] for i, _ in short],
+                                                self.original_language, task, max_pad_seconds=self.batch_pad,
+                                                max_batch=max(1, len(short)))
+            for (i, _), result in zip(short, decoded, strict=True):
+                out[i] = result
+        return out
 
     def _transcribe_full(self, audio: np.ndarray, init_prompt: str, task: str) -> list[Segment]:
         segments, _info = self.model.transcribe(
