@@ -83,13 +83,15 @@ class Window:
     prompt_tokens: int  # previous-text tokens of its prompt (0: none)
 
 
-def group_windows(windows: Sequence[Window], max_pad_frames: int, max_batch: int = 16) -> list[list[Window]]:
+def group_windows(windows: Sequence[Window], max_pad_frames: int, max_batch: int = 16,
+                  prompt_share: float | None = PROMPT_SHARE) -> list[list[Window]]:
     """Split ``windows`` into batches: similar window lengths, compatible prompts, at most ``max_batch`` each.
 
     Windows are taken shortest first; each joins the first open group whose shortest
     window is at most ``max_pad_frames`` shorter than it (the group is padded to its
-    longest) and whose prompts stay within :data:`PROMPT_SHARE` of each other in length;
-    a buffer without a prompt only joins others without one. Groups keep the order of
+    longest) and whose prompts stay within ``prompt_share`` of each other in length;
+    a buffer without a prompt only joins others without one (``prompt_share=None``: an
+    engine that pads prompts itself, any prompts together). Groups keep the order of
     their windows' lengths; the result is deterministic.
     """
     groups: list[list[Window]] = []
@@ -97,10 +99,13 @@ def group_windows(windows: Sequence[Window], max_pad_frames: int, max_batch: int
         for g in groups:
             if len(g) >= max_batch or w.frames - g[0].frames > max_pad_frames:
                 continue
+            if prompt_share is None:
+                g.append(w)
+                break
             lengths = [x.prompt_tokens for x in g] + [w.prompt_tokens]
             if (min(lengths) == 0) != (max(lengths) == 0):
                 continue
-            if min(lengths) < PROMPT_SHARE * max(lengths):
+            if min(lengths) < prompt_share * max(lengths):
                 continue
             g.append(w)
             break

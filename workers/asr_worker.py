@@ -76,6 +76,8 @@ class ASRWorker(Actor):
         self.counters.update({
             "commits": 0, "decodes": 0, "stream_errors": 0, "streams_total": 0,
             "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
+            # decode scheduling: jobs started (a batch is one), steps in them, seconds steps waited when due
+            "batches": 0, "batched_steps": 0, "queue_wait_s": 0.0,
         })
         self._ended_audio = 0.0  # audio seconds of streams that have ended
         self.batching = False  # set in setup(): batch is on and the backend batches
@@ -206,7 +208,7 @@ class ASRWorker(Actor):
                 self._started(st, now)
                 st.session.start(step)
                 self.runner.submit(st.stream, st.session, step)
-                self.load.batch(1)
+                self._batch_started(1)
                 if self.runner.concurrency == 1:
                     break  # inline: one decode per loop turn, so messages keep flowing
         self._collect()
@@ -251,14 +253,20 @@ class ASRWorker(Actor):
             for st, step in batch:
                 self._started(st, now)
                 st.session.start(step)
-            self.load.batch(len(batch))
-            self.counters["batches"] = self.counters.get("batches", 0) + 1
+            self._batch_started(len(batch))
             self.runner.submit_batch(self.asr, [(st.stream, st.session, step) for st, step in batch])
         return None
 
     def _started(self, st: StreamState, now: float) -> None:
-        self.load.started(now - st.due_since if st.due_since is not None else 0.0)
+        waited = max(0.0, now - st.due_since) if st.due_since is not None else 0.0
+        self.load.started(waited)
+        self.counters["queue_wait_s"] = round(self.counters["queue_wait_s"] + waited, 3)
         st.due_since = None
+
+    def _batch_started(self, steps: int) -> None:
+        self.load.batch(steps)
+        self.counters["batches"] += 1
+        self.counters["batched_steps"] += steps
 
     def _next_step(self, now: float) -> tuple[StreamState | None, Step | None]:
         """The stream whose step is most urgent: flushes and finishes first, then the oldest undecoded audio."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..batching import PROMPT_SHARE, Window, group_windows
 from ..result import Segment, compression_ratio
 
 SAMPLING_RATE = 16000
@@ -57,6 +58,10 @@ class WindowOptions:
 
 
 class WindowDecoder:
+    # CTranslate2 decodes a batch only with prompts of one length: the longer ones are cut
+    # to the shortest of their group (asr_core.batching.group_windows)
+    prompt_share: float | None = PROMPT_SHARE
+
     def __init__(self, whisper_model, options: WindowOptions):
         # whisper_model: faster_whisper.WhisperModel (for its tokenizer and features)
         self.wm = whisper_model
@@ -162,7 +167,6 @@ class WindowDecoder:
     def _decode_windows(self, audios: list, prompts: list[str], languages: list, task: str,
                         max_pad_frames: int = 0, max_batch: int = 16) -> list:
         """One window per buffer: ``(segments, language)`` or the exception, per buffer."""
-        from ...batching import Window, group_windows
 
         results: list = [None] * len(audios)
         windows, prompt_tokens = [], {}
@@ -177,7 +181,7 @@ class WindowDecoder:
                 results[i] = exc
                 continue
             windows.append(Window(i, self.window_frames(len(audio)), len(prompt_tokens[i])))
-        for group in group_windows(windows, max_pad_frames, max_batch):
+        for group in group_windows(windows, max_pad_frames, max_batch, self.prompt_share):
             items = [w.index for w in group]
             try:
                 self._decode_group(items, audios, prompt_tokens, languages, task, results)
@@ -286,7 +290,8 @@ class WindowDecoder:
         return out + list(tokenizer.sot_sequence)
 
     # -- parse timestamp tokens into segments -------------------------------
-    def _split(self, tokenizer, tokens: list[int], duration: float) -> list[Segment]:
+    @staticmethod
+    def _split(tokenizer, tokens: list[int], duration: float) -> list[Segment]:
         ts0 = tokenizer.timestamp_begin
         eot = tokenizer.eot
         segments: list[Segment] = []
@@ -320,7 +325,8 @@ class WindowDecoder:
         return [s for s in segments if s.text.strip()]
 
     # -- word timestamps by cross-attention alignment ------------------------
-    def _add_words(self, tokenizer, segments: list[Segment], aligned, text_tokens: list[int], duration: float):
+    @staticmethod
+    def _add_words(tokenizer, segments: list[Segment], aligned, text_tokens: list[int], duration: float):
         """Word times (and probabilities) from ``aligned``: CTranslate2's alignment of ``text_tokens``."""
         text_idx = np.array([p[0] for p in aligned.alignments])
         time_idx = np.array([p[1] for p in aligned.alignments])
