@@ -26,6 +26,16 @@ def cut(name: str, beg: float, end: float) -> np.ndarray:
     return load_audio(clip_path(name))[int(beg * SR):int(end * SR)]
 
 
+def passage_wer(reference_text: str, hypothesis: str) -> float:
+    """WER of ``hypothesis`` against the passage of ``reference_text`` it matches best (same number of words)."""
+    from apps.bench.evaluation import edit_distance, normalize
+
+    ref, hyp = normalize(reference_text).split(), normalize(hypothesis).split()
+    if not hyp:
+        return 1.0
+    return min(edit_distance(ref[i:i + len(hyp)], hyp) for i in range(max(1, len(ref) - len(hyp) + 1))) / len(hyp)
+
+
 def texts(asr, results) -> list[str]:
     return ["".join(w[2] for w in asr.ts_words(r)).strip() for r in results]
 
@@ -38,7 +48,9 @@ def test_the_same_buffers_give_the_same_words_batched_and_alone(tiny_en):
     batched = tiny_en.transcribe_batch(buffers, [prompt] * len(buffers))
     assert texts(tiny_en, batched) == texts(tiny_en, alone)
     for a, b in zip(alone, batched, strict=True):
-        assert [w[:2] for w in tiny_en.ts_words(a)] == pytest.approx([w[:2] for w in tiny_en.ts_words(b)], abs=0.021)
+        times_a = [t for w in tiny_en.ts_words(a) for t in w[:2]]
+        times_b = [t for w in tiny_en.ts_words(b) for t in w[:2]]
+        assert times_b == pytest.approx(times_a, abs=0.021)
     assert all(len(t.split()) >= 6 for t in texts(tiny_en, batched))
 
 
@@ -53,10 +65,8 @@ def test_a_batch_of_different_lengths_and_prompts_decodes_each_buffer(tiny_en):
     for (name, beg, end), b, a in zip(spans, texts(tiny_en, batched), texts(tiny_en, alone), strict=True):
         err, n = word_errors(a, b)
         assert ratio(err, n) <= 0.25, (name, beg, a, b)  # padded to the group's window, words may differ a little
-        ref = set(word.strip(".,").lower() for word in reference(name).split())
-        heard = [word.strip(".,").lower() for word in b.split()]
-        assert len(heard) >= 3 * (end - beg) / 2.5 * 0.5, (name, b)
-        assert sum(w in ref for w in heard) >= 0.8 * len(heard), (name, b)  # its own clip's words
+        assert len(b.split()) >= 1.2 * (end - beg), (name, b)  # about 2.5 words a second are spoken
+        assert passage_wer(reference(name), b) <= 0.35, (name, b)  # the words of its own clip, at that point
     for r, (_, beg, end) in zip(batched, spans, strict=True):
         ws = tiny_en.ts_words(r)
         assert all(0.0 <= w[0] <= w[1] <= end - beg + 1e-3 for w in ws)
@@ -111,8 +121,9 @@ def test_when_a_whole_batched_call_fails_the_streams_are_decoded_one_by_one(tiny
     assert stats.fallbacks == 1
     assert "this buffer fails" in str(results[1].error)
     assert results[0].error is None and results[2].error is None
-    heard = [s.processor.partial().text.lower() for s in (sessions[0], sessions[2])]
-    assert "good morning" in heard[0] and "railway" in heard[1]
+    heard = [(r.commit.text + " " + s.processor.partial().text).lower()  # committed early, or not yet
+             for s, r in ((sessions[0], results[0]), (sessions[2], results[2]))]
+    assert "good morning" in heard[0] and "railway" in heard[1], heard
 
 
 def test_streams_replayed_together_in_batches_commit_what_each_commits_alone(tiny_en):
@@ -165,3 +176,40 @@ def test_streams_replayed_together_in_batches_commit_what_each_commits_alone(tin
         ref = " ".join(reference_text(clip_path(name)).split()[: len(b.split())])
         err, n = word_errors(ref, b)
         assert ratio(err, n) < 0.3, (name, b)
+
+
+@pytest.fixture(scope="module")
+def torch_tiny_en():
+    """The torch-whisper backend on the bundled tiny.en (converted on load), CPU float32."""
+    pytest.importorskip("torch")
+    import torch
+
+    from asr_core.registry import create_backend
+
+    torch.set_num_threads(1)
+    return create_backend("torch-whisper", "en", "tiny.en", device="cpu")
+
+
+def test_the_torch_backend_hears_what_faster_whisper_hears(tiny_en, torch_tiny_en):
+    buffers = [cut("weather", 0.0, 4.5), cut("history", 2.0, 8.0)]
+    prompts = ["", "The first public railway opened"]
+    ours = texts(torch_tiny_en, [torch_tiny_en.transcribe(b, init_prompt=p) for b, p in zip(buffers, prompts,
+                                                                                        strict=True)])
+    ct2 = texts(tiny_en, [tiny_en.transcribe(b, init_prompt=p) for b, p in zip(buffers, prompts, strict=True)])
+    for a, b in zip(ours, ct2, strict=True):
+        err, n = word_errors(b, a)
+        assert ratio(err, n) <= 0.2, (a, b)
+    ws = torch_tiny_en.ts_words(torch_tiny_en.transcribe(buffers[0]))
+    assert ws[0][2].strip() == "Good" and all(0.0 <= w[0] <= w[1] <= 4.5 for w in ws)
+    assert [w[0] for w in ws] == sorted(w[0] for w in ws)
+
+
+def test_the_torch_backend_batches_prompts_of_any_length_without_cutting_them(torch_tiny_en):
+    # the same 7 s window for all three, prompts of 0, 3 and 20 words: one batch, each decoded as alone
+    buffers = [cut("weather", 0.0, 4.5), cut("kitchen", 3.0, 7.5), cut("meeting", 5.0, 9.2)]
+    prompts = ["", "Welcome to cooking.", "Thanks everyone for joining the meeting this morning, we have a lot to "
+               "cover today so let us get started with the"]
+    batched = torch_tiny_en.transcribe_batch(buffers, prompts)
+    alone = [torch_tiny_en.transcribe(b, init_prompt=p) for b, p in zip(buffers, prompts, strict=True)]
+    assert texts(torch_tiny_en, batched) == texts(torch_tiny_en, alone)
+    assert all(len(t.split()) >= 5 for t in texts(torch_tiny_en, batched))

@@ -230,3 +230,56 @@ def test_a_batching_worker_decodes_due_streams_together_and_reports_the_load():
     assert "queue_wait_ms" in info["decode_queue"]
     # one more batch than backend calls: the three finishes had no audio left to decode
     assert worker.counters["batches"] == len(worker.asr.batch_calls) + 1
+
+
+def test_the_worker_batch_options_are_checked_with_the_config():
+    from pipeline.config_schema import SectionError, WorkerConfig
+
+    w = WorkerConfig()
+    assert w.batch is True and w.max_batch == 16 and w.batch_window_ms == 10.0
+    WorkerConfig(batch=False, batch_window_ms=0.0, max_batch=1).check()
+    with pytest.raises(SectionError, match="max_batch"):
+        WorkerConfig(max_batch=0).check()
+    with pytest.raises(SectionError, match="batch_window_ms"):
+        WorkerConfig(batch_window_ms=-1.0).check()
+
+
+def test_dtw_finds_the_monotonic_path_through_a_cost_matrix():
+    pytest.importorskip("torch")
+    from asr_core.backends.torch_decode import dtw
+
+    cost = np.ones((3, 6))
+    for i, j in [(0, 0), (0, 1), (1, 2), (1, 3), (2, 4), (2, 5)]:
+        cost[i, j] = 0.0  # token 0 on frames 0-1, token 1 on 2-3, token 2 on 4-5
+    tokens, frames = dtw(cost)
+    assert frames.tolist() == [0, 1, 2, 3, 4, 5] and tokens.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "one at a time"])
+def test_live_streams_in_one_process_commit_every_word_and_measure_latency(batch):
+    from apps.bench.inprocess import round_figures, run_round
+
+    asr = BatchingTimeline(words("one two three", start=0.1, dur=0.3, gap=0.2))  # 0.1 .. 1.4
+    events = [(round((k + 1) / 10, 1), [("audio", k / 10, ramp(k / 10, (k + 1) / 10))]) for k in range(15)]
+    events.append((1.5, [("end", 1.5)]))
+    rr = run_round(asr, events, 3, batch, schedule=Schedule(0.5))
+    fig = round_figures(rr, "one two three", max_p90=2.0, max_tail_lag=2.0,
+                        wer=lambda ref, hyp: 0.0 if ref == hyp else 1.0)
+    assert rr["transcripts"] == ["one two three"] * 3 and fig["wer"] == 0.0
+    assert fig["held"] and fig["words"] == 9 and 0.0 <= fig["p50"] <= fig["p90"] < 1.5
+    assert (max(asr.batch_calls) == 3) if batch else not asr.batch_calls
+
+
+def test_the_in_process_capacity_search_bisects_after_the_first_failure():
+    from apps.bench.inprocess import search
+
+    tried = []
+
+    def measure(n):
+        tried.append(n)
+        return {"held": n <= 21}
+
+    res = search(measure, [1, 8, 16, 32, 64], budget_s=60, refine=3)
+    assert tried == [1, 8, 16, 32, 24, 20, 22] and res["capacity"] == 20 and res["bound"] == "lower"
+    res = search(lambda n: {"held": n <= 21}, [1, 8, 16, 32, 64], budget_s=60, refine=9)
+    assert res["capacity"] == 21 and res["bound"] == "exact"
