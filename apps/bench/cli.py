@@ -204,7 +204,7 @@ class Bench:
         sampler = Sampler().start()
         session = BenchSession(cfg, self.template, self.out / name, sampler, verbose=self.args.verbose)
         rounds, cap_rounds, capacity = [], [], None
-        tag = "" if name == "pipeline" else f"{name} "
+        tag = "" if name == "pipeline" else f"{name}-"
         bar = self.bar(f"starting the {name}", 1, "")
         try:
             session.start()
@@ -222,7 +222,7 @@ class Bench:
                     return fig
 
                 capacity = search(step, self.cap_opts, self.cap_clip.name)
-                self.say(f"{tag}capacity: {capacity['capacity']} stream(s) ({capacity['bound']})")
+                self.say(f"{name} capacity: {capacity['capacity']} stream(s) ({capacity['bound']})")
         finally:
             bar.close()
             session.stop()

@@ -5,7 +5,7 @@ Options (all optional, given as keyword arguments or in the worker's
 
 ``device``        ``auto`` (CUDA when a GPU is present, else CPU), ``cpu``, ``cuda``
 ``compute_type``  ``auto`` (float16 on CUDA, int8 on CPU) or any CTranslate2 type
-``beam_size``     beam width (5)
+``beam_size``     beam width (3)
 ``cpu_threads``   threads per decode call (1: the cheapest in CPU seconds)
 ``num_workers``   CTranslate2 workers for concurrent calls (1)
 ``window``        ``short`` (default: encode only the audio there is) or
@@ -62,7 +62,7 @@ class FasterWhisperASR(SegmentResults, ASRBase):
         opts = self.options
         device, compute_type = pick_device(opts.get("device", "auto"), opts.get("compute_type", "auto"))
         self.device, self.compute_type = device, compute_type
-        self.beam_size = int(opts.get("beam_size", 5))
+        self.beam_size = int(opts.get("beam_size", WindowOptions.beam_size))
         self.window = str(opts.get("window", "short"))
         self.batch_pad = float(opts.get("batch_pad", 1.0))
         if self.batch_pad < 0:

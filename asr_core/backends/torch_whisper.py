@@ -4,7 +4,7 @@ Options (all optional, given as keyword arguments or in the worker's ``options:`
 
 ``device``        ``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda``, ``cuda:N``
 ``dtype``         ``auto`` (float16 on CUDA, float32 on CPU), ``float16``, ``bfloat16``, ``float32``
-``beam_size``     beam width (5)
+``beam_size``     beam width (3, as the faster-whisper backend)
 ``batch_pad``     seconds by which the windows of one batch may differ (2.0; a GPU pads cheaply)
 
 Weights: ``model_dir`` is a *prepared folder* (int8 matrices with per-row scales, made by
@@ -77,7 +77,7 @@ class TorchWhisperASR(SegmentResults, ASRBase):
         model, config, filters = load_model(folder, self.device, self.dtype)
         hf = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.decoder = TorchWindowDecoder(model, config, filters, hf, WindowOptions(
-            beam_size=int(opts.get("beam_size", 5)),
+            beam_size=int(opts.get("beam_size", WindowOptions.beam_size)),
             max_initial_timestamp=float(opts.get("max_initial_timestamp", 1.0)),
         ), self.device, self.dtype)
         if not self.decoder.multilingual and self.original_language not in (None, "en"):
