@@ -196,6 +196,14 @@ class StreamingSession:
             return Step.DECODE
         return None
 
+    def due_in(self) -> float | None:
+        """Seconds of audio still to come before the next decode is due (0: due now; None: nothing will be)."""
+        if self.ended or self.running is not None:
+            return None
+        if self.pending is not None:
+            return 0.0
+        return max(0.0, self.schedule.min_chunk_size - self.processor.undecoded_seconds)
+
     def priority(self) -> tuple:
         """Sort key among sessions with a due step: pending flushes/finishes first, then the oldest undecoded audio."""
         return (0 if self.pending is not None else 1, -self.processor.undecoded_seconds)

@@ -179,7 +179,7 @@ class WorkerConfig:
     max_streams: int = 16  # live streams at once; messages of further new streams are refused (counted)
     concurrency: int = 0  # decode threads; 0: one per core (up to 4) when the backend allows it, else 1
     batch: bool = True  # decode streams that are due together in one batched call (backends that batch)
-    batch_window_ms: float = 10.0  # a due decode waits this long for other streams to join its batch
+    batch_window_ms: float = 50.0  # a due decode waits this long for streams about to be due to join its batch
     max_batch: int = 16  # streams in one batch at most
     utterance_gap: float = _SCHEDULE.utterance_gap  # a pause longer than this starts a fresh audio buffer
     settle_sec: float = _STREAMING.settle_sec  # commit a word this long after it was heard even without agreement

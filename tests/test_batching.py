@@ -236,7 +236,7 @@ def test_the_worker_batch_options_are_checked_with_the_config():
     from pipeline.config_schema import SectionError, WorkerConfig
 
     w = WorkerConfig()
-    assert w.batch is True and w.max_batch == 16 and w.batch_window_ms == 10.0
+    assert w.batch is True and w.max_batch == 16 and w.batch_window_ms == 50.0
     WorkerConfig(batch=False, batch_window_ms=0.0, max_batch=1).check()
     with pytest.raises(SectionError, match="max_batch"):
         WorkerConfig(max_batch=0).check()
@@ -283,3 +283,37 @@ def test_the_in_process_capacity_search_bisects_after_the_first_failure():
     assert tried == [1, 8, 16, 32, 24, 20, 22] and res["capacity"] == 20 and res["bound"] == "lower"
     res = search(lambda n: {"held": n <= 21}, [1, 8, 16, 32, 64], budget_s=60, refine=9)
     assert res["capacity"] == 21 and res["bound"] == "exact"
+
+
+def test_a_due_stream_waits_briefly_only_for_a_stream_about_to_be_due():
+    from pipeline import messages as m
+    from pipeline.config import BusConfig, WorkerConfig
+    from tests.test_asr_worker import RecordingPublisher
+    from workers.asr_worker import ASRWorker
+    from workers.decode_jobs import DecodeRunner
+
+    def worker_with(seconds: dict):
+        worker = ASRWorker("asr", BusConfig(), WorkerConfig(name="asr", batch_window_ms=50.0))
+        worker.asr = BatchingTimeline(TIMELINE, start_of=lambda audio: 0.0)
+        worker.runner, worker.batching, worker.pub = DecodeRunner(1), True, RecordingPublisher()
+        for stream, secs in seconds.items():
+            samples, k = int(round(secs * 16000)), 0
+            while k * 1600 < samples:  # 0.1 s frames, the last one shorter
+                pcm = np.full(min(1600, samples - k * 1600), 100, dtype="<i2").tobytes()
+                worker.receive(m.encode(f"speech.{stream}", m.Audio(stream=stream, seq=k, t=k / 10, pcm=pcm)))
+                k += 1
+        return worker
+
+    lone = worker_with({"a": 1.0, "b": 0.5})  # b is half a second from due: a goes at once
+    lone.tick(10.0)
+    assert lone.asr.batch_calls == [1]
+    near = worker_with({"a": 1.0, "b": 0.9})  # b is one frame (0.1 s) from due... beyond 50 ms: a goes at once
+    near.tick(10.0)
+    assert near.asr.batch_calls == [1]
+    close = worker_with({"a": 1.0, "b": 0.96})  # 40 ms from due: a waits for it
+    close.tick(10.0)
+    assert close.asr.batch_calls == [] and close.poll_ms <= 51
+    pcm = np.full(1600, 100, dtype="<i2").tobytes()
+    close.receive(m.encode("speech.b", m.Audio(stream="b", seq=10, t=0.96, pcm=pcm[:1280])))
+    close.tick(10.02)
+    assert close.asr.batch_calls == [2]

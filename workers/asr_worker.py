@@ -231,22 +231,24 @@ class ASRWorker(Actor):
 
     def _start_batches(self, now: float) -> int | None:
         """Start the due streams' steps as batches (one per free thread); ms to wait for more to join, or None."""
-        due, others = [], 0
+        window = self.wcfg.batch_window_ms / 1000.0
+        due, near = [], False
         for st in self.streams.values():
             step = None if st.stream in self.runner.running else st.session.due()
             if step is None:
                 st.due_since = None
-                others += st.stream not in self.runner.running and not st.session.ended
+                if st.stream not in self.runner.running:  # will it be due within the window?
+                    missing = st.session.due_in()
+                    near = near or (missing is not None and missing <= window)
                 continue
             if st.due_since is None:
                 st.due_since = now
             due.append((st, step))
         if not due or self.runner.free <= 0:
             return None
-        window = self.wcfg.batch_window_ms / 1000.0
         oldest = min(st.due_since for st, _ in due)
-        if others and now - oldest < window and len(due) < self.runner.free * self.wcfg.max_batch:
-            return int((oldest + window - now) * 1000) + 1  # others may become due: gather a little longer
+        if near and now - oldest < window and len(due) < self.runner.free * self.wcfg.max_batch:
+            return int((oldest + window - now) * 1000) + 1  # another stream is about to be due: let it join
         due.sort(key=lambda item: item[0].session.priority())
         for batch in plan_batches(due, self.runner.free, self.wcfg.max_batch,
                                   length=lambda item: item[0].processor.buffer_duration):

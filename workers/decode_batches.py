@@ -11,7 +11,8 @@ batches grow and every stream's next decode covers more new audio, all together:
 is left behind while others decode every second (a stream that waited longer has more
 undecoded audio, which puts it first). When it keeps up, a stream is decoded as soon as it
 is due, after a short gathering window (``batch_window_ms``) in which other streams that
-become due join it; the window is skipped when no other stream could join.
+become due join it; the window is skipped when no other stream will be due within it
+(:meth:`asr_core.streaming.StreamingSession.due_in`), so a lone stream never waits.
 
 :class:`DecodeLoad` keeps what the heartbeat reports: how long due steps waited for a
 thread (queue wait) and how many streams each batch held.
