@@ -1,7 +1,8 @@
 """Figures of the measured pipeline against itself under load, and against ``--baseline``.
 
 * **WER under load**: the mean WER of the capacity round at the capacity point (every stream
-  plays the capacity clip) minus that of its one-stream round: what a full worker costs in
+  plays the capacity clip) minus that of its one-stream round (or, when the search started
+  above one stream, of the one-stream clip round of that clip): what a full worker costs in
   accuracy.
 * With ``--baseline``: the capacity of the measured pipeline over the baseline's (measured in
   the same run, on the same clip), and one stream's latency (p50, p90) and WER in the clip
@@ -26,6 +27,9 @@ def wer_under_load(part: dict) -> tuple[float | None, str | None, dict]:
         return None, "capacity not measured (run with --capacity)", {}
     n = cap.get("capacity") or 0
     one, full = _capacity_round(part, 1), _capacity_round(part, n)
+    if one is None:  # the search started above one stream: the clip round of the capacity clip, one stream
+        one = next((f for f in part.get("rounds") or [] if f.get("clip") == cap.get("clip") and f.get("streams") == 1),
+                   None)
     if n < 1 or one is None or full is None:
         return None, "no capacity round held", {}
     if one.get("wer") is None or full.get("wer") is None:
