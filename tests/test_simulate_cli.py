@@ -99,7 +99,8 @@ def test_comp_unaware_output_is_one_line_per_commit_in_stream_order(voxpipe_cli,
     # commits come in stream order
     for prev, row in zip(rows, rows[1:], strict=False):
         assert row[1] >= prev[2] - 100, (prev, row)
-    assert rows[-1][0] == 7500  # the last commit is made by finish() at the end of the audio
+    # the last words come out at the pause after them (the VAD's speech end), or at the end of the audio
+    assert rows[-1][0] <= 7500 and rows[-1][2] <= rows[-1][0]
     text = " ".join(r[3] for r in rows)
     assert wer(FIRST_TWO, text) <= 0.25, text
     # logs go to stderr, never to stdout
