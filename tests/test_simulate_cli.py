@@ -113,8 +113,10 @@ def test_real_time_mode_emits_in_wall_clock_order(voxpipe_cli, short_excerpt):
     assert proc.returncode == 0, proc.stderr
     rows = parse(proc.stdout)
     assert_well_formed(rows, 3000)
-    # the audio "arrives" at wall-clock speed: the last emission is after 3 s
-    assert rows[-1][0] >= 3000
+    # the audio "arrives" at wall-clock speed: no word comes out before it was spoken, and the
+    # last one (heard at the pause after the sentence, ~2.6 s, or at the end) no sooner than that
+    assert all(end <= emit for emit, _beg, end, _ in rows)
+    assert rows[-1][0] >= 2400
     assert "meeting" in normalize(" ".join(r[3] for r in rows)).split()
 
 
