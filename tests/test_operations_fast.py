@@ -222,3 +222,29 @@ def test_top_quits_on_ctrl_c(broker_pipeline):
         assert tmux("has-session", "-t", "top", socket=sock).returncode != 0, "top still running after Ctrl-C"
     finally:
         tmux("kill-server", socket=sock)
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_metrics_actor_exports():
+    import re
+
+    from prometheus_client import generate_latest
+
+    from workers.metrics_registry import ACTOR_COUNTERS, ROLE_COUNTERS, BusMetrics
+
+    bm = BusMetrics()
+    now = time.monotonic()
+    every = {k: 1 for k in ACTOR_COUNTERS} | {k: 1 for k in ROLE_COUNTERS["worker"]}
+    bm.observe("status.asr", heartbeat("asr", "worker", 0, every, {"max_streams": 4, "concurrency": 2,
+                                                                   "rss_bytes": 10}), now=now)
+    bm.observe("status.broker", heartbeat("broker", "broker", 0, {k: 1 for k in ROLE_COUNTERS["broker"]}), now=now)
+    w0 = time.time() - 5
+    bm.observe("transcript.asr.s", m.Commit(stream="s", seq=0, end=1.0, words=[[0.5, 1.0, "a"]], worker="asr",
+                                            emitted=w0 + 2, wall0=w0), now=now)
+    bm.observe("partial.asr.s", m.Partial(stream="s", seq=0, text="a", worker="asr"), now=now)
+    bm.observe("transcript.asr.s", m.Error(stream="s", seq=1, message="x", worker="asr"), now=now)
+    bm.observe("transcript.asr.s", m.EndOfStream(stream="s", seq=3, worker="asr"), now=now)
+    exported = {s.name for f in families(generate_latest(bm.registry).decode()).values() for s in f.samples}
+    dash = json.loads((ROOT / "deploy" / "grafana" / "voxpipe-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\bvoxpipe_[a-z_]+", e)}
+    assert len(used) >= 15 and used <= exported, sorted(used - exported)
