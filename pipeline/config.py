@@ -253,6 +253,8 @@ def _check_http_ports(cfg: Config, ports: dict, fail) -> None:
             if name == cfg.metrics.name and cfg.metrics.enabled:
                 continue  # the metrics actor answers /healthz and /readyz on its metrics port
             port = cfg.health.port_for(name, names)
+            if port is None:
+                continue
             if port in http or port in ports:
                 fail(f"health: port {port} of actor {name!r} clashes with {http.get(port) or ports.get(port)}")
             http[port] = f"the health port of {name!r}"

@@ -259,7 +259,8 @@ class Actor:
         try:
             self.http = HealthServer(addr[0], addr[1], self.readiness, self.http_routes()).start()
         except OSError as exc:
-            raise ConfigError(f"{self.name}: cannot listen on http://{addr[0]}:{addr[1]}: {exc.strerror or exc}") from None
+            where = f"http://{addr[0]}:{addr[1]}"
+            raise ConfigError(f"{self.name}: cannot listen on {where}: {exc.strerror or exc}") from None
         self.log.info("health endpoints on http://%s:%d/healthz and /readyz", addr[0], self.http.port)
 
     def stop_http(self) -> None:

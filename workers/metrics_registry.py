@@ -168,7 +168,7 @@ class BusMetrics(Collector):
 
         pools: dict[str, list] = {}
         for peer, up, age in peers:
-            labels = dict(zip(LABELS, peer_labels(peer)))
+            labels = dict(zip(LABELS, peer_labels(peer), strict=True))
             add("voxpipe_actor_up", "1 while the actor's heartbeats come (dead after 3 missed).", "gauge", labels,
                 1 if up else 0)
             add("voxpipe_actor_ready", "1 while the actor reports ready (and is up).", "gauge", labels,
