@@ -49,12 +49,16 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
 
     Defaults: ``VOXPIPE_LOG_LEVEL`` / ``VOXPIPE_LOG_FORMAT``, else INFO and text.
     """
-    from pipeline.logformat import formatter
+    from pipeline.logformat import FORMATS, formatter
 
     level = (level or os.environ.get("VOXPIPE_LOG_LEVEL") or "INFO").upper()
+    fmt = (fmt or os.environ.get("VOXPIPE_LOG_FORMAT") or "text").lower()
+    fmt = fmt if fmt in FORMATS else "text"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter((fmt or os.environ.get("VOXPIPE_LOG_FORMAT") or "text").lower()))
+    handler.setFormatter(formatter(fmt))
     logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler])
+    if fmt == "json":
+        logging.captureWarnings(True)  # library warnings become JSON lines too
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -202,6 +202,21 @@ def tmux(*args: str, socket: str) -> subprocess.CompletedProcess:
     return subprocess.run(["tmux", "-L", socket, *args], capture_output=True, text=True, timeout=10)
 
 
+def wait_screen(sock: str, predicate, timeout: float = 20.0) -> str:
+    """The pane's text once ``predicate(text)`` holds (or the last one after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline and not predicate(screen):
+        time.sleep(0.3)
+        screen = tmux("capture-pane", "-p", "-t", "top", socket=sock).stdout
+    return screen
+
+
+def broker_ready(screen: str) -> bool:
+    """top's table has the broker's row: name, role, pool, state ready."""
+    return any(line.split()[:4] == ["broker", "broker", "broker", "ready"] for line in screen.splitlines())
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt: tmux)")
 def test_top_quits_on_ctrl_c(broker_pipeline):
     p, cfg, _ = broker_pipeline
@@ -209,12 +224,8 @@ def test_top_quits_on_ctrl_c(broker_pipeline):
     cmd = top_command(cfg)
     try:
         assert tmux("new-session", "-d", "-s", "top", "-x", "160", "-y", "20", cmd, socket=sock).returncode == 0
-        deadline = time.monotonic() + 20
-        screen = ""
-        while time.monotonic() < deadline and "ready" not in screen:
-            time.sleep(0.3)
-            screen = tmux("capture-pane", "-p", "-t", "top", socket=sock).stdout
-        assert "broker" in screen and "ready" in screen, screen
+        screen = wait_screen(sock, broker_ready)
+        assert broker_ready(screen), screen
         tmux("send-keys", "-t", "top", "C-c", socket=sock)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and tmux("has-session", "-t", "top", socket=sock).returncode == 0:
@@ -248,3 +259,28 @@ def test_the_grafana_dashboard_reads_only_metrics_the_metrics_actor_exports():
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     used = {name for e in exprs for name in re.findall(r"\bvoxpipe_[a-z_]+", e)}
     assert len(used) >= 15 and used <= exported, sorted(used - exported)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt: tmux)")
+def test_status_and_top_read_a_curve_bus_with_the_configs_keys(tmp_path):
+    """With CURVE on, status and top see the actors through the config's client keys (and quit on q)."""
+    from pipeline.security import create_keys
+
+    keys = tmp_path / "keys"
+    create_keys(keys)
+    sock = f"voxpipe-test-{time.monotonic_ns()}"
+    with Pipeline(tmp_path / "p", curve_keys=keys) as p:
+        cfg = p.write_config("vad: {enabled: false}\n")
+        rc, out, _ = status(cfg)
+        assert rc == 0 and out.split()[:3] == ["broker", "broker", "ready"], out
+        try:
+            tmux("new-session", "-d", "-s", "top", "-x", "160", "-y", "20", top_command(cfg), socket=sock)
+            screen = wait_screen(sock, broker_ready)
+            assert "(CURVE)" in screen and broker_ready(screen), screen
+            tmux("send-keys", "-t", "top", "q", socket=sock)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and tmux("has-session", "-t", "top", socket=sock).returncode == 0:
+                time.sleep(0.1)
+            assert tmux("has-session", "-t", "top", socket=sock).returncode != 0, "top still running after q"
+        finally:
+            tmux("kill-server", socket=sock)
