@@ -284,3 +284,31 @@ def test_status_and_top_read_a_curve_bus_with_the_configs_keys(tmp_path):
             assert tmux("has-session", "-t", "top", socket=sock).returncode != 0, "top still running after q"
         finally:
             tmux("kill-server", socket=sock)
+
+
+def test_voxpipe_up_starts_the_metrics_actor_and_the_health_listeners(tmp_path):
+    """The plan (and so ``voxpipe up`` and the process-manager exports) runs the metrics actor last."""
+    import signal
+
+    from apps.plan import actor_processes
+    from tests.procs import Bus, Session
+
+    bus, health, metrics = Bus.free(), free_port(), free_port()
+    path = tmp_path / "ops.yaml"
+    path.write_text(bus.yaml() + f"vad: {{enabled: false}}\nhealth: {{enabled: true, port: {health}}}\n"
+                    f"metrics: {{enabled: true, port: {metrics}}}\n")
+    procs = actor_processes(load_config(path))
+    assert [(p.name, p.role) for p in procs] == [("broker", "broker"), ("metrics", "metrics")]
+    assert procs[-1].argv[-5:] == ("metrics", "--config", str(path), "--name", "metrics")
+    up = Session(VOXPIPE + ["up", str(path)], tmp_path / "up.log")
+    try:
+        assert wait_http(f"http://127.0.0.1:{metrics}/readyz", 200)[0] == 200, up.log()
+        assert wait_http(f"http://127.0.0.1:{health}/readyz", 200)[0] == 200, up.log()  # the broker, first actor
+        rc, out, _ = status(path)
+        assert rc == 0, out
+        fams = families(http_get(f"http://127.0.0.1:{metrics}/metrics")[1])
+        assert sample(fams, "voxpipe_actor_up", actor="broker", role="broker") == 1
+        up.popen.send_signal(signal.SIGINT)
+        assert up.popen.wait(20) == 130
+    finally:
+        up.cleanup()
