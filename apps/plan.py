@@ -1,7 +1,7 @@
 """The process plan of a pipeline: one command line per actor in a config.
 
 Order (also the start order): broker, sources (``capture``), the VAD when
-enabled, workers, sinks, the web page when enabled. Every line reads
+enabled, workers, sinks, the web page when enabled, the metrics actor when enabled. Every line reads
 ``NAME: <voxpipe> <role> --config CONFIG --name NAME``.
 
 ``<voxpipe>`` is the ``voxpipe`` console script next to the running Python
@@ -31,7 +31,7 @@ STOP_STAGES = (("capture", "web"), ("vad",), ("worker",), ("sink",), ("broker",)
 @dataclass(frozen=True)
 class ActorProcess:
     name: str
-    role: str  # the voxpipe subcommand: broker | capture | vad | worker | sink | web
+    role: str  # the voxpipe subcommand: broker | capture | vad | worker | sink | web | metrics
     argv: tuple  # full command line
 
     @property
@@ -66,6 +66,9 @@ def actor_processes(cfg: Config, config_path: str | None = None, portable: bool 
     procs = [ActorProcess(name, role, tuple(exe + [role, "--config", path, "--name", name])) for name, role in roles]
     if cfg.web.enabled:
         procs.append(ActorProcess(cfg.web.name, "web", tuple(exe + ["web", "--config", path, "--name", cfg.web.name])))
+    if cfg.metrics.enabled:  # the metrics actor (workers/metrics.py); stops with the sinks
+        name = cfg.metrics.name
+        procs.append(ActorProcess(name, "metrics", tuple(exe + ["metrics", "--config", path, "--name", name])))
     return procs
 
 

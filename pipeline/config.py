@@ -30,6 +30,8 @@ from .config_schema import (  # noqa: F401 - the sections are part of this modul
     BrokerConfig,
     BusConfig,
     Config,
+    HealthConfig,
+    MetricsConfig,
     SectionError,
     SecurityConfig,
     SinkConfig,
@@ -42,9 +44,9 @@ from .errors import ConfigError
 from .yaml_typed import build, expand_env, expand_tree  # noqa: F401 (expand_env: part of this module's API)
 
 __all__ = ["ConfigError", "Config", "Override", "load_config", "BusConfig", "WorkerConfig", "SourceConfig",
-           "SinkConfig", "VADConfig", "WebConfig", "BrokerConfig", "SecurityConfig"]
+           "SinkConfig", "VADConfig", "WebConfig", "BrokerConfig", "SecurityConfig", "HealthConfig", "MetricsConfig"]
 
-SECTIONS = ("bus", "broker", "vad", "web")  # the mapping sections; LIST_ITEMS has the list ones
+SECTIONS = ("bus", "broker", "vad", "web", "health", "metrics")  # the mapping sections; LIST_ITEMS has the list ones
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,9 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
         _check_section(getattr(cfg, key), key, file)
     if cfg.web.enabled:
         _check_section(cfg.web, "web", file)
+    for key in ("health", "metrics"):
+        if getattr(cfg, key).enabled:
+            _check_section(getattr(cfg, key), key, file)
     for section in LIST_ITEMS:
         for i, item in enumerate(getattr(cfg, section)):
             _check_section(item, f"{section}[{i}]", file)
@@ -182,6 +187,7 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     ports = {_port(cfg.bus.xsub): "bus.xsub", _port(cfg.bus.xpub): "bus.xpub"}
     if cfg.web.enabled and cfg.web.port in ports:
         fail(f"web.port {cfg.web.port} clashes with {ports[cfg.web.port]}")
+    _check_http_ports(cfg, ports, fail)
     sources = []
     streams: set[str] = set()
     for i, s in enumerate(cfg.sources):
@@ -230,6 +236,31 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     except ValueError as exc:
         fail(str(exc))
     return dataclasses.replace(cfg, sources=tuple(sources), workers=tuple(workers))
+
+
+def _check_http_ports(cfg: Config, ports: dict, fail) -> None:
+    """The web page, the metrics endpoint and the health endpoints each need a port of their own."""
+    http: dict[int, str] = {}
+    if cfg.web.enabled:
+        http[cfg.web.port] = "web.port"
+    if cfg.metrics.enabled:
+        http.setdefault(cfg.metrics.port, "metrics.port")
+        if http[cfg.metrics.port] != "metrics.port":
+            fail(f"metrics.port {cfg.metrics.port} clashes with {http[cfg.metrics.port]}")
+    if cfg.health.enabled and cfg.health.consecutive:
+        names = cfg.actor_names()
+        for name in names:
+            if name == cfg.metrics.name and cfg.metrics.enabled:
+                continue  # the metrics actor answers /healthz and /readyz on its metrics port
+            port = cfg.health.port_for(name, names)
+            if port is None:
+                continue
+            if port in http or port in ports:
+                fail(f"health: port {port} of actor {name!r} clashes with {http.get(port) or ports.get(port)}")
+            http[port] = f"the health port of {name!r}"
+    for port, what in http.items():
+        if port in ports:
+            fail(f"{what} ({port}) clashes with {ports[port]}")
 
 
 def _resolve_input(s: SourceConfig, where: str, check_files: bool, fail) -> SourceConfig:
