@@ -255,7 +255,7 @@ def add_actor_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--name", default=None, help=f"actor name (default: {default_name} or the config's)")
     p.add_argument("--xsub", default=None, help="broker XSUB endpoint (overrides the config)")
     p.add_argument("--xpub", default=None, help="broker XPUB endpoint (overrides the config)")
-    p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", "-l", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
 
 
 def actor_config(args, section: str | None = None, values: dict | None = None, **pick) -> Config:
