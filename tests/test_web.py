@@ -41,6 +41,7 @@ DATA = ROOT / "tests" / "data"
 SHOTS = ROOT / "out" / "web"
 TOKEN = "s3cret-for-tests"
 LEAD_S, TAIL_S = 6.0, 4.0
+SLOW_OFFER_S = 2.5
 CHROME_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
@@ -188,6 +189,25 @@ class WebPage:
     def stop(self) -> None:
         self.page.locator("#voxpipe-mic button", has_text="Stop").click(timeout=30_000)
 
+    def slow_signalling(self, seconds: float) -> None:
+        """Hold the page's WebRTC offer back for ``seconds``, as a slow network or a busy server would.
+
+        (On this machine the connection is otherwise up within a few tenths of a second.)
+        """
+        import json
+
+        def handle(route):
+            try:
+                body = json.loads(route.request.post_data or "{}")
+            except ValueError:
+                body = {}
+            data = body.get("data") if isinstance(body, dict) else None
+            if body.get("fn_name") == "offer" and isinstance(data, dict) and data.get("type") == "offer":
+                time.sleep(seconds)
+            route.continue_()
+
+        self.page.route("**/component_server*", handle)
+
     def capture(self) -> dict:
         """The page script's capture state (#voxpipe-capture) and the states it went through."""
         return self.page.evaluate(
@@ -324,12 +344,14 @@ def first_sentence(text: str) -> str:
 def test_speech_right_after_start_reaches_the_page(stack, browser):
     """Users speak as soon as they click: nothing said while WebRTC connects is lost.
 
-    The clip starts 0.3 s into the fake microphone's file. The page holds the microphone's
-    audio from the click, shows "connecting" until the connection is up, then sends what it
-    held and catches up; the clip's first sentence is on the page.
+    The clip starts 0.3 s into the fake microphone's file, and the WebRTC offer is held back
+    2.5 s (a slow network). The page holds the microphone's audio from the click, shows
+    "connecting" until the connection is up, then sends what it held and catches up; the
+    clip's first sentence is on the page.
     """
     web, seconds = browser("history", lead=0.3)
     page = web.open(stack.url)
+    page.slow_signalling(SLOW_OFFER_S)
     page.wait(lambda s: s["workerReady"] == "1", 30, "showed the worker ready")
     assert page.capture()["state"] == "idle"
     page.start()
@@ -342,6 +364,7 @@ def test_speech_right_after_start_reaches_the_page(stack, browser):
     states = [s for s, _ in capture["log"]]
     assert states[0] == "connecting" and "live" in states, capture
     held = float(capture["held"])
+    assert held >= SLOW_OFFER_S - 0.5, capture  # what was said while connecting was kept
     st = page.play_once(seconds)
     page.stop()
     page.wait(lambda s: s["ended"] == "1", 120, "showed the worker's end of stream")

@@ -112,7 +112,13 @@ class ASRWorker(Actor):
             self.runner.close()
 
     def info(self) -> dict:
-        d = self.asr.describe() if self.asr is not None else {"backend": self.wcfg.backend, "model": self.wcfg.model}
+        if self.asr is not None:
+            d = self.asr.describe()
+        else:  # still loading: what will load (a model_dir wins over the name)
+            from asr_core.models import model_label
+
+            w = self.wcfg
+            d = {"backend": w.backend, "model": model_label(w.model, w.model_dir, w.cache_dir)}
         d["language"] = self.wcfg.language
         d["rtf"] = self.counters["rtf"]
         d["rtf_recent"] = round(self.keepup.rtf, 3)  # decode seconds per second of audio decoded, last 10 s
