@@ -133,8 +133,9 @@ def run_pipeline(args) -> int:
         procs = [ActorProcess(p.name, p.role, p.argv + tuple(extra)) if p.role == "web" else p
                  for p in actor_processes(cfg)]
         w = cfg.workers[0]
-        log.info("pipeline: broker, VAD, worker %s (%s %s, %s), page on %s:%d", w.name, w.backend,
-                 w.model_dir or w.model, w.language, cfg.web.host, cfg.web.port)
+        log.info("pipeline: broker, VAD, worker %s (%s %s, %s), page on %s:%d; bus %s / %s (voxpipe listen "
+                 "--xpub %s transcript.)", w.name, w.backend, w.model_dir or w.model, w.language, cfg.web.host,
+                 cfg.web.port, cfg.bus.xsub, cfg.bus.xpub, cfg.bus.xpub)
         return run_processes(procs, args.stop_timeout or STOP_TIMEOUT)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

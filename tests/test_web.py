@@ -206,7 +206,7 @@ class WebPage:
                 time.sleep(seconds)
             route.continue_()
 
-        self.page.route("**/component_server*", handle)
+        self.page.route("**/component_server**", handle)
 
     def capture(self) -> dict:
         """The page script's capture state (#voxpipe-capture) and the states it went through."""
