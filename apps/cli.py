@@ -32,7 +32,7 @@ COMMANDS = [
     "workers.vad_actor",
     "apps.listen",
     "workers.sink",
-    "workers.web",
+    "apps.web",  # workers.web's actor, and the whole pipeline behind it when no config is given
     "apps.launch",
     "apps.transcribe",
     "apps.export",

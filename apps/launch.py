@@ -10,7 +10,8 @@
   like honcho. A source that ends (its file is done, exit 0) leaves the rest
   running; any other exit stops everything and becomes the exit code.
 
-Beside them: ``voxpipe transcribe FILE`` (:mod:`apps.transcribe`), ``voxpipe export``
+Beside them: ``voxpipe transcribe FILE`` (:mod:`apps.transcribe`), ``voxpipe web`` without a
+config (:mod:`apps.web`, which runs its pipeline with :func:`run_processes`), ``voxpipe export``
 (:mod:`apps.export`), ``voxpipe keys DIR`` (:mod:`pipeline.security`).
 """
 
@@ -58,14 +59,24 @@ def busy_endpoints(bus) -> list[str]:
 
 
 def run_up(args) -> int:
-    from .plan import actor_processes, stop_stages
-    from .runner import ProcessRunner
+    from .plan import actor_processes
 
     cfg = load_config(args.config)
-    busy = busy_endpoints(cfg.bus)
+    check_bus_free(cfg.bus)
+    return run_processes(actor_processes(cfg), args.stop_timeout)
+
+
+def check_bus_free(bus) -> None:
+    busy = busy_endpoints(bus)
     if busy:
         raise RuntimeFailure(f"cannot start: {' and '.join(busy)} already in use (another pipeline on this bus?)")
-    procs = actor_processes(cfg)
+
+
+def run_processes(procs, stop_timeout: float = STOP_TIMEOUT) -> int:
+    """Run a pipeline's processes (honcho) until one fails or a signal comes; stop them in order; the exit code."""
+    from .plan import stop_stages
+    from .runner import ProcessRunner
+
     roles = {p.name: p.role for p in procs}
     runner = ProcessRunner(procs)
     signals = SignalCounter().install()
@@ -86,7 +97,7 @@ def run_up(args) -> int:
             rc = 0
     limit = 1 if signals.count else 0  # one more signal than the one that stopped us forces it
     force = lambda: signals.count > limit  # noqa: E731
-    runner.stop(stop_stages(procs), timeout=args.stop_timeout, force=force)
+    runner.stop(stop_stages(procs), timeout=stop_timeout, force=force)
     return rc
 
 

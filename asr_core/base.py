@@ -76,6 +76,13 @@ class ASRBase:
     #: registry name; set by each backend
     backend_name = "custom"
     capabilities = Capabilities()
+    #: for engines voxpipe does not ship: give load_model() the local folder of a bundled
+    #: model name (tiny.en, base: CTranslate2 folders) as ``model_dir``, so a faster-whisper
+    #: based engine loads it offline. An engine that loads its own model names sets False.
+    resolve_bundled_models = True
+    #: the model that really loaded, when the registry knows it better than ``modelsize``
+    #: (a ``model_dir`` was given); shown by :attr:`model_name`
+    model_label: str | None = None
 
     def __init__(
         self,
@@ -91,6 +98,7 @@ class ASRBase:
         self.transcribe_kargs: dict[str, Any] = {}
         self.original_language = None if lan in (None, "", "auto") else lan
         self.modelsize = modelsize
+        self.model_dir = model_dir
         self.options = dict(kwargs)
         self.model = self.load_model(modelsize, cache_dir, model_dir)
 
@@ -127,7 +135,7 @@ class ASRBase:
 
     @property
     def model_name(self) -> str:
-        return str(self.modelsize or "custom")
+        return str(self.model_label or self.modelsize or "custom")
 
     def describe(self) -> dict:
         """A short record for heartbeats and logs."""

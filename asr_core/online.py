@@ -28,12 +28,18 @@ SENTENCE_END = (".", "?", "!", "。", "？", "！")
 
 @dataclass(frozen=True)
 class Commit:
-    """A committed span; unpacks as ``beg, end, text`` like the classic tuple."""
+    """A committed span; unpacks as ``beg, end, text`` like the classic tuple.
+
+    ``text`` is trimmed and ``words`` hold trimmed word texts; ``raw_text`` is the words
+    joined with the backend's ``sep`` exactly as the backend gave them (leading spaces
+    included), as whisper_streaming prints it.
+    """
 
     beg: float | None = None
     end: float | None = None
     text: str = ""
     words: tuple = ()
+    raw_text: str = ""
 
     def __iter__(self):
         return iter((self.beg, self.end, self.text))
@@ -349,8 +355,8 @@ class OnlineASRProcessor:
     def _span(self, words) -> Commit:
         if not words:
             return Commit()
-        text = self.sep.join(w[2] for w in words).strip()
-        return Commit(words[0][0], words[-1][1], text, tuple((w[0], w[1], w[2].strip()) for w in words))
+        raw = self.sep.join(w[2] for w in words)
+        return Commit(words[0][0], words[-1][1], raw.strip(), tuple((w[0], w[1], w[2].strip()) for w in words), raw)
 
     def _record(self, committed: list) -> Commit:
         self.history.extend(committed)

@@ -57,9 +57,16 @@ def gate_events(events: Iterable[tuple]) -> list[Event]:
     return out
 
 
-def speech_events(audio: np.ndarray, feed: Feed,
-                  make_segmenter: Callable[[float], object] | None = None) -> Iterator[tuple[float, list[Event]]]:
-    """Per input frame: the stream time at its end and the events it causes; the last item has the ``end``."""
+def speech_events(audio: np.ndarray, feed: Feed, make_segmenter: Callable[[float], object] | None = None,
+                  offset: float = 0.0) -> Iterator[tuple[float, list[Event]]]:
+    """Per input frame: the stream time at its end and the events it causes; the last item has the ``end``.
+
+    ``offset``: the stream time of ``audio``'s first sample (e.g. a clip played from its middle).
+    """
+    if offset:
+        for frame_end, events in speech_events(audio, feed, make_segmenter):
+            yield frame_end + offset, [(ev[0], ev[1] + offset, *ev[2:]) for ev in events]
+        return
     step = max(1, int(round(feed.frame_s * SR)))
     duration = len(audio) / SR
     if feed.vad is None:
@@ -89,12 +96,15 @@ def push_events(session: StreamingSession, events: Iterable[Event]) -> None:
 
 def stream_audio(session: StreamingSession, audio: np.ndarray, feed: Feed, clock: str = "unaware",
                  on_commit: Callable[[Commit, float], None] | None = None,
-                 make_segmenter: Callable[[float], object] | None = None) -> list[tuple[float, Commit]]:
+                 make_segmenter: Callable[[float], object] | None = None,
+                 offset: float = 0.0) -> list[tuple[float, Commit]]:
     """Run a whole clip through ``session``; returns ``(emit_time, commit)`` pairs.
 
     ``clock="unaware"``: the emit time is the stream time of the audio received when the
     commit came out (decoding takes no time). ``clock="real"``: audio arrives at wall-clock
     speed and decoding takes the time it takes; the emit time is wall seconds since the start.
+    ``offset``: the stream time of the clip's first sample (commit and unaware emit times
+    include it; the real clock still starts at 0).
     """
     if clock not in ("unaware", "real"):
         raise ValueError(f"clock must be 'unaware' or 'real', not {clock!r}")
@@ -106,14 +116,14 @@ def stream_audio(session: StreamingSession, audio: np.ndarray, feed: Feed, clock
             on_commit(commit, at)
 
     if clock == "unaware":
-        for frame_end, events in speech_events(audio, feed, make_segmenter):
+        for frame_end, events in speech_events(audio, feed, make_segmenter, offset):
             push_events(session, events)
             for commit in session.run_due():
                 emit(commit, frame_end)
         return out
     # real time: every frame that has arrived by now goes in before the next decode,
     # as frames that arrive while a worker decodes wait in its inbox
-    frames = list(speech_events(audio, feed, make_segmenter))
+    frames = [(end - offset, events) for end, events in speech_events(audio, feed, make_segmenter, offset)]
     start = time.monotonic()
     i = 0
     while i < len(frames):

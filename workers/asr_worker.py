@@ -30,6 +30,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from asr_core.keepup import BEHIND, KEEPING_UP, KeepUpMonitor
 from asr_core.streaming import Step, StepResult, StreamingSession
 from pipeline import messages as m
 from pipeline.logformat import stream_context
@@ -73,6 +74,7 @@ class ASRWorker(Actor):
             "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
         })
         self._ended_audio = 0.0  # audio seconds of streams that have ended
+        self.keepup = KeepUpMonitor()  # warns once when the backend cannot keep up with live audio
         self.drain_timeout = 60.0
 
     # -- setup -------------------------------------------------------------------
@@ -111,9 +113,17 @@ class ASRWorker(Actor):
             self.runner.close()
 
     def info(self) -> dict:
-        d = self.asr.describe() if self.asr is not None else {"backend": self.wcfg.backend, "model": self.wcfg.model}
+        if self.asr is not None:
+            d = self.asr.describe()
+        else:  # still loading: what will load (a model_dir wins over the name)
+            from asr_core.models import model_label
+
+            w = self.wcfg
+            d = {"backend": w.backend, "model": model_label(w.model, w.model_dir, w.cache_dir)}
         d["language"] = self.wcfg.language
         d["rtf"] = self.counters["rtf"]
+        d["rtf_recent"] = round(self.keepup.rtf, 3)  # decode seconds per second of audio decoded, last 10 s
+        d["behind"] = self.keepup.behind  # that RTF stays above 1: the transcript falls behind live audio
         d["concurrency"] = self.runner.concurrency if self.runner else 0
         d["streams"] = sorted(self.streams)
         d["max_streams"] = self.wcfg.max_streams  # slots: streams it serves at once
@@ -222,6 +232,7 @@ class ASRWorker(Actor):
         c["decodes"] += result.decodes
         c["decode_seconds"] = round(c["decode_seconds"] + result.decode_seconds, 3)
         c["decoded_audio_seconds"] = round(c["decoded_audio_seconds"] + result.decoded_audio_seconds, 3)
+        self._watch_speed(result)
         commit = st.session.complete(result)
         if result.error is not None:
             self._fail(st, result.error)
@@ -283,6 +294,20 @@ class ASRWorker(Actor):
         self.streams.pop(st.stream, None)
         self.counters["streams_active"] = len(self.streams)
         self.log.info("stream %s ended: %d commit(s), rtf %.2f", st.stream, st.commits, st.processor.stats.rtf)
+
+    def _watch_speed(self, result: StepResult) -> None:
+        """Warn once when decoding stays slower than the audio (RTF > 1), and say when it keeps up again."""
+        verdict = self.keepup.add(time.monotonic(), result.decode_seconds, result.decoded_audio_seconds)
+        rtf = self.keepup.rtf
+        if verdict == BEHIND:
+            self.counters["fell_behind"] = self.counters.get("fell_behind", 0) + 1
+            self.log.warning(
+                "backend %s cannot keep up with live audio: real-time factor %.1f over the last %.0fs (decoding "
+                "1 s of audio takes %.1f s), so transcripts fall further and further behind the speaker; use a "
+                "smaller model, a faster device or more workers", self.asr.describe().get("backend", "?"), rtf,
+                max(self.keepup.window_seconds, result.decode_seconds), rtf)
+        elif verdict == KEEPING_UP:
+            self.log.info("backend keeps up with live audio again: real-time factor %.2f", rtf)
 
     def _update_rtf(self) -> None:
         """Decode seconds per second of audio received, over all streams so far."""

@@ -335,7 +335,7 @@ def add_actor_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--name", default=None, help=f"actor name (default: {default_name} or the config's)")
     p.add_argument("--xsub", default=None, help="broker XSUB endpoint (overrides the config)")
     p.add_argument("--xpub", default=None, help="broker XPUB endpoint (overrides the config)")
-    p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", "-l", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     p.add_argument("--log-format", default=None, choices=list(FORMATS),
                    help="text (default, or VOXPIPE_LOG_FORMAT) or json: one JSON object per line")
     p.add_argument("--health-port", type=int, default=None,

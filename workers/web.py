@@ -154,7 +154,8 @@ class WebActor(Actor):
 
 
 # -- command line ------------------------------------------------------------------------------------------
-def register(sub) -> None:
+def register(sub):
+    """The ``web`` subcommand (the page as an actor); returns its parser (``apps.web`` adds the pipeline flags)."""
     p = sub.add_parser("web", help="serve the browser page: microphone in, live transcript out (FastRTC + Gradio)")
     add_actor_arguments(p, "web")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; anything else needs a token)")
@@ -167,6 +168,7 @@ def register(sub) -> None:
                    help="local address offered for the media (repeatable; default 127.0.0.1 when listening on "
                         "loopback, else every interface's)")
     p.set_defaults(func=run)
+    return p
 
 
 def run(args) -> int:

@@ -211,6 +211,13 @@ MIC_SVG = (
 )
 
 
+def capture_script() -> str:
+    """The page's ``<head>`` script that captures from the Start click (workers/web_capture.js)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_capture.js")
+    with open(path, encoding="utf-8") as f:
+        return f"<script>\n{f.read()}\n</script>"
+
+
 def _mic_icon() -> str:
     """A static microphone icon (a file, as Gradio serves it): lighter than the default wave animation."""
     import tempfile
@@ -232,13 +239,15 @@ CSS = """
 .vp-pill.on { background: #dcfce7; color: #166534; }
 .vp-pill.off { background: #fee2e2; color: #991b1b; }
 #voxpipe-downloads a { margin-right: 1em; }
+body[data-vp-capture="connecting"] #voxpipe-status .vp-idle,
+body[data-vp-capture="catching-up"] #voxpipe-status .vp-idle { display: none; }
 .vp-live, .vp-live .pending, .vp-live.pending { opacity: 1 !important; }
 """
 
 
-def _pill(text: str, state: bool | None) -> str:
-    cls = "on" if state else ("off" if state is False else "")
-    return f'<span class="vp-pill {cls}">{html.escape(text)}</span>'
+def _pill(text: str, state: bool | None, extra: str = "") -> str:
+    cls = " ".join(c for c in ("vp-pill", "on" if state else ("off" if state is False else ""), extra) if c)
+    return f'<span class="{cls}">{html.escape(text)}</span>'
 
 
 def render_status(v: View, token_required: bool) -> str:
@@ -250,13 +259,17 @@ def render_status(v: View, token_required: bool) -> str:
         state, conn = "ended", _pill("stream ended", None)
     else:
         hint = "enter the access token, then press Start" if token_required else "press Start to stream your microphone"
-        state, conn = "idle", _pill(f"not connected: {hint}", None)
+        state, conn = "idle", _pill(f"not connected: {hint}", None, "vp-idle")
     if v.listening:
         listen = _pill(f"listening · {v.seconds:.1f} s", True)
     else:
         listen = _pill("not listening", False if v.open else None)
     if v.worker is None:
         worker = _pill("no worker running", False)
+    elif v.worker.ready and v.worker.behind:
+        worker = _pill(f"worker {v.worker.name} cannot keep up with live audio (real-time factor "
+                       f"{v.worker.rtf:.1f}): its transcript falls behind · {v.worker.backend} {v.worker.model}",
+                       False, "vp-behind")
     elif v.worker.ready:
         worker = _pill(f"worker {v.worker.name} ready · {v.worker.backend} {v.worker.model} · {v.worker.language}",
                        True)
@@ -265,6 +278,7 @@ def render_status(v: View, token_required: bool) -> str:
     attrs = {
         "data-state": state, "data-stream": v.stream or "", "data-listening": int(v.listening),
         "data-worker": v.worker.name if v.worker else "", "data-worker-ready": int(bool(v.worker and v.worker.ready)),
+        "data-worker-behind": int(bool(v.worker and v.worker.behind)),
         "data-ended": int(v.ended), "data-seconds": f"{v.seconds:.1f}",
     }
     a = " ".join(f'{k}="{html.escape(str(val))}"' for k, val in attrs.items())
@@ -373,7 +387,8 @@ def build_app(hub: WebHub, settings: PageSettings):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # theme/css move to launch() in Gradio 6
         theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-        blocks = gr.Blocks(title=settings.title, css=CSS, theme=theme, analytics_enabled=False)
+        blocks = gr.Blocks(title=settings.title, css=CSS, theme=theme, analytics_enabled=False,
+                           head=capture_script())
     with blocks:
         gr.Markdown("## voxpipe · live transcript\nPress **Start** and speak. Confirmed words are shown in full; "
                     "the words in light italics are still being decoded and may change.")
@@ -394,6 +409,7 @@ def build_app(hub: WebHub, settings: PageSettings):
                 worker = gr.Dropdown(label="Worker", choices=[], value=None, allow_custom_value=True,
                                      elem_id="voxpipe-worker", info="whose transcript to show")
         status = gr.HTML(render_status(hub.view(None), token_required), elem_classes=["vp-live"])
+        gr.HTML('<div id="voxpipe-capture" data-state="idle"></div>', elem_classes=["vp-live"])
         transcript = gr.HTML(render_transcript(hub.view(None)), elem_classes=["vp-live"])
         downloads = gr.HTML(render_downloads(hub.view(None)), elem_classes=["vp-live"])
         mic.stream(_handler_class()(hub, settings.token), inputs=[mic, token], outputs=[mic],

@@ -142,6 +142,8 @@ class WorkerInfo:
     model: str
     language: str
     seen: float  # monotonic time of the last heartbeat
+    behind: bool = False  # its heartbeat says it cannot keep up with live audio (info.behind)
+    rtf: float = 0.0  # its recent real-time factor (info.rtf_recent)
 
     def fresh(self, now: float | None = None) -> bool:
         return ((now if now is not None else time.monotonic()) - self.seen) < WORKER_STALE_S
@@ -339,8 +341,10 @@ class WebHub:
     def _on_heartbeat(self, hb: m.Heartbeat) -> None:
         info = hb.info or {}
         language = str(info.get("language") or self._languages.get(hb.name) or "unknown")
+        rtf = info.get("rtf_recent", 0.0)
         w = WorkerInfo(hb.name, bool(hb.ready), str(info.get("backend", "")), str(info.get("model", "")),
-                       language, time.monotonic())
+                       language, time.monotonic(), behind=info.get("behind") is True,
+                       rtf=float(rtf) if isinstance(rtf, (int, float)) else 0.0)
         with self._lock:
             self._workers[hb.name] = w
 
