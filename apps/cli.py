@@ -33,6 +33,7 @@ COMMANDS = [
     "apps.listen",
     "workers.sink",
     "workers.web",
+    "workers.gateway.actor",
     "apps.launch",
     "apps.transcribe",
     "apps.export",

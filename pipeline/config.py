@@ -30,6 +30,7 @@ from .config_schema import (  # noqa: F401 - the sections are part of this modul
     BrokerConfig,
     BusConfig,
     Config,
+    GatewayConfig,
     SectionError,
     SecurityConfig,
     SinkConfig,
@@ -42,9 +43,9 @@ from .errors import ConfigError
 from .yaml_typed import build, expand_env, expand_tree  # noqa: F401 (expand_env: part of this module's API)
 
 __all__ = ["ConfigError", "Config", "Override", "load_config", "BusConfig", "WorkerConfig", "SourceConfig",
-           "SinkConfig", "VADConfig", "WebConfig", "BrokerConfig", "SecurityConfig"]
+           "SinkConfig", "VADConfig", "WebConfig", "GatewayConfig", "BrokerConfig", "SecurityConfig"]
 
-SECTIONS = ("bus", "broker", "vad", "web")  # the mapping sections; LIST_ITEMS has the list ones
+SECTIONS = ("bus", "broker", "vad", "web", "gateway")  # the mapping sections; LIST_ITEMS has the list ones
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,17 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     ports = {_port(cfg.bus.xsub): "bus.xsub", _port(cfg.bus.xpub): "bus.xpub"}
     if cfg.web.enabled and cfg.web.port in ports:
         fail(f"web.port {cfg.web.port} clashes with {ports[cfg.web.port]}")
+    if cfg.gateway.enabled:
+        _check_section(cfg.gateway, "gateway", file)
+        gw_ports = {"port": cfg.gateway.port, "tcp_port": cfg.gateway.tcp_port}
+        if cfg.web.enabled:
+            ports.setdefault(cfg.web.port, "web.port")
+        for key, port in gw_ports.items():
+            if port and port in ports:
+                fail(f"gateway.{key} {port} clashes with {ports[port]}")
+            if port:
+                ports[port] = f"gateway.{key}"
+        cfg = dataclasses.replace(cfg, gateway=cfg.gateway.resolved(cfg.workers))
     sources = []
     streams: set[str] = set()
     for i, s in enumerate(cfg.sources):
