@@ -88,7 +88,9 @@ def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, sou
     src = dataclasses.replace(src, input=f"file:{audio.resolve()}", speed=speed or src.speed, loop=False,
                               wait_for=tuple(waits))
     web = dataclasses.replace(cfg.web, enabled=False)
-    return dataclasses.replace(cfg, sources=(src,), sinks=tuple(sinks), web=web, bus=private_bus(cfg.bus))
+    gateway = dataclasses.replace(cfg.gateway, enabled=False)
+    return dataclasses.replace(cfg, sources=(src,), sinks=tuple(sinks), web=web, gateway=gateway,
+                               bus=private_bus(cfg.bus))
 
 
 def _fresh_outputs(cfg) -> None:

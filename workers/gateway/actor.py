@@ -26,11 +26,12 @@ the server stops.
 
 from __future__ import annotations
 
+import logging
 import socket
 
 from pipeline import messages as m
 from pipeline.config import GatewayConfig
-from pipeline.errors import RuntimeFailure
+from pipeline.errors import RuntimeFailure, UsageError
 
 from ..base import Actor, actor_config, add_actor_arguments, run_actor
 from .context import Gateway
@@ -78,6 +79,10 @@ class GatewayActor(Actor):
     def setup(self) -> None:
         from ..web import PageServer
         from .app import build_app
+
+        # uvicorn's sans-I/O WebSocket protocol logs this after every denial response it has sent correctly
+        logging.getLogger("uvicorn.error").addFilter(
+            lambda record: "returned without completing handshake" not in record.getMessage())
 
         g = self.gcfg
         if g.tcp_port is not None:
@@ -144,6 +149,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     def build():
+        try:
+            import python_multipart  # noqa: F401 - for the OpenAI uploads
+            import starlette  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError as exc:
+            raise UsageError(f"{exc.name} is not installed: pip install 'voxpipe[serve]'") from None
         cfg = actor_config(args, "gateway", {"enabled": True, "name": args.name, "host": args.host,
                                              "port": args.port, "tcp_port": args.tcp, "pool": args.pool,
                                              "api_keys": args.api_key})

@@ -28,6 +28,7 @@ import numpy as np
 SR = 16000
 RAW_ENCODINGS = {"linear16": ("pcm_s16le", 2), "mulaw": ("pcm_mulaw", 1), "alaw": ("pcm_alaw", 1)}
 CONTAINER_ENCODINGS = ("opus", "ogg-opus", "flac")  # and no encoding at all: the container says
+PROBE_BYTES = 128 * 1024
 
 
 class AudioError(ValueError):
@@ -163,7 +164,9 @@ class ContainerAudio:
         import av
 
         try:
-            with av.open(self._reader, mode="r") as container:
+            # a small probe: garbage is told apart after 128 KiB, not after FFmpeg's default of 1 MB
+            probe = {"probesize": str(PROBE_BYTES), "formatprobesize": str(PROBE_BYTES)}
+            with av.open(self._reader, mode="r", options=probe) as container:
                 if not container.streams.audio:
                     raise AudioError("the stream has no audio track")
                 resample = _resampler()

@@ -22,7 +22,7 @@ from .access import key_ok, presented_key
 from .hub import GatewayHub, WorkerSeen
 
 # why a client is turned away -> HTTP status (the same for every protocol; bodies differ)
-REFUSALS = {"auth": 401, "no_pool": 400, "no_worker": 503, "busy": 429, "closing": 503}
+REFUSALS = {"auth": 401, "options": 400, "no_pool": 400, "no_worker": 503, "busy": 429, "closing": 503}
 
 
 @dataclass(frozen=True)

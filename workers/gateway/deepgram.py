@@ -120,15 +120,15 @@ async def deny(ws: WebSocket, status: int, message: str, request_id: str) -> Non
 
 
 async def listen(ws: WebSocket, gw: Gateway) -> None:
+    """The key first, then the query parameters, then a worker and room (each refusal counted)."""
     try:
-        opts = ListenOptions.parse(ws.query_params)
-    except OptionError as exc:
-        gw.hub.reject("options")
-        await deny(ws, 400, str(exc), str(uuid.uuid4()))
-        return
-    try:
-        admitted = gw.admission(ws.headers, ws.scope.get("subprotocols", ()), model=opts.model,
-                                language=opts.language)
+        proto = gw.check_key(ws.headers, ws.scope.get("subprotocols", ()))
+        try:
+            opts = ListenOptions.parse(ws.query_params)
+        except OptionError as exc:
+            gw.hub.reject("options")
+            raise Refused("options", str(exc)) from None
+        admitted = gw.admit(model=opts.model, language=opts.language, subprotocol=proto)
     except Refused as exc:
         await deny(ws, exc.status, exc.message, str(uuid.uuid4()))
         return
