@@ -114,7 +114,7 @@ def deepgram_stream(port: int, data: bytes, key: str = "test-key", chunk_s: floa
         options.setdefault("sample_rate", 16000)
         step = int(int(options["sample_rate"]) * chunk_s) * 2
     else:
-        step = max(1, int(len(data) * chunk_s / seconds))
+        step = max(1, int(len(data) * chunk_s / seconds)) if seconds else 3200
     options = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in options.items() if v is not None}
     run = DeepgramRun()
     t0 = time.monotonic()

@@ -102,6 +102,15 @@ def test_the_commit_that_empties_the_partial_after_a_pause_is_speech_final():
     assert out[1].t == 1.8 and out[1].last_word_end == pytest.approx(1.4)
 
 
+def test_the_flush_commit_of_an_unconfirmed_tail_is_speech_final_though_no_partial_follows_it():
+    r = Results("asr")  # as the worker does it: a commit clears its partial, so no empty one is published
+    r.add_segment(S, 0.0)
+    feed(r, commit("Good morning", 0, 1.7), partial("the weather.", 1.7, 2.0), speech_end(2.69))
+    assert feed(r, commit("the weather report.", 1.74, 2.54), now=3.0) == []
+    out = r.tick(3.0 + HOLD_S + 1e-3)
+    assert [type(x) for x in out] == [Final, TurnEnd] and out[0].speech_final and out[1].t == 2.69
+
+
 def test_a_held_commit_followed_by_more_unconfirmed_text_is_not_speech_final():
     r = Results("asr")
     r.add_segment(S, 0.0)
@@ -119,7 +128,7 @@ def test_a_held_commit_without_a_following_partial_is_released_as_speech_final_a
     feed(r, speech_end(1.0))  # the partial was already empty
     assert feed(r, commit("late words", 0.2, 0.9), now=5.0) == []
     assert r.tick(5.0 + HOLD_S / 2) == []
-    out = r.tick(5.0 + HOLD_S)
+    out = r.tick(5.0 + HOLD_S + 1e-3)
     assert [type(x) for x in out] == [Final, TurnEnd] and out[0].speech_final
 
 

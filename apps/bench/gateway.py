@@ -17,7 +17,7 @@ subscriber on the bus records the worker's commits of that stream. Per word:
   measured from the gateway's receipt of the audio;
 * their difference is what the gateway adds: the client's hop in, the
   results' hop out, and the hold of a commit that follows a pause (up to
-  150 ms, to tell whether it is ``speech_final``).
+  60 ms, to tell whether it is ``speech_final``).
 
 p50, p90 and max of each, per clip and over all clips; ``--json`` writes them.
 """
@@ -59,10 +59,10 @@ async def _stream(url: str, pcm: bytes, chunk_s: float = 0.1) -> tuple[list, lis
 
         rx = asyncio.create_task(receive())
         t0 = time.monotonic()
-        for i, start in enumerate(range(0, len(pcm), step)):
+        for i, start in enumerate(range(0, len(pcm), step)):  # like a microphone: a chunk once it is over
+            await asyncio.sleep(max(0.0, t0 + (i + 1) * chunk_s - time.monotonic()))
             await ws.send(pcm[start: start + step])
             sent.append(time.time())
-            await asyncio.sleep(max(0.0, t0 + (i + 1) * chunk_s - time.monotonic()))
         await ws.send(json.dumps({"type": "CloseStream"}))
         await asyncio.wait_for(rx, 120)
     return sent, got

@@ -42,7 +42,7 @@ from .context import Admitted, Gateway, Refused
 from .results import Final, Interim, Results, SegmentDone, SpeechStarted, TurnEnd, WorkerError
 
 FLUSH_TIMEOUT_S = 30.0
-TICK_S = 0.05
+TICK_S = 0.02  # timers (held commits, limits) are looked at this often
 PUNCTUATION = ".,?!;:\"'()[]{}…。，？！"
 
 

@@ -139,7 +139,7 @@ async def run_file(gw: Gateway, admitted: Admitted, pcm: np.ndarray, timeout: fl
                 sent += stream.frame
             if sent >= len(pcm) and stream.stream is not None:
                 stream.end_segment()
-            item = await stream.next_message(0.05)
+            item = await stream.next_message(0.02)
             out = results.feed(item[0], item[1], time.monotonic()) if item else []
             out += results.tick(time.monotonic())
             for r in out:

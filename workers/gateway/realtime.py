@@ -41,7 +41,7 @@ from .bus_stream import BusStream
 from .context import Admitted, Gateway, Refused
 from .results import Final, Results, SegmentDone, SpeechStarted, SpeechStopped, TurnEnd, WorkerError
 
-TICK_S = 0.05
+TICK_S = 0.02  # timers (held commits, limits) are looked at this often
 FORMATS = {"audio/pcm": "linear16", "audio/pcmu": "mulaw", "audio/pcma": "alaw"}
 BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
 MIN_COMMIT_S = 0.1  # OpenAI's: a commit needs at least 100 ms of audio

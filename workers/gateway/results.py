@@ -17,11 +17,11 @@ render:
 * :class:`WorkerError`: the worker failed on the stream.
 
 When is a pause's last commit out? The worker commits everything heard before a
-pause at once (a flush), then its partial is empty; it publishes a partial only
-when it changes. So after a ``speech_end`` a commit is held back until the
-worker's next message: an empty partial (or none within :data:`HOLD_S`, the
-partial staying empty) makes it ``speech_final``; a non-empty one means more is
-coming. A pause after which nothing at all is published (everything was already
+pause at once (a flush); after a commit it publishes a partial only if some
+unconfirmed text is left (the commit cleared the old one). So after a
+``speech_end`` a commit is held back until the worker's next message: none
+within :data:`HOLD_S` (or an empty partial) makes it ``speech_final``; a
+non-empty partial means more is coming. A pause after which nothing at all is published (everything was already
 committed) ends the turn :data:`ENDPOINT_WAIT_S` after it, with an empty final.
 Only these held commits wait; the others go out as they arrive.
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pipeline import messages as m
 from pipeline.formats import Word, commit_words
 
-HOLD_S = 0.15  # a commit after a pause waits this long for the worker's next message
+HOLD_S = 0.06  # a commit after a pause waits this long for the worker's next message (sent right after it)
 ENDPOINT_WAIT_S = 1.0  # a pause with nothing unconfirmed ends its turn this long after it, if nothing comes
 ENDPOINT_GIVE_UP_S = 10.0  # ... and with something unconfirmed, at the latest this long after it
 
@@ -238,6 +238,7 @@ class Results:
             final = Final(off + msg.beg, off + msg.end, msg.text, words, model=msg.model, backend=msg.backend,
                           stream=seg.stream)
             seg.last_word_end = final.end
+            seg.partial = ""  # the worker's too: it publishes a partial after a commit only if one is left
             self.progress.worker(final.end, now)
             if seg.endpoint is not None or seg.finalizing:
                 seg.held, seg.held_since = final, now

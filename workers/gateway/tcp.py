@@ -30,7 +30,7 @@ from .context import Admitted, Gateway, Refused
 from .results import Final, Results, SegmentDone
 
 READ_BYTES = 65536
-TICK_S = 0.05
+TICK_S = 0.02  # timers (held commits, limits) are looked at this often
 FLUSH_TIMEOUT_S = 30.0
 
 
