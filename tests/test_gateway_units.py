@@ -191,6 +191,11 @@ def test_progress_holds_a_fast_sender_back_by_the_workers_speech_backlog():
     assert p.undecoded() == pytest.approx(15.0) and p.may_send(31.0, now=1.15)
     assert not p.may_send(95.0, now=1.15)  # too far ahead of the VAD ...
     assert p.may_send(95.0, now=1.0 + 0.3)  # ... unless the VAD has gone quiet
+    long = Progress()  # an hour of speech keeps only what the worker has not passed
+    for i in range(36000):
+        long.vad((i + 1) / 10, now=1.0, speech=0.1)
+    long.worker(3590.0, now=1.0)
+    assert long.undecoded() == pytest.approx(10.0) and len(long.speech_ends) < 200
     q = Progress()
     for i in range(250):
         q.vad((i + 1) / 10, now=1.0, speech=0.1)

@@ -138,6 +138,9 @@ class Progress:
         if not self.speech_total:
             return 0.0
         i = bisect.bisect_right(self.speech_ends, self.worker_pos)
+        if i > 1000:  # what the worker is past is not needed again (totals are absolute)
+            del self.speech_ends[: i - 1], self.speech_total[: i - 1]
+            i = 1
         return self.speech_total[-1] - (self.speech_total[i - 1] if i else 0.0)
 
     def worker(self, pos: float | None, now: float) -> None:
