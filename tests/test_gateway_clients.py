@@ -207,10 +207,14 @@ def test_eight_deepgram_clients_at_once_each_get_only_their_own_transcript(serve
     assert all(r.error is None and r.of("Metadata") for r in runs), [repr(r.error) for r in runs]
     scores = np.array([[wer(ref, t) for _, ref in cuts] for t in texts])  # [client, reference]
     print("\neight clients, WER against their own sentence:", np.round(np.diag(scores), 2))
-    for k, text in enumerate(texts):
+    for k, text in enumerate(texts):  # short sentences: another one can share a few words, never most
         others = np.delete(scores[k], k)
         assert scores[k, k] <= 0.6, (k, text, cuts[k][1])  # eight real-time streams on two cores
-        assert others.min() >= 0.8, (k, text)
+        assert scores[k].argmin() == k and others.min() >= 0.65, (k, text, scores[k])
+    for run, (pcm, _) in zip(runs, cuts, strict=True):  # each heard exactly its own audio
+        seconds = len(pcm) / 16000
+        assert abs(run.of("Metadata")[0]["duration"] - seconds) < 0.2
+        assert all(w["end"] <= seconds + 0.1 for m in run.finals() for w in m["channel"]["alternatives"][0]["words"])
     assert len({r.of("Metadata")[0]["request_id"] for r in runs}) == len(runs)
 
 
