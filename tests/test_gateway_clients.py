@@ -341,7 +341,9 @@ def test_bad_input_gets_the_documented_codes_while_another_client_is_served(serv
             extra_query={"intent": "transcription"}).__enter__())
         outcomes["no_key_beyond_loopback_gateway"] = httpx.get(f"http://127.0.0.1:{served.port}/v1/models").status_code
         outcomes["no_key_on_loopback"] = httpx.get(f"http://127.0.0.1:{served.port2}/v1/models").status_code
-        with ws_client.connect(listen2) as ws:  # non-JSON and unknown types: an Error each, the stream goes on
+        # malformed frames need a raw WebSocket (no SDK sends them): non-JSON text and an unknown type get an
+        # Error each, and the stream goes on
+        with ws_client.connect(listen2) as ws:
             ws.send("this is not json")
             outcomes["non_json"] = json.loads(ws.recv(timeout=5))
             ws.send(json.dumps({"type": "Shout"}))
