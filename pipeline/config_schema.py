@@ -284,7 +284,7 @@ class GatewayConfig:
     translate_pool: str | None = None  # /v1/audio/translations; default: the first worker with task translate
     language_pools: dict = field(default_factory=dict)  # language code -> pool, for requests that name one
     api_keys: tuple = ()  # when set, every client sends one; required beyond loopback
-    max_connections: int = 32  # client connections (and REST requests in flight) at once
+    max_connections: int = 16  # client connections (and uploads) at once: a worker serves 16 streams by default
     max_frame_bytes: int = 1 << 20  # largest WebSocket message; a bigger one closes the connection (1009)
     max_messages_per_s: float = 200.0  # per connection, averaged over a 2 s burst
     max_session_s: float = 3600.0  # longest connection, and longest uploaded file
