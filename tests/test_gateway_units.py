@@ -322,7 +322,8 @@ def test_listen_options_map_or_refuse_deepgrams_query_parameters():
     assert ListenOptions.parse({"endpointing": "false"}).endpointing is False
     assert ListenOptions.parse({}).encoding is None  # a container, told by its bytes
     for bad in ({"encoding": "bogus"}, {"encoding": "linear16"}, {"multichannel": "true"},
-                {"interim_results": "maybe"}, {"sample_rate": "12"}):
+                {"interim_results": "maybe"}, {"sample_rate": "12"},
+                {"encoding": "mulaw", "sample_rate": "8000", "channels": "4"}):
         with pytest.raises(OptionError):
             ListenOptions.parse(bad)
 

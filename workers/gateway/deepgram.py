@@ -99,11 +99,14 @@ class ListenOptions:
             raise OptionError(f"sample_rate is required with encoding={encoding}")
         if _bool(query, "multichannel", False):
             raise OptionError("multichannel=true is not supported: send one channel (or several, mixed to one)")
+        channels = _int(query, "channels", 1, 1, 8) or 1
+        if encoding in ("mulaw", "alaw") and channels > 2:
+            raise OptionError(f"channels={channels}: {encoding} is served with 1 or 2 channels")
         endpointing = query.get("endpointing", "true").lower() != "false"
         if endpointing and query.get("endpointing", "true").lower() != "true":
             _int(query, "endpointing", None, 0, 60000)  # a number of ms: accepted (the VAD decides pauses)
         return cls(
-            encoding=encoding, sample_rate=rate or 16000, channels=_int(query, "channels", 1, 1, 8) or 1,
+            encoding=encoding, sample_rate=rate or 16000, channels=channels,
             language=query.get("language"), model=query.get("model"),
             interim_results=_bool(query, "interim_results", False), endpointing=endpointing,
             utterance_end_ms=_int(query, "utterance_end_ms", None, 1, 60000),
