@@ -37,19 +37,29 @@ COMMANDS = [
     "apps.launch",
     "apps.transcribe",
     "apps.export",
+    "workers.metrics",
+    "apps.status",
+    "apps.top",
     "pipeline.security",
     "apps.bench.cli",
 ]
 
 
-def setup_logging(level: str | None = None) -> None:
+def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
+    """Log to stderr at ``level`` in ``fmt``: ``text`` (for people) or ``json`` (one object per line).
+
+    Defaults: ``VOXPIPE_LOG_LEVEL`` / ``VOXPIPE_LOG_FORMAT``, else INFO and text.
+    """
+    from pipeline.logformat import FORMATS, formatter
+
     level = (level or os.environ.get("VOXPIPE_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    fmt = (fmt or os.environ.get("VOXPIPE_LOG_FORMAT") or "text").lower()
+    fmt = fmt if fmt in FORMATS else "text"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(fmt))
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler])
+    if fmt == "json":
+        logging.captureWarnings(True)  # library warnings become JSON lines too
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "log_level", None))
+    setup_logging(getattr(args, "log_level", None), getattr(args, "log_format", None))
     return run_command(lambda: args.func(args), prog=f"voxpipe {args.command}")
 
 

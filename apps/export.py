@@ -1,4 +1,5 @@
-"""``voxpipe export supervisord|systemd CONFIG DIR``: a pipeline as process-manager definitions.
+"""``voxpipe export supervisord|systemd|compose|kubernetes CONFIG DIR``: a pipeline as process-manager
+definitions (here), or as containers (:mod:`apps.export_compose`, :mod:`apps.export_kubernetes`).
 
 Each actor becomes one program (supervisord) or one service (systemd) that
 the manager restarts whenever it exits (``autorestart=true`` /
@@ -29,7 +30,8 @@ from pipeline.errors import RuntimeFailure, UsageError
 from .plan import ActorProcess, actor_processes
 
 # start order: lower first; stopped in the reverse order
-PRIORITY = {"broker": 100, "sink": 200, "web": 200, "worker": 300, "vad": 400, "capture": 500, "serve": 500}
+PRIORITY = {"broker": 100, "sink": 200, "web": 200, "metrics": 200, "worker": 300, "vad": 400, "capture": 500,
+            "serve": 500}
 STOP_TIMEOUT = {"worker": 60, "sink": 20}
 DEFAULT_STOP_TIMEOUT = 15
 
@@ -126,8 +128,10 @@ def render_systemd(procs: list[ActorProcess], app: str, workdir: str, config: st
 
 
 def export(fmt: str, config: str, out_dir: str, app: str = "voxpipe", log_dir: str | None = None,
-           user: str | None = None, workdir: str | None = None) -> list[Path]:
+           user: str | None = None, workdir: str | None = None, image: str | None = None) -> list[Path]:
     """Write the definitions; returns the files written. Raises ConfigError for a bad config."""
+    if fmt in CONTAINER_FORMATS:
+        return CONTAINER_FORMATS[fmt](config, Path(out_dir).resolve(), app, image)
     cfg = load_config(config)
     procs = actor_processes(cfg)
     out = Path(out_dir).resolve()
@@ -149,15 +153,34 @@ def export(fmt: str, config: str, out_dir: str, app: str = "voxpipe", log_dir: s
     return written
 
 
+def _compose(config, out, app, image):
+    from .deploy import IMAGE
+    from .export_compose import export_compose
+
+    return export_compose(config, out, app, image or IMAGE)
+
+
+def _kubernetes(config, out, app, image):
+    from .deploy import IMAGE
+    from .export_kubernetes import export_kubernetes
+
+    return export_kubernetes(config, out, app, image or IMAGE)
+
+
+CONTAINER_FORMATS = {"compose": _compose, "kubernetes": _kubernetes}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("export", help="write supervisord or systemd definitions that run (and restart) a pipeline")
-    p.add_argument("format", choices=["supervisord", "systemd"])
+    p = sub.add_parser("export", help="write supervisord, systemd, Docker Compose or Kubernetes definitions "
+                                      "that run (and restart) a pipeline")
+    p.add_argument("format", choices=["supervisord", "systemd", *CONTAINER_FORMATS])
     p.add_argument("config", help="pipeline YAML")
     p.add_argument("dir", help="folder to write the definitions into")
     p.add_argument("--app", default="voxpipe", help="program group / target name (default %(default)s)")
     p.add_argument("--log-dir", default=None, help="supervisord: where the logs go (default DIR/logs)")
     p.add_argument("--user", default=None, help="run the processes as this user")
     p.add_argument("--workdir", default=None, help="working directory of the processes (default: the current one)")
+    p.add_argument("--image", default=None, help="compose, kubernetes: the container image (default voxpipe:latest)")
     p.set_defaults(func=run)
 
 
@@ -165,7 +188,8 @@ def run(args) -> int:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", args.app):
         raise UsageError(f"--app {args.app!r}: use letters, digits, '_' and '-'")
     try:
-        files = export(args.format, args.config, args.dir, args.app, args.log_dir, args.user, args.workdir)
+        files = export(args.format, args.config, args.dir, args.app, args.log_dir, args.user, args.workdir,
+                       args.image)
     except OSError as exc:
         raise RuntimeFailure(f"cannot write {args.dir}: {exc}") from None
     for f in files:

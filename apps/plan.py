@@ -1,7 +1,8 @@
 """The process plan of a pipeline: one command line per actor in a config.
 
 Order (also the start order): broker, sources (``capture``), the VAD when
-enabled, workers, sinks, the web page and the gateway (``voxpipe serve``) when enabled. Every line reads
+enabled, workers, sinks, the web page, the gateway (``voxpipe serve``) and the metrics actor when
+enabled. Every line reads
 ``NAME: <voxpipe> <role> --config CONFIG --name NAME``.
 
 ``<voxpipe>`` is the ``voxpipe`` console script next to the running Python
@@ -31,7 +32,7 @@ STOP_STAGES = (("capture", "web", "serve"), ("vad",), ("worker",), ("sink",), ("
 @dataclass(frozen=True)
 class ActorProcess:
     name: str
-    role: str  # the voxpipe subcommand: broker | capture | vad | worker | sink | web | serve
+    role: str  # the voxpipe subcommand: broker | capture | vad | worker | sink | web | serve | metrics
     argv: tuple  # full command line
 
     @property
@@ -69,6 +70,9 @@ def actor_processes(cfg: Config, config_path: str | None = None, portable: bool 
     if cfg.gateway.enabled:
         procs.append(ActorProcess(cfg.gateway.name, "serve",
                                   tuple(exe + ["serve", "--config", path, "--name", cfg.gateway.name])))
+    if cfg.metrics.enabled:  # the metrics actor (workers/metrics.py); stops with the sinks
+        name = cfg.metrics.name
+        procs.append(ActorProcess(name, "metrics", tuple(exe + ["metrics", "--config", path, "--name", name])))
     return procs
 
 

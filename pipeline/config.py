@@ -31,6 +31,8 @@ from .config_schema import (  # noqa: F401 - the sections are part of this modul
     BusConfig,
     Config,
     GatewayConfig,
+    HealthConfig,
+    MetricsConfig,
     SectionError,
     SecurityConfig,
     SinkConfig,
@@ -43,9 +45,10 @@ from .errors import ConfigError
 from .yaml_typed import build, expand_env, expand_tree  # noqa: F401 (expand_env: part of this module's API)
 
 __all__ = ["ConfigError", "Config", "Override", "load_config", "BusConfig", "WorkerConfig", "SourceConfig",
-           "SinkConfig", "VADConfig", "WebConfig", "GatewayConfig", "BrokerConfig", "SecurityConfig"]
+           "SinkConfig", "VADConfig", "WebConfig", "GatewayConfig", "BrokerConfig", "SecurityConfig", "HealthConfig",
+           "MetricsConfig"]
 
-SECTIONS = ("bus", "broker", "vad", "web", "gateway")  # the mapping sections; LIST_ITEMS has the list ones
+SECTIONS = ("bus", "broker", "vad", "web", "gateway", "health", "metrics")  # the mapping sections; LIST_ITEMS: lists
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,9 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
         _check_section(getattr(cfg, key), key, file)
     if cfg.web.enabled:
         _check_section(cfg.web, "web", file)
+    for key in ("health", "metrics"):
+        if getattr(cfg, key).enabled:
+            _check_section(getattr(cfg, key), key, file)
     for section in LIST_ITEMS:
         for i, item in enumerate(getattr(cfg, section)):
             _check_section(item, f"{section}[{i}]", file)
@@ -183,16 +189,23 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     ports = {_port(cfg.bus.xsub): "bus.xsub", _port(cfg.bus.xpub): "bus.xpub"}
     if cfg.web.enabled and cfg.web.port in ports:
         fail(f"web.port {cfg.web.port} clashes with {ports[cfg.web.port]}")
+    _check_http_ports(cfg, ports, fail)
     if cfg.gateway.enabled:
         _check_section(cfg.gateway, "gateway", file)
-        gw_ports = {"port": cfg.gateway.port, "tcp_port": cfg.gateway.tcp_port}
-        if cfg.web.enabled:
-            ports.setdefault(cfg.web.port, "web.port")
-        for key, port in gw_ports.items():
-            if port and port in ports:
-                fail(f"gateway.{key} {port} clashes with {ports[port]}")
-            if port:
-                ports[port] = f"gateway.{key}"
+        taken = dict(ports)
+        for on, key, port in ((cfg.web.enabled, "web.port", cfg.web.port),
+                              (cfg.metrics.enabled, "metrics.port", cfg.metrics.port)):
+            if on:
+                taken.setdefault(port, key)
+        for name in cfg.actor_names():
+            health = cfg.health.port_for(name, cfg.actor_names())
+            if health is not None:
+                taken.setdefault(health, f"the health port of {name!r}")
+        for key, gport in (("port", cfg.gateway.port), ("tcp_port", cfg.gateway.tcp_port)):
+            if gport and gport in taken:
+                fail(f"gateway.{key} {gport} clashes with {taken[gport]}")
+            if gport:
+                taken[gport] = f"gateway.{key}"
         cfg = dataclasses.replace(cfg, gateway=cfg.gateway.resolved(cfg.workers))
     sources = []
     streams: set[str] = set()
@@ -242,6 +255,31 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     except ValueError as exc:
         fail(str(exc))
     return dataclasses.replace(cfg, sources=tuple(sources), workers=tuple(workers))
+
+
+def _check_http_ports(cfg: Config, ports: dict, fail) -> None:
+    """The web page, the metrics endpoint and the health endpoints each need a port of their own."""
+    http: dict[int, str] = {}
+    if cfg.web.enabled:
+        http[cfg.web.port] = "web.port"
+    if cfg.metrics.enabled:
+        http.setdefault(cfg.metrics.port, "metrics.port")
+        if http[cfg.metrics.port] != "metrics.port":
+            fail(f"metrics.port {cfg.metrics.port} clashes with {http[cfg.metrics.port]}")
+    if cfg.health.enabled and cfg.health.consecutive:
+        names = cfg.actor_names()
+        for name in names:
+            if name == cfg.metrics.name and cfg.metrics.enabled:
+                continue  # the metrics actor answers /healthz and /readyz on its metrics port
+            port = cfg.health.port_for(name, names)
+            if port is None:
+                continue
+            if port in http or port in ports:
+                fail(f"health: port {port} of actor {name!r} clashes with {http.get(port) or ports.get(port)}")
+            http[port] = f"the health port of {name!r}"
+    for port, what in http.items():
+        if port in ports:
+            fail(f"{what} ({port}) clashes with {ports[port]}")
 
 
 def _resolve_input(s: SourceConfig, where: str, check_files: bool, fail) -> SourceConfig:

@@ -337,6 +337,49 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """``/healthz`` and ``/readyz`` on every actor (workers/health_http.py); off by default."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9900  # the first actor's port (see ``consecutive``)
+    consecutive: bool = True  # actor i of the plan (voxpipe procfile order) listens on port + i; false: all on port
+    ports: dict = field(default_factory=dict)  # actor name -> its own port (wins over the rule above)
+
+    def port_for(self, name: str, names: list[str]) -> int | None:
+        """The port actor ``name`` serves its health endpoints on (None: off, or not an actor of the plan)."""
+        if not self.enabled:
+            return None
+        if name in self.ports:
+            return int(self.ports[name])
+        if not self.consecutive:
+            return self.port
+        return self.port + names.index(name) if name in names else None
+
+    def check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SectionError("port", f"{self.port} is not a port number")
+        for name, port in self.ports.items():
+            if not valid_id(name) or not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+                raise SectionError("ports", f"{name!r}: {port!r} must be an actor name and a port number")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The ``metrics`` actor (workers/metrics.py): Prometheus text at ``http://host:port/metrics``."""
+
+    enabled: bool = False
+    name: str = "metrics"
+    host: str = "127.0.0.1"
+    port: int = 9870
+
+    def check(self) -> None:
+        _name(self.name)
+        if not 0 <= self.port <= 65535:
+            raise SectionError("port", f"{self.port} is not a port number")
+
+
+@dataclass(frozen=True)
 class Config:
     bus: BusConfig = field(default_factory=BusConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -348,6 +391,8 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     version: int = 1
     path: str | None = None  # the file it was loaded from
+    health: HealthConfig = field(default_factory=HealthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def worker(self, name: str) -> WorkerConfig:
         return _by_name(self.workers, name, "worker")
@@ -369,6 +414,8 @@ class Config:
             names.append(self.web.name)
         if self.gateway.enabled:
             names.append(self.gateway.name)
+        if self.metrics.enabled:
+            names.append(self.metrics.name)
         return names
 
 

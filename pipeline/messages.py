@@ -168,6 +168,13 @@ class Commit(Message):
         """Seconds from the end of the span being spoken to its publication."""
         return self.emitted - self.wall0 - self.end
 
+    def word_latencies(self) -> list[float]:
+        """Per committed word: seconds from the end of its being spoken to its publication
+        (``emitted - wall0 - word end``, the bench's latency); [] when the stream's ``wall0`` is unknown."""
+        if not self.wall0:
+            return []
+        return [self.emitted - self.wall0 - float(w[1]) for w in self.words]
+
 
 @dataclass(frozen=True)
 class Partial(Message):

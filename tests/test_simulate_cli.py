@@ -99,7 +99,8 @@ def test_comp_unaware_output_is_one_line_per_commit_in_stream_order(voxpipe_cli,
     # commits come in stream order
     for prev, row in zip(rows, rows[1:], strict=False):
         assert row[1] >= prev[2] - 100, (prev, row)
-    assert rows[-1][0] == 7500  # the last commit is made by finish() at the end of the audio
+    # the last words come out at the pause after them (the VAD's speech end), or at the end of the audio
+    assert rows[-1][0] <= 7500 and rows[-1][2] <= rows[-1][0]
     text = " ".join(r[3] for r in rows)
     assert wer(FIRST_TWO, text) <= 0.25, text
     # logs go to stderr, never to stdout
@@ -112,8 +113,10 @@ def test_real_time_mode_emits_in_wall_clock_order(voxpipe_cli, short_excerpt):
     assert proc.returncode == 0, proc.stderr
     rows = parse(proc.stdout)
     assert_well_formed(rows, 3000)
-    # the audio "arrives" at wall-clock speed: the last emission is after 3 s
-    assert rows[-1][0] >= 3000
+    # the audio "arrives" at wall-clock speed: no word comes out before it was spoken, and the
+    # last one (heard at the pause after the sentence, ~2.6 s, or at the end) no sooner than that
+    assert all(end <= emit for emit, _beg, end, _ in rows)
+    assert rows[-1][0] >= 2400
     assert "meeting" in normalize(" ".join(r[3] for r in rows)).split()
 
 

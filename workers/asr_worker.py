@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from asr_core.streaming import Step, StepResult, StreamingSession
 from pipeline import messages as m
+from pipeline.logformat import stream_context
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .decode_jobs import DecodeRunner
@@ -115,6 +116,7 @@ class ASRWorker(Actor):
         d["rtf"] = self.counters["rtf"]
         d["concurrency"] = self.runner.concurrency if self.runner else 0
         d["streams"] = sorted(self.streams)
+        d["max_streams"] = self.wcfg.max_streams  # slots: streams it serves at once
         return d
 
     def _new_processor(self):
@@ -199,7 +201,8 @@ class ASRWorker(Actor):
         for stream, result in self.runner.done():
             st = self.streams.get(stream)
             if st is not None:
-                self._apply(st, result)
+                with stream_context(stream):  # its log lines name the stream (--log-format json)
+                    self._apply(st, result)
 
     def _next_step(self) -> tuple[StreamState | None, Step | None]:
         """The stream whose step is most urgent: flushes and finishes first, then the oldest undecoded audio."""

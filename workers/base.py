@@ -15,6 +15,9 @@ bus handshake, then the loop: receive and validate messages, call
 * First SIGTERM/SIGINT: :meth:`drain` (capture sends ``eos``, workers flush,
   sinks write), then exit 0 once :meth:`drained` says so. Second: exit now.
 * Sockets are closed in ``finally``.
+* With the config's ``health:`` section on, ``/healthz`` and ``/readyz`` answer on the actor's
+  port from before :meth:`setup` (:mod:`workers.health_http`); every heartbeat carries the
+  host name, CPU seconds and resident memory of the process.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import argparse
 import logging
 import os
 import signal
+import socket
+import sys
 import time
 from collections.abc import Iterable
 
@@ -32,7 +37,29 @@ from pipeline import messages as m
 from pipeline.bus import Publisher, Subscriber, handshake
 from pipeline.config import BusConfig, Config, ConfigError, Override, load_config
 from pipeline.errors import ExitCode
+from pipeline.liveness import Liveness
+from pipeline.logformat import FORMATS, set_actor, stream_context
 from pipeline.sequence import GapCounter
+
+HOST = socket.gethostname()
+
+
+def process_usage() -> tuple[float, int | None]:
+    """CPU seconds (user + system) of this process and its resident memory in bytes (None where unknown)."""
+    t = os.times()
+    rss = None
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        try:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the peak, not the current size
+            rss = peak if sys.platform == "darwin" else peak * 1024
+        except (ImportError, OSError):
+            pass
+    return round(t.user + t.system, 3), rss
 
 
 class RateLimitedLog:
@@ -92,6 +119,8 @@ class Actor:
         self.sub: Subscriber | None = None
         self._next_heartbeat = 0.0
         self._hb_seq = 0
+        self._last_heartbeat = 0.0  # monotonic time of the last heartbeat sent
+        self.http = None  # the health listener, when the config turns it on
         self.poll_ms = 50
 
     # -- to override ------------------------------------------------------------
@@ -120,6 +149,29 @@ class Actor:
     def teardown(self) -> None:
         """Last words before sockets close (always called)."""
 
+    def http_address(self) -> tuple[str, int] | None:
+        """Where this actor's health listener binds (None: no listener); from the config's ``health:``."""
+        if self.config is None:
+            return None
+        port = self.config.health.port_for(self.name, self.config.actor_names())
+        return None if port is None else (self.config.health.host, port)
+
+    def http_routes(self) -> dict:
+        """Extra paths for the health listener: path -> callable returning (status, content type, body)."""
+        return {}
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready?, why not): set up, handshake done, not draining, and the loop still heartbeating."""
+        if not self.ready:
+            return False, "starting"
+        if self.stopping:
+            return False, "draining"
+        timeout = Liveness(self.bus.heartbeat_interval).timeout  # the one liveness rule
+        late = time.monotonic() - self._last_heartbeat
+        if late > timeout:
+            return False, f"no heartbeat for {late:.1f}s"
+        return True, ""
+
     # -- helpers -----------------------------------------------------------------
     def publish(self, topic: str, msg: m.Message) -> bool:
         ok = self.pub.send(topic, msg)
@@ -140,12 +192,17 @@ class Actor:
 
     def heartbeat(self) -> None:
         try:
+            cpu, rss = process_usage()
+            info = {"host": HOST, **self.info()}
+            if rss is not None:
+                info.setdefault("rss_bytes", rss)
             hb = m.Heartbeat(
                 stream="", seq=self._hb_seq, name=self.name, role=self.role, ready=self.ready,
-                pid=os.getpid(), time=time.time(), counters=dict(self.counters), info=self.info(),
+                pid=os.getpid(), time=time.time(), counters={**self.counters, "cpu_seconds": cpu}, info=info,
             )
             self._hb_seq += 1
             self.send_status(m.status_topic(self.name), hb)
+            self._last_heartbeat = time.monotonic()
         except Exception:  # noqa: BLE001 - a heartbeat never takes the actor down
             self.counters["errors"] += 1
             self.limited.warning("heartbeat", "cannot publish a heartbeat", level=logging.ERROR, exc_info=True)
@@ -179,7 +236,8 @@ class Actor:
         else:
             self._track_seq(topic, msg)
         try:
-            self.handle(topic, msg)
+            with stream_context(msg.stream):
+                self.handle(topic, msg)
         except Exception as exc:  # noqa: BLE001 - an actor never dies of one message
             self.counters["errors"] += 1
             self.limited.warning(f"error:{msg.kind}:{type(exc).__name__}", "error while handling %s on %s",
@@ -190,8 +248,29 @@ class Actor:
         self.counters["gaps"] += self._gaps.observe(topic, msg.seq, ends=isinstance(msg, m.EndOfStream))
 
     # -- the loop ---------------------------------------------------------------------
+    def start_http(self) -> None:
+        """Start the health listener (when configured); a port already taken is one clear error."""
+        set_actor(self.name)
+        addr = self.http_address()
+        if addr is None:
+            return
+        from .health_http import HealthServer
+
+        try:
+            self.http = HealthServer(addr[0], addr[1], self.readiness, self.http_routes()).start()
+        except OSError as exc:
+            where = f"http://{addr[0]}:{addr[1]}"
+            raise ConfigError(f"{self.name}: cannot listen on {where}: {exc.strerror or exc}") from None
+        self.log.info("health endpoints on http://%s:%d/healthz and /readyz", addr[0], self.http.port)
+
+    def stop_http(self) -> None:
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+
     def run(self) -> int:
         self.install_signals()
+        self.start_http()
         self.ctx = zmq.Context()
         try:
             self.pub = Publisher(self.ctx, self.bus)
@@ -210,6 +289,7 @@ class Actor:
             try:
                 self.teardown()
             finally:
+                self.stop_http()
                 for sock in (self.sub, self.pub):
                     if sock is not None:
                         sock.close()
@@ -256,6 +336,11 @@ def add_actor_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--xsub", default=None, help="broker XSUB endpoint (overrides the config)")
     p.add_argument("--xpub", default=None, help="broker XPUB endpoint (overrides the config)")
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default=None, choices=list(FORMATS),
+                   help="text (default, or VOXPIPE_LOG_FORMAT) or json: one JSON object per line")
+    p.add_argument("--health-port", type=int, default=None,
+                   help="serve /healthz and /readyz on this port (overrides the config's health: section)")
+    p.add_argument("--health-host", default=None, help="address the health listener binds (default 127.0.0.1)")
 
 
 def actor_config(args, section: str | None = None, values: dict | None = None, **pick) -> Config:
@@ -266,6 +351,11 @@ def actor_config(args, section: str | None = None, values: dict | None = None, *
     apply to the bus. Everything is validated once, together.
     """
     overrides = [Override("bus", {"xsub": args.xsub, "xpub": args.xpub})]
+    port = getattr(args, "health_port", None)
+    if port is not None or getattr(args, "health_host", None):
+        # --health-port: this actor listens on that port (one actor per container or pod)
+        overrides.append(Override("health", {"enabled": True, "host": getattr(args, "health_host", None),
+                                             "port": port, "consecutive": False if port is not None else None}))
     if section is not None:
         overrides.append(Override(section, dict(values or {}), name=getattr(args, "name", None), **pick))
     return load_config(args.config, overrides=overrides)

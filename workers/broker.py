@@ -76,6 +76,7 @@ class Broker(Actor):
 
     def run(self) -> int:
         self.install_signals()
+        self.start_http()
         self.ctx = zmq.Context()
         try:
             self._bind()
@@ -83,6 +84,7 @@ class Broker(Actor):
             self.log.info("forwarding %s -> %s", self.bus.xsub, self.bus.xpub)
             return self._forward()
         finally:
+            self.stop_http()
             for sock in (self.xsub, self.xpub):
                 if sock is not None:
                     sock.close()
