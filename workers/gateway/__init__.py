@@ -12,6 +12,7 @@ and the VAD's ``speech.<stream>``. Modules:
 * :mod:`.results`: bus messages of one connection turned into protocol-neutral results;
 * :mod:`.audio_in`: client audio (raw PCM, G.711, containers through PyAV) to 16 kHz;
 * :mod:`.access`: API keys and per-connection limits;
+* :mod:`.context`: what every endpoint shares: pool choice and admission (key, worker up, room);
 * :mod:`.deepgram`, :mod:`.openai_rest`, :mod:`.realtime`, :mod:`.tcp`: one protocol each;
 * :mod:`.app`: the ASGI application (Starlette) that routes to them.
 
