@@ -33,6 +33,7 @@ COMMANDS = [
     "apps.listen",
     "workers.sink",
     "apps.web",  # workers.web's actor, and the whole pipeline behind it when no config is given
+    "workers.gateway.actor",
     "apps.launch",
     "apps.transcribe",
     "apps.export",

@@ -11,7 +11,9 @@ export time, relative paths kept: the image's working directory is the repositor
   (:func:`broker_bind_args`);
 * ``health``: on, every actor on :data:`HEALTH_PORT` of its own container (probes hit it);
 * ``metrics``: on, listening on every interface (the autoscaler and Prometheus read it);
-* ``web`` (when on and it has a ``token``): listening on every interface.
+* ``web`` (when on and it has a ``token``): listening on every interface;
+* ``gateway`` (when on and it has ``api_keys``): listening on every interface, without the
+  whisper_streaming TCP listener (that protocol has no key, so it stays on loopback).
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def container_config(config: str, broker_host: str) -> tuple[Config, dict]:
     data["metrics"] = {**(data.get("metrics") or {}), "enabled": True, "host": ANY}
     if cfg.web.enabled and cfg.web.token:  # beyond loopback only with its token (web.token)
         data["web"] = {**data["web"], "host": ANY}
+    if cfg.gateway.enabled and cfg.gateway.keys:  # beyond loopback only with keys (gateway.api_keys)
+        data["gateway"] = {**data["gateway"], "host": ANY, "tcp_port": None}
     return cfg, data
 
 
@@ -114,6 +118,8 @@ def container_actors(cfg: Config, data: dict) -> list[ContainerActor]:
             ports = (("metrics", metrics.port),)
         elif p.role == "web":
             ports = (("web", cfg.web.port),)
+        elif p.role == "serve":
+            ports = (("gateway", cfg.gateway.port),)
         w = workers.get(p.name) if p.role == "worker" else None
         replicas = int(getattr(w, "replicas", 1) or 1) if w is not None else 1
         pool = str(getattr(w, "pool", None) or p.name) if w is not None else ""

@@ -11,7 +11,7 @@ all from one image built from ``deploy/Dockerfile``; each service:
   as the process-manager exports (workers 60 s);
 * starts after the broker is healthy; a worker pool's ``replicas`` become ``deploy.replicas``.
 
-The metrics endpoint (and the web page, when on) is published on the host's loopback.
+The metrics endpoint (and the web page and the gateway, when on) is published on the host's loopback.
 ``docker compose -f DIR/compose.yaml up --build`` runs it.
 """
 
@@ -64,7 +64,7 @@ def render_compose(actors: list[ContainerActor], app: str, keys: str, image: str
         svc["stop_grace_period"] = f"{a.stop_timeout}s"
         if a is not broker:
             svc["depends_on"] = {broker_service: {"condition": "service_healthy"}}
-        published = [f"127.0.0.1:{port}:{port}" for what, port in a.ports if what in ("metrics", "web")]
+        published = [f"127.0.0.1:{port}:{port}" for what, port in a.ports if what in ("metrics", "web", "gateway")]
         if published:
             svc["ports"] = published
         if a.replicas > 1:

@@ -168,7 +168,7 @@ def render_kubernetes(actors: list[ContainerActor], app: str, data: dict, keys: 
         docs = [deployment(app, a, image, items)]
         if a.role == "broker":
             docs.append(service(app, a, f"{app}-broker"))
-        elif a.role in ("metrics", "web"):
+        elif a.role in ("metrics", "web", "serve"):
             docs.append(service(app, a, f"{app}-{dns_name(a.name)}"))
         elif a.role == "worker":
             docs += [disruption_budget(app, a), autoscaler(app, a)]

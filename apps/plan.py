@@ -1,7 +1,8 @@
 """The process plan of a pipeline: one command line per actor in a config.
 
 Order (also the start order): broker, sources (``capture``), the VAD when
-enabled, workers, sinks, the web page when enabled, the metrics actor when enabled. Every line reads
+enabled, workers, sinks, the web page, the gateway (``voxpipe serve``) and the metrics actor when
+enabled. Every line reads
 ``NAME: <voxpipe> <role> --config CONFIG --name NAME``.
 
 ``<voxpipe>`` is the ``voxpipe`` console script next to the running Python
@@ -10,7 +11,7 @@ with that Python. The portable form (``portable=True``) writes plain
 ``voxpipe`` and keeps the config path as given, for a Procfile that lives in
 the repository and is run with the venv activated.
 
-Shutdown goes the other way, in stages (:data:`STOP_STAGES`): sources and
+Shutdown goes the other way, in stages (:data:`STOP_STAGES`): sources, the gateway and
 the web page first (they send ``eos`` for their streams), then the VAD, the
 workers (final flush), sinks, and the broker last, so that every stage's last messages still have a bus.
 """
@@ -25,13 +26,13 @@ from pathlib import Path
 from pipeline.config import Config
 
 # roles in stopping order; each stage is stopped (and waited for) before the next
-STOP_STAGES = (("capture", "web"), ("vad",), ("worker",), ("sink",), ("broker",))
+STOP_STAGES = (("capture", "web", "serve"), ("vad",), ("worker",), ("sink",), ("broker",))
 
 
 @dataclass(frozen=True)
 class ActorProcess:
     name: str
-    role: str  # the voxpipe subcommand: broker | capture | vad | worker | sink | web | metrics
+    role: str  # the voxpipe subcommand: broker | capture | vad | worker | sink | web | serve | metrics
     argv: tuple  # full command line
 
     @property
@@ -66,6 +67,9 @@ def actor_processes(cfg: Config, config_path: str | None = None, portable: bool 
     procs = [ActorProcess(name, role, tuple(exe + [role, "--config", path, "--name", name])) for name, role in roles]
     if cfg.web.enabled:
         procs.append(ActorProcess(cfg.web.name, "web", tuple(exe + ["web", "--config", path, "--name", cfg.web.name])))
+    if cfg.gateway.enabled:
+        procs.append(ActorProcess(cfg.gateway.name, "serve",
+                                  tuple(exe + ["serve", "--config", path, "--name", cfg.gateway.name])))
     if cfg.metrics.enabled:  # the metrics actor (workers/metrics.py); stops with the sinks
         name = cfg.metrics.name
         procs.append(ActorProcess(name, "metrics", tuple(exe + ["metrics", "--config", path, "--name", name])))

@@ -88,9 +88,10 @@ def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, sou
     src = dataclasses.replace(src, input=f"file:{audio.resolve()}", speed=speed or src.speed, loop=False,
                               wait_for=tuple(waits))
     web = dataclasses.replace(cfg.web, enabled=False)
-    # a private run: no fixed ports of the operations endpoints (they could be a running pipeline's)
+    # a private run: no fixed ports of the operations endpoints or the gateway (they could be a running pipeline's)
     ops = {"health": dataclasses.replace(cfg.health, enabled=False),
-           "metrics": dataclasses.replace(cfg.metrics, enabled=False)}
+           "metrics": dataclasses.replace(cfg.metrics, enabled=False),
+           "gateway": dataclasses.replace(cfg.gateway, enabled=False)}
     return dataclasses.replace(cfg, sources=(src,), sinks=tuple(sinks), web=web, bus=private_bus(cfg.bus), **ops)
 
 

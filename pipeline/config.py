@@ -30,6 +30,7 @@ from .config_schema import (  # noqa: F401 - the sections are part of this modul
     BrokerConfig,
     BusConfig,
     Config,
+    GatewayConfig,
     HealthConfig,
     MetricsConfig,
     SectionError,
@@ -44,9 +45,10 @@ from .errors import ConfigError
 from .yaml_typed import build, expand_env, expand_tree  # noqa: F401 (expand_env: part of this module's API)
 
 __all__ = ["ConfigError", "Config", "Override", "load_config", "BusConfig", "WorkerConfig", "SourceConfig",
-           "SinkConfig", "VADConfig", "WebConfig", "BrokerConfig", "SecurityConfig", "HealthConfig", "MetricsConfig"]
+           "SinkConfig", "VADConfig", "WebConfig", "GatewayConfig", "BrokerConfig", "SecurityConfig", "HealthConfig",
+           "MetricsConfig"]
 
-SECTIONS = ("bus", "broker", "vad", "web", "health", "metrics")  # the mapping sections; LIST_ITEMS has the list ones
+SECTIONS = ("bus", "broker", "vad", "web", "gateway", "health", "metrics")  # the mapping sections; LIST_ITEMS: lists
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,23 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     if cfg.web.enabled and cfg.web.port in ports:
         fail(f"web.port {cfg.web.port} clashes with {ports[cfg.web.port]}")
     _check_http_ports(cfg, ports, fail)
+    if cfg.gateway.enabled:
+        _check_section(cfg.gateway, "gateway", file)
+        taken = dict(ports)
+        for on, key, port in ((cfg.web.enabled, "web.port", cfg.web.port),
+                              (cfg.metrics.enabled, "metrics.port", cfg.metrics.port)):
+            if on:
+                taken.setdefault(port, key)
+        for name in cfg.actor_names():
+            health = cfg.health.port_for(name, cfg.actor_names())
+            if health is not None:
+                taken.setdefault(health, f"the health port of {name!r}")
+        for key, gport in (("port", cfg.gateway.port), ("tcp_port", cfg.gateway.tcp_port)):
+            if gport and gport in taken:
+                fail(f"gateway.{key} {gport} clashes with {taken[gport]}")
+            if gport:
+                taken[gport] = f"gateway.{key}"
+        cfg = dataclasses.replace(cfg, gateway=cfg.gateway.resolved(cfg.workers))
     sources = []
     streams: set[str] = set()
     for i, s in enumerate(cfg.sources):

@@ -266,6 +266,76 @@ class WebConfig:
             raise SectionError("max_sessions", "must be at least 1")
 
 
+def pool_of(worker: WorkerConfig) -> str:
+    """The name in a worker's transcript topics (``transcript.<pool>.<stream>``): its pool's, else its own."""
+    return getattr(worker, "pool", None) or worker.name
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """``voxpipe serve``: Deepgram-, OpenAI- and whisper_streaming-compatible endpoints (workers/gateway)."""
+
+    enabled: bool = False
+    name: str = "gateway"
+    host: str = "127.0.0.1"
+    port: int = 8000  # HTTP and WebSocket: /v1/listen, /v1/audio/*, /v1/realtime
+    tcp_port: int | None = None  # whisper_streaming's raw-PCM TCP protocol (43007 in configs/serve.yaml); null: off
+    pool: str | None = None  # whose transcripts clients get (transcript.<pool>.*); default: the first worker's
+    translate_pool: str | None = None  # /v1/audio/translations; default: the first worker with task translate
+    language_pools: dict = field(default_factory=dict)  # language code -> pool, for requests that name one
+    api_keys: tuple = ()  # when set, every client sends one; required beyond loopback
+    max_connections: int = 16  # client connections (and uploads) at once: a worker serves 16 streams by default
+    max_frame_bytes: int = 1 << 20  # largest WebSocket message; a bigger one closes the connection (1009)
+    max_messages_per_s: float = 200.0  # per connection, averaged over a 2 s burst
+    max_session_s: float = 3600.0  # longest connection, and longest uploaded file
+    idle_timeout: float = 10.0  # Deepgram's: nothing from the client this long closes it (1011 NET-0001)
+    max_upload_bytes: int = 25 * 1024 * 1024  # the OpenAI API's file limit
+
+    @property
+    def keys(self) -> tuple:
+        return tuple(k for k in self.api_keys if k)
+
+    def pools(self) -> tuple:
+        """Every pool the gateway may route a client to, default first."""
+        names = [self.pool, self.translate_pool, *self.language_pools.values()]
+        return tuple(dict.fromkeys(n for n in names if n))
+
+    def resolved(self, workers: tuple) -> GatewayConfig:
+        """Defaults that depend on the workers: ``pool`` and ``translate_pool``."""
+        from dataclasses import replace
+
+        pool = self.pool or (pool_of(workers[0]) if workers else WorkerConfig.name)
+        translate = self.translate_pool or next((pool_of(w) for w in workers if w.task == "translate"), None)
+        return replace(self, pool=pool, translate_pool=translate)
+
+    def check(self) -> None:
+        from .security import is_loopback_host
+
+        _name(self.name)
+        for key in ("port", "tcp_port"):
+            port = getattr(self, key)
+            if port is not None and not 0 <= port <= 65535:
+                raise SectionError(key, f"{port} is not a port number")
+        if not is_loopback_host(self.host) and not self.keys:
+            raise SectionError("host", f"{self.host} binds beyond loopback: set gateway.api_keys "
+                                       "(clients send Authorization: Token KEY or Bearer KEY)")
+        if self.tcp_port is not None and not is_loopback_host(self.host):
+            raise SectionError("tcp_port", "whisper_streaming's TCP protocol has no way to send a key: "
+                                           "it is served on a loopback host only")
+        for key in ("pool", "translate_pool"):
+            if getattr(self, key) is not None:
+                _name(getattr(self, key), key)
+        for lang, pool in self.language_pools.items():
+            if not isinstance(lang, str) or not isinstance(pool, str) or not valid_id(pool):
+                raise SectionError("language_pools", f"{lang!r}: {pool!r} must map a language code to a pool name")
+        for key in ("max_connections", "max_frame_bytes", "max_upload_bytes"):
+            if getattr(self, key) < 1:
+                raise SectionError(key, "must be at least 1")
+        for key in ("max_messages_per_s", "max_session_s", "idle_timeout"):
+            if getattr(self, key) <= 0:
+                raise SectionError(key, "must be positive")
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     """``/healthz`` and ``/readyz`` on every actor (workers/health_http.py); off by default."""
@@ -318,6 +388,7 @@ class Config:
     workers: tuple = ()
     sinks: tuple = ()
     web: WebConfig = field(default_factory=WebConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     version: int = 1
     path: str | None = None  # the file it was loaded from
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -341,6 +412,8 @@ class Config:
         names += [s.name for s in self.sinks]
         if self.web.enabled:
             names.append(self.web.name)
+        if self.gateway.enabled:
+            names.append(self.gateway.name)
         if self.metrics.enabled:
             names.append(self.metrics.name)
         return names

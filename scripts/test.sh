@@ -3,7 +3,7 @@
 #
 # * system packages (Debian/Ubuntu, as root): Chromium and its driver for the
 #   browser test, OpenBLAS for mlx on Linux CPUs, tmux for the `voxpipe top` test;
-# * .venv with voxpipe and its test, web, bench and bundled-model extras;
+# * .venv with voxpipe and its test, web, serve, bench and bundled-model extras;
 # * the torch-based backends (whisper_timestamped, mlx-whisper) with a CPU
 #   torch; set VOXPIPE_SKIP_TORCH=1 to leave them out (their tests then skip).
 set -euo pipefail
@@ -25,7 +25,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
-"${PIP[@]}" -e '.[test,web,bench,base-model]'
+"${PIP[@]}" -e '.[test,web,serve,bench,base-model]'
 if [ "${VOXPIPE_SKIP_TORCH:-0}" != 1 ]; then
   # a CPU torch first, so nothing below pulls a CUDA build; then the torch
   # backends without their CUDA-only extras (triton)

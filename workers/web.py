@@ -41,7 +41,8 @@ START_TIMEOUT_S = 60.0
 class PageServer:
     """uvicorn serving an ASGI app from its own thread, on a socket bound up front."""
 
-    def __init__(self, app, host: str, port: int):
+    def __init__(self, app, host: str, port: int, **options):
+        """``options``: more ``uvicorn.Config`` settings (e.g. ``ws_max_size``)."""
         import uvicorn
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -55,7 +56,7 @@ class PageServer:
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=3)
+                                timeout_graceful_shutdown=3, **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name="voxpipe-web-page", daemon=True)
         self.error: BaseException | None = None

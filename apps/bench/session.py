@@ -74,7 +74,8 @@ def bench_config(cfg: Config, worker: str | None = None, min_chunk_size: float |
             raise ConfigError("--min-chunk-size must be positive")
         w = dataclasses.replace(w, min_chunk_size=float(min_chunk_size))
     return dataclasses.replace(cfg, sources=(), sinks=(), workers=(w,), bus=private_bus(cfg.bus),
-                               web=dataclasses.replace(cfg.web, enabled=False))
+                               web=dataclasses.replace(cfg.web, enabled=False),
+                               gateway=dataclasses.replace(cfg.gateway, enabled=False))
 
 
 class BenchSession:
