@@ -190,6 +190,12 @@ def test_broken_entry_point_gives_a_clear_error(tmp_path, monkeypatch):
 PORT = "tests.whisper_online_port:PortedFasterWhisperASR"
 
 
+def importable_env() -> dict[str, str]:
+    """The console script's ``sys.path`` starts at ``.venv/bin``: the repository goes on ``PYTHONPATH``, no hub."""
+    return dict(os.environ, HF_HUB_OFFLINE="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
 @pytest.fixture(scope="module")
 def short_clip(tmp_path_factory):
     """The first sentence of meeting_gaps.wav ("Thank you all for joining the meeting."), 3 s."""
@@ -280,7 +286,7 @@ def test_a_whisper_online_engine_given_a_bundled_name_runs_offline(short_clip):
     proc = subprocess.run(
         voxpipe_cmd() + ["simulate", str(short_clip), "--backend", PORT, "--model", "tiny.en", "--lan", "en",
                          "--comp_unaware"],
-        capture_output=True, text=True, timeout=180, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True, text=True, timeout=180, cwd=ROOT, env=importable_env(),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from apps.bench.evaluation import wer
@@ -294,7 +300,7 @@ def test_a_whisper_online_engine_given_a_bundled_name_runs_offline(short_clip):
 def test_a_whisper_online_engine_with_a_name_nobody_has_fails_in_one_line(short_clip):
     proc = subprocess.run(
         voxpipe_cmd() + ["simulate", str(short_clip), "--backend", PORT, "--model", "large-v2", "--comp_unaware"],
-        capture_output=True, text=True, timeout=180, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True, text=True, timeout=180, cwd=ROOT, env=importable_env(),
     )
     assert proc.returncode == 4 and proc.stdout == ""
     assert "Traceback" not in proc.stderr
