@@ -30,6 +30,7 @@ COMMANDS = [
     "workers.asr_worker",
     "workers.capture",
     "workers.vad_actor",
+    "workers.dispatcher",
     "apps.listen",
     "workers.sink",
     "workers.web",
