@@ -250,3 +250,16 @@ def test_stale_commits_do_not_move_the_retention_point():
     s.audio(3.0, 0.2)
     commit(t, "a", 0.0, 2.5, seq=0, epoch=7)  # an epoch this stream is not in
     assert t.entries[("p", "s1")].committed_until is None
+
+
+def test_a_restarted_dispatcher_leaves_each_stream_with_the_worker_that_holds_it():
+    t = table(now=10.0)
+    join(t, "a", now=10.0, epochs={"s1": 4})
+    join(t, "b", now=10.0)
+    s = Stream(t)
+    s.audio(0.3, 10.1)  # the stream goes on after our restart
+    out = sent(t)
+    e = t.entries[("p", "s1")]
+    assert e.holder == "a" and e.epoch == 4 and e.state == "held"
+    assert [type(x).__name__ for x in to(out, "a")] == ["Audio"] * 3  # no new assignment, no replay
+    assert to(out, "b") == []

@@ -22,7 +22,9 @@ pools"):
 * **drain**: the streams of a worker that says ``draining`` move at their next pause
   (``speech_end``) or after ``handoff_timeout``: the worker gets ``eos`` with ``moved``,
   finishes, and acknowledges in a heartbeat; then the next worker gets the kept messages.
-  A last heartbeat with ``stopping`` moves whatever the worker still held at once.
+  A last heartbeat with ``stopping`` moves whatever the worker still held at once;
+* **restart**: a dispatcher that starts (again) while workers hold streams adopts each such
+  stream where the worker's heartbeat (``epochs``) says it is, instead of assigning it anew.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Member:
     subscribed: bool = False  # its dispatch.<name>. subscription has reached our publisher
     assigned: set = field(default_factory=set)  # streams we gave it (and those reserved for it)
     told: set = field(default_factory=set)  # (stream, epoch) it still held and was told to drop
+    held: dict = field(default_factory=dict)  # stream -> epoch, as its latest heartbeat says
 
 
 @dataclass
@@ -137,6 +140,8 @@ class PoolTable:
             for e in self._held_by(mb.name):
                 e.handoff_since = now
         mb.draining = bool(info.get("draining"))
+        epochs = info.get("epochs")
+        mb.held = {k: v for k, v in epochs.items() if isinstance(v, int)} if isinstance(epochs, dict) else {}
         released = {(r[0], r[1]) for r in info.get("released") or () if isinstance(r, list) and len(r) == 2}
         for e in list(self.entries.values()):
             if e.state == MOVING and e.holder == mb.name and (e.stream, e.epoch) in released:
@@ -226,6 +231,8 @@ class PoolTable:
 
     def _place(self, e: Entry, now: float) -> None:
         """Assign ``e`` to the best worker; refuse a new stream when every worker that could take it is full."""
+        if not e.assigned_once and self._adopt(e, now):
+            return
         mb = self.choose(e.pool, now)
         if mb is not None:
             self._assign(e, mb)
@@ -235,6 +242,22 @@ class PoolTable:
             self._refuse(e, f"all {len(serving)} worker(s) of pool {e.pool} are full "
                             f"({sum(x.slots for x in serving)} slot(s))")
         # else: no worker to take it yet (starting, restarting, all draining): it waits, its messages kept
+
+    def _adopt(self, e: Entry, now: float) -> bool:
+        """A stream a live worker already holds (we restarted): it stays there, under its epoch."""
+        for mb in self._live(e.pool, now):
+            epoch = mb.held.get(e.stream)
+            if epoch is None:
+                continue
+            e.epoch, e.holder, e.state, e.assigned_once = epoch, mb.name, HELD, True
+            self._epochs[(e.pool, e.stream)] = max(self._epochs.get((e.pool, e.stream), 0), epoch)
+            mb.assigned.add(e.stream)
+            topic = m.dispatch_topic(mb.name, e.stream)
+            for _b, _e, msg in e.retained:  # what came while we were placing it is new to it
+                self.out.append((topic, dataclasses.replace(msg, seq=self.seq(topic))))
+            log.info("stream %s of pool %s stays with %s (epoch %d)", e.stream, e.pool, mb.name, epoch)
+            return True
+        return False
 
     def _refuse(self, e: Entry, why: str) -> None:
         e.state = REFUSED
@@ -355,8 +378,8 @@ class PoolTable:
             return
         for stream, epoch in epochs.items():
             e = self.entries.get((mb.pool, stream))
-            if e is not None and e.holder == mb.name and e.epoch == epoch:
-                continue
+            if e is None or (e.holder == mb.name and e.epoch == epoch) or e.state == WAITING:
+                continue  # unknown here (yet): adopted when its next message comes
             if (stream, epoch) in mb.told or not isinstance(epoch, int) or not m.valid_id(stream):
                 continue
             mb.told.add((stream, epoch))
