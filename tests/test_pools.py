@@ -179,7 +179,7 @@ sinks:
     at, err = refusal
     print(f"\nrefused {at - first_audio:.2f}s after the stream's first frame: {err.message}")
     assert err.code == m.POOL_FULL and at - first_audio < 1.0
-    assert "refused" in p.procs["s3"].log() and capture.info["refused_by"] == ["asr"]
+    assert "refused" in p.procs["s3"].log_path.read_text() and capture.info["refused_by"] == ["asr"]
     assert disp.counters["streams_refused"] == 1
     recs = jsonl(out)
     assert not commits(recs, "asr", "s3")

@@ -44,7 +44,10 @@ class Hosts:
 
     def __init__(self):
         tag = secrets.token_hex(3)
-        self.net = f"10.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}"
+        routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, timeout=10).stdout
+        self.net = ""
+        while not self.net or f"{self.net}." in routes:  # a /24 nobody on this machine uses
+            self.net = f"10.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}"
         self.bridge = f"vpbr{tag}"
         self.ns = {h: f"vp{h}{tag}" for h in "abc"}
         self.addr = {h: f"{self.net}.{i}" for i, h in enumerate("abc", 1)}
