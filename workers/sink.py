@@ -4,7 +4,7 @@
 (the sink's section gives ``output``, ``workers`` and ``partials``; a given
 ``OUTPUT`` or ``--workers`` overrides it).
 
-It subscribes to ``transcript.`` (``transcript.<worker>.`` for each selected
+It subscribes to ``transcript.`` (``transcript.<pool>.`` for each selected
 worker) and, for a console with partials, to ``partial.``; commits, eos and
 errors go to the output (:mod:`pipeline.outputs`, :mod:`workers.console`).
 

@@ -1,6 +1,6 @@
 """What the bench sees on the bus, as any subscriber would.
 
-:class:`BusWatch` subscribes to ``transcript.<worker>.``, ``speech.`` and
+:class:`BusWatch` subscribes to ``transcript.<pool>.``, ``speech.`` and
 ``status.``, and files every valid message under the stream it belongs to
 (:class:`StreamRecord`): the commits with their ``emitted``/``wall0`` and
 word times, the VAD's ``speech_start`` events, the speech audio the worker
