@@ -30,6 +30,7 @@ COMMANDS = [
     "workers.asr_worker",
     "workers.capture",
     "workers.vad_actor",
+    "workers.dispatcher",
     "apps.listen",
     "workers.sink",
     "apps.web",  # workers.web's actor, and the whole pipeline behind it when no config is given

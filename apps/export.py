@@ -30,9 +30,9 @@ from pipeline.errors import RuntimeFailure, UsageError
 from .plan import ActorProcess, actor_processes
 
 # start order: lower first; stopped in the reverse order
-PRIORITY = {"broker": 100, "sink": 200, "web": 200, "metrics": 200, "worker": 300, "vad": 400, "capture": 500,
-            "serve": 500}
-STOP_TIMEOUT = {"worker": 60, "sink": 20}
+PRIORITY = {"broker": 100, "sink": 200, "web": 200, "metrics": 200, "worker": 300, "dispatcher": 350, "vad": 400,
+            "capture": 500, "serve": 500}
+STOP_TIMEOUT = {"worker": 60, "sink": 20, "dispatcher": 20}
 DEFAULT_STOP_TIMEOUT = 15
 
 

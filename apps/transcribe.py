@@ -9,9 +9,11 @@
    started afresh. The result is validated like any config (exit 3).
 2. Broker, VAD, workers and sinks start; once each has reported ready on the
    bus, the capture starts (it also waits for them, via ``wait_for``).
-3. When every worker has published ``eos`` for the stream, everything is
-   stopped in pipeline order, and the transcript (one line per worker,
-   ``worker: text`` when several) is printed; exit 0.
+3. When every pool (a worker outside a pool is a pool of its own) has published
+   ``eos`` for the stream, everything is stopped in pipeline order, and the
+   transcript (one line per pool, ``pool: text`` when several) is printed; exit 0.
+   A pool that refuses the stream publishes an ``error`` and then ``eos``; late
+   messages of a pool worker presumed dead are ignored (:mod:`pipeline.epochs`).
 4. An actor that dies (the capture may exit 0 when its file is done), or
    ``--timeout``, stops everything: one line saying why, the last lines of
    the failed actor's log, exit 1. Ctrl-C: stop in order, exit 130.
@@ -74,7 +76,7 @@ def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, sou
         from pipeline.config import SourceConfig
 
         src = SourceConfig()
-    taken = {cfg.broker.name, src.name, cfg.vad.name} | {w.name for w in cfg.workers}
+    taken = {cfg.broker.name, src.name, cfg.vad.name, cfg.dispatcher.name} | set(cfg.actor_names())
     if outputs:
         sinks = []
         for spec in outputs:
@@ -84,7 +86,8 @@ def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, sou
             sinks.append(SinkConfig(name=_sink_name(kind, taken), output=spec, partials=False))
     else:
         sinks = [s for s in cfg.sinks if not s.output.startswith("console")]
-    waits = ([cfg.vad.name] if cfg.vad.enabled else []) + [w.name for w in cfg.workers] + [s.name for s in sinks]
+    waits = (([cfg.vad.name] if cfg.vad.enabled else []) + cfg.expand_names([w.name for w in cfg.workers])
+             + [s.name for s in sinks])
     src = dataclasses.replace(src, input=f"file:{audio.resolve()}", speed=speed or src.speed, loop=False,
                               wait_for=tuple(waits))
     web = dataclasses.replace(cfg.web, enabled=False)
@@ -105,7 +108,7 @@ def _fresh_outputs(cfg) -> None:
         if not path:
             continue
         base = Path(path)
-        candidates = [base] + [pair_path(base, w.name, st) for w in cfg.workers for st in streams]
+        candidates = [base] + [pair_path(base, pool, st) for pool in cfg.pools() for st in streams]
         for p in candidates:
             if p.is_file():
                 p.unlink()
@@ -113,11 +116,14 @@ def _fresh_outputs(cfg) -> None:
 
 # -- watching the bus -------------------------------------------------------------------------------
 class TranscriptWatch:
-    """Subscribes to transcripts and heartbeats; collects one stream's commits per worker."""
+    """Subscribes to transcripts and heartbeats; collects one stream's commits per pool (``workers``)."""
 
     def __init__(self, bus, stream: str, workers: list[str]):
+        from pipeline.epochs import EpochFilter
+
         self.stream = stream
         self.workers = workers
+        self.epochs = EpochFilter()
         self.ctx = zmq.Context()
         self.sub = Subscriber(self.ctx, bus, ["transcript.", "status."])
         self.ready: set[str] = set()
@@ -141,7 +147,7 @@ class TranscriptWatch:
                     self.ready.add(msg.name)
                 continue
             worker = m.parse_topic(topic).worker
-            if msg.stream != self.stream or worker not in self.texts:
+            if msg.stream != self.stream or worker not in self.texts or not self.epochs.admit(topic, msg):
                 continue
             if isinstance(msg, m.Commit):
                 self.texts[worker].append(msg.text)
@@ -198,7 +204,7 @@ def _run(args, audio: Path, tmp: Path) -> int:
     from honcho.printer import Printer
 
     runner = ProcessRunner(procs, printer=Printer(sys.stderr), echo=args.verbose)
-    watch = TranscriptWatch(cfg.bus, cfg.sources[0].stream_id, [w.name for w in cfg.workers])
+    watch = TranscriptWatch(cfg.bus, cfg.sources[0].stream_id, list(cfg.pools()))
     signals = SignalCounter().install()
     t0 = time.monotonic()
     failure = None

@@ -362,3 +362,18 @@ class OnlineASRProcessor:
         self.history.extend(committed)
         self.stats.committed_words += len(committed)
         return self._span(committed)
+
+    # -- taking over ------------------------------------------------------------
+    def continue_after(self, committed_until: float | None, words=()) -> None:
+        """Go on with a stream that another processor has committed up to ``committed_until``.
+
+        ``words``: the last words committed there (``(beg, end, word)``, as in commits), the
+        prompt and the duplicate check of the next hypotheses. Audio from before
+        ``committed_until`` may come next as context: only words after it are committed.
+        """
+        lead = " " if self.sep == "" else ""  # words on the wire are stripped; the backend's have a leading space
+        known = [(float(b), float(e), lead + str(w).strip()) for b, e, w in words]
+        self.history.extend(known)
+        if committed_until is not None:
+            self.hyp.last_committed_time = max(self.hyp.last_committed_time, float(committed_until))
+            self.hyp.committed_in_buffer = [w for w in known if w[1] > float(committed_until) - 5.0]

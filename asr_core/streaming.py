@@ -181,6 +181,15 @@ class StreamingSession:
             self.ended = True
         self._feed()
 
+    def resume(self, committed_until: float | None, words=()) -> None:
+        """Take over a stream that was committed up to ``committed_until`` elsewhere (a pool's failover or handoff).
+
+        Call it before the first audio; the audio replayed from a little before that point is
+        then context, and the schedule goes on as for any stream (see
+        :meth:`~asr_core.online.OnlineASRProcessor.continue_after`).
+        """
+        self.processor.continue_after(committed_until, words)
+
     def run_due(self, on_commit=None) -> list[Commit]:
         """Run every step that is due, one after the other (single-threaded drivers); returns the commits."""
         commits = []

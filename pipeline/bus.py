@@ -48,10 +48,17 @@ def _apply_common(sock: zmq.Socket, bus) -> None:
 
 
 class Publisher:
-    """PUB socket connected to the broker's XSUB; counts what it could not send."""
+    """PUB socket connected to the broker's XSUB; counts what it could not send.
 
-    def __init__(self, ctx: zmq.Context, bus) -> None:
-        self.sock = ctx.socket(zmq.PUB)
+    With ``watch_subscriptions`` it is an XPUB instead, which also tells its owner which
+    subscriptions have reached it (:meth:`subscription_changes`): a sender that must not
+    publish into the void before a given subscriber listens (the pool dispatcher) waits for them.
+    """
+
+    def __init__(self, ctx: zmq.Context, bus, watch_subscriptions: bool = False) -> None:
+        self.sock = ctx.socket(zmq.XPUB if watch_subscriptions else zmq.PUB)
+        if watch_subscriptions:
+            self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.sock.setsockopt(zmq.SNDHWM, int(bus.hwm))
         _apply_common(self.sock, bus)
         self.sock.connect(bus.xsub)
@@ -67,6 +74,18 @@ class Publisher:
             return False
         self.sent += 1
         return True
+
+    def subscription_changes(self, limit: int = 1000) -> list[tuple[bool, str]]:
+        """(subscribed, prefix) for each (un)subscription that has arrived (``watch_subscriptions`` only)."""
+        out = []
+        for _ in range(limit):
+            try:
+                frame = self.sock.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if frame[:1] in (b"\x00", b"\x01"):
+                out.append((frame[:1] == b"\x01", frame[1:].decode("utf-8", "replace")))
+        return out
 
     def close(self) -> None:
         self.sock.close()

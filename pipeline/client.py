@@ -22,6 +22,9 @@ serves snapshots (``snapshot:`` in its config section, or ``snapshot=`` an
 endpoint), then the live messages, without gaps or duplicates
 (:mod:`pipeline.snapshot`); ``duplicates`` counts the live messages skipped
 because the snapshot had them.
+
+Late messages of a pool worker that was presumed dead (an older ``epoch`` than one already
+seen for the stream, :mod:`pipeline.epochs`) are skipped and counted (``stale``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import zmq
 from . import messages as m
 from .bus import Publisher, Subscriber, handshake
 from .config import BusConfig, Config, ConfigError, load_config
+from .epochs import EpochFilter
 from .sequence import GapCounter
 from .snapshot import Merger, SnapshotError, fetch
 
@@ -87,6 +91,7 @@ class Subscription:
         self._gap_counter = GapCounter()
         self._open: set[str] = set()  # topics that have not sent eos
         self.duplicates = 0  # live messages skipped because the snapshot had them (from_start)
+        self._epochs = EpochFilter()
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
         self._sub: Subscriber | None = Subscriber(self._ctx, self.bus, self.prefixes)
@@ -147,7 +152,10 @@ class Subscription:
             raise StopIteration
         while True:
             if self._pending:
-                return self._deliver(*self._pending.popleft())
+                got = self._deliver(*self._pending.popleft())
+                if got is not None:
+                    return got
+                continue
             if self._backlog:
                 frames = self._backlog.pop(0)
             else:
@@ -178,9 +186,18 @@ class Subscription:
                     self._pending.extend(self._refill(topic, verdict, msg.seq))
                     self._pending.append((topic, msg))
                     continue
-            return self._deliver(topic, msg)
+            got = self._deliver(topic, msg)
+            if got is not None:
+                return got
 
-    def _deliver(self, topic: str, msg: m.Message) -> tuple[str, m.Message]:
+    @property
+    def stale(self) -> int:
+        """Messages skipped because a newer assignment epoch of their stream had been seen."""
+        return self._epochs.stale
+
+    def _deliver(self, topic: str, msg: m.Message) -> tuple[str, m.Message] | None:
+        if not self._epochs.admit(topic, msg):
+            return None
         self._track(topic, msg)
         self.received += 1
         self.last_topic = topic

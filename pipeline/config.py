@@ -30,6 +30,7 @@ from .config_schema import (  # noqa: F401 - the sections are part of this modul
     BrokerConfig,
     BusConfig,
     Config,
+    DispatcherConfig,
     GatewayConfig,
     HealthConfig,
     MetricsConfig,
@@ -46,9 +47,9 @@ from .yaml_typed import build, expand_env, expand_tree  # noqa: F401 (expand_env
 
 __all__ = ["ConfigError", "Config", "Override", "load_config", "BusConfig", "WorkerConfig", "SourceConfig",
            "SinkConfig", "VADConfig", "WebConfig", "GatewayConfig", "BrokerConfig", "SecurityConfig", "HealthConfig",
-           "MetricsConfig"]
+           "MetricsConfig", "DispatcherConfig"]
 
-SECTIONS = ("bus", "broker", "vad", "web", "gateway", "health", "metrics")  # the mapping sections; LIST_ITEMS: lists
+SECTIONS = ("bus", "broker", "vad", "web", "gateway", "health", "metrics", "dispatcher")  # mappings; LIST_ITEMS: lists
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     def fail(msg: str):
         raise ConfigError(f"{file}: {msg}")
 
-    for key in ("bus", "broker", "vad"):
+    for key in ("bus", "broker", "vad", "dispatcher"):
         _check_section(getattr(cfg, key), key, file)
     if cfg.web.enabled:
         _check_section(cfg.web, "web", file)
@@ -223,7 +224,8 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
                 fail(f"workers[{i}].model_dir: {w.model_dir!r} does not exist")
             w = dataclasses.replace(w, model_dir=_resolve_path(w.model_dir))
         workers.append(w)
-    worker_names = {w.name for w in workers}
+    _check_pools(cfg, fail)
+    worker_names = {w.name for w in workers} | set(cfg.pools())
     sinks = []
     outputs: set[str] = set()
     for i, s in enumerate(cfg.sinks):
@@ -280,6 +282,18 @@ def _check_http_ports(cfg: Config, ports: dict, fail) -> None:
     for port, what in http.items():
         if port in ports:
             fail(f"{what} ({port}) clashes with {ports[port]}")
+def _check_pools(cfg: Config, fail) -> None:
+    """Workers of one pool take the same input; several workers share a pool only through the dispatcher."""
+    first: dict[str, tuple[int, str]] = {}
+    for i, w in enumerate(cfg.workers):
+        pool = w.pool_name
+        if pool in first and first[pool][1] != w.input:
+            fail(f"workers[{i}].input: pool {pool!r} mixes input {first[pool][1]!r} and {w.input!r}")
+        first.setdefault(pool, (i, w.input))
+    crowded = [p for p, names in cfg.pools().items() if len(names) > 1]
+    if crowded and not cfg.dispatched:
+        fail(f"dispatcher.enabled is false but pool {crowded[0]!r} has {len(cfg.pools()[crowded[0]])} workers "
+             "(each would transcribe every stream on one topic): enable the dispatcher")
 
 
 def _resolve_input(s: SourceConfig, where: str, check_files: bool, fail) -> SourceConfig:

@@ -183,6 +183,21 @@ class WorkerConfig:
     early_commit_sec: float = _STREAMING.early_commit_sec  # commit a word the model is sure of this long after
     early_commit_prob: float = _STREAMING.early_commit_prob  # "sure": the model's word probability at least this
     options: dict = field(default_factory=dict)
+    # pools (docs/running.md, "Worker pools"): workers of one pool share its streams, each stream decoded by one
+    pool: str = ""  # the pool's name (its topics: transcript.<pool>.<stream>); default: the worker's name
+    replicas: int = 1  # processes of this entry, named <name>-1 ... <name>-N when more than one
+    slots: int = 0  # streams this worker takes from the dispatcher; 0: from its measured real-time factor
+    pin_cores: bool = False  # replica k runs on CPU core k-1 (modulo the cores it may use); one decode thread
+
+    @property
+    def pool_name(self) -> str:
+        return self.pool or self.name
+
+    def actor_names(self) -> list[str]:
+        """The processes of this entry: its name, or ``<name>-1`` ... ``<name>-N`` for replicas."""
+        if self.replicas == 1:
+            return [self.name]
+        return [replica_name(self.name, k) for k in range(1, self.replicas + 1)]
 
     def streaming_options(self) -> StreamingOptions:
         return StreamingOptions(
@@ -219,6 +234,40 @@ class WorkerConfig:
             raise SectionError("settle_sec", "settle_sec and early_commit_sec must be >= 0 (0: off)")
         if not 0 <= self.early_commit_prob <= 1:
             raise SectionError("early_commit_prob", "must be between 0 and 1")
+        if self.pool:
+            _name(self.pool, "pool")
+        if not 1 <= self.replicas <= 64:
+            raise SectionError("replicas", "must be between 1 and 64")
+        for n in self.actor_names():
+            _name(n, "replicas")  # <name>-N must still be a valid name
+        if self.slots < 0:
+            raise SectionError("slots", "must be >= 0 (0: from the measured real-time factor)")
+
+
+def replica_name(name: str, replica: str | int) -> str:
+    """The actor name of replica ``replica`` of worker entry ``name``."""
+    return f"{name}-{replica}"
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    """The actor that assigns each stream to one worker of each pool (workers/dispatcher.py)."""
+
+    enabled: bool | None = None  # None: on when some pool has more than one worker process
+    name: str = "dispatcher"
+    dead_after: float = 3.0  # a worker without a heartbeat for this long is dead: its streams move
+    replay_sec: float = 30.0  # audio kept per stream since its last commit, replayed to the next worker
+    handoff_timeout: float = 5.0  # a draining worker's stream moves at its next pause, or after this long
+    max_streams: int = 256  # streams assigned at once over all pools; further new ones are refused
+    idle_timeout: float = 30.0  # a stream without a message for this long is forgotten
+
+    def check(self) -> None:
+        _name(self.name)
+        for key in ("dead_after", "replay_sec", "handoff_timeout", "idle_timeout"):
+            if getattr(self, key) <= 0:
+                raise SectionError(key, "must be positive")
+        if self.max_streams < 1:
+            raise SectionError("max_streams", "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -393,9 +442,36 @@ class Config:
     path: str | None = None  # the file it was loaded from
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
 
     def worker(self, name: str) -> WorkerConfig:
         return _by_name(self.workers, name, "worker")
+
+    def pools(self) -> dict[str, list[str]]:
+        """Pool name -> the actor names of its workers, in config order."""
+        out: dict[str, list[str]] = {}
+        for w in self.workers:
+            out.setdefault(w.pool_name, []).extend(w.actor_names())
+        return out
+
+    @property
+    def dispatched(self) -> bool:
+        """Do the pools get their streams from the dispatcher (else every worker hears every stream)?"""
+        if self.dispatcher.enabled is not None:
+            return self.dispatcher.enabled and bool(self.workers)
+        return any(len(names) > 1 for names in self.pools().values())
+
+    def expand_names(self, names) -> list[str]:
+        """Actor names, with a worker entry or a pool standing for its worker processes (and the dispatcher)."""
+        pools = self.pools()
+        entries = {w.name: w.actor_names() for w in self.workers}
+        out: list[str] = []
+        for n in names:
+            got = entries.get(n) or pools.get(n) or [n]
+            if self.dispatched and n in {**entries, **pools}:
+                got = [self.dispatcher.name, *got]
+            out += [g for g in got if g not in out]
+        return out
 
     def source(self, name: str) -> SourceConfig:
         return _by_name(self.sources, name, "source")
@@ -408,7 +484,9 @@ class Config:
         names += [s.name for s in self.sources]
         if self.vad.enabled:
             names.append(self.vad.name)
-        names += [w.name for w in self.workers]
+        if self.dispatched:
+            names.append(self.dispatcher.name)
+        names += [n for w in self.workers for n in w.actor_names()]
         names += [s.name for s in self.sinks]
         if self.web.enabled:
             names.append(self.web.name)

@@ -69,8 +69,20 @@ def status_topic(actor: str) -> str:
     return f"status.{actor}"
 
 
-# ids after the family in a topic: audio.<stream>, transcript.<worker>.<stream>, status.<actor>, ...
-_TOPIC_IDS = {"audio": 1, "speech": 1, "status": 1, "transcript": 2, "partial": 2}
+def dispatch_topic(worker: str, stream: str) -> str:
+    """A pool worker's own input: the streams the dispatcher assigned to it (docs/protocol.md, section 11)."""
+    return f"dispatch.{worker}.{stream}"
+
+
+# ids after the family in a topic: audio.<stream>, transcript.<pool>.<stream>, status.<actor>, ...
+_TOPIC_IDS = {"audio": 1, "speech": 1, "status": 1, "transcript": 2, "partial": 2, "dispatch": 2}
+
+# reason codes of ``error`` messages (the ``code`` field)
+POOL_FULL = "pool_full"  # every worker of the pool is full: the stream was refused (by the dispatcher)
+STREAMS_FULL = "streams_full"  # a worker outside a pool holds max_streams: the stream was refused
+FAILOVER = "failover"  # the stream's worker stopped heartbeating; another one goes on from its last commit
+BACKEND_FAILED = "backend_failed"  # the backend failed on the stream; the worker goes on from scratch
+ERROR_CODES = (POOL_FULL, STREAMS_FULL, FAILOVER, BACKEND_FAILED)
 
 
 @dataclass(frozen=True)
@@ -107,14 +119,17 @@ class Message:
         h = {"v": VERSION, "kind": self.kind}
         for f in fields(self):
             if f.name != "pcm":
-                h[f.name] = getattr(self, f.name)
+                value = getattr(self, f.name)
+                if value is None and f.name in _OMIT_UNSET:
+                    continue
+                h[f.name] = value
         return h
 
 
 @dataclass(frozen=True)
 class Audio(Message):
     kind: ClassVar[str] = "audio"
-    families: ClassVar[tuple[str, ...]] = ("audio", "speech")
+    families: ClassVar[tuple[str, ...]] = ("audio", "speech", "dispatch")
     t: float = 0.0  # stream seconds of the first sample
     sr: int = SAMPLE_RATE
     wall0: float = 0.0  # Unix time at which stream time 0 was captured
@@ -128,23 +143,30 @@ class Audio(Message):
 @dataclass(frozen=True)
 class EndOfStream(Message):
     kind: ClassVar[str] = "eos"
-    families: ClassVar[tuple[str, ...]] = ("audio", "speech", "transcript")
+    families: ClassVar[tuple[str, ...]] = ("audio", "speech", "transcript", "dispatch")
     t: float | None = None  # stream seconds at which the stream ended, when known
     worker: str | None = None  # set on transcript topics
+    epoch: int | None = None  # transcript topics of a dispatched pool: the assignment it belongs to
+    moved: bool | None = None  # dispatch topics: the stream moves to another worker (it does not end)
 
 
 @dataclass(frozen=True)
 class SpeechStart(Message):
     kind: ClassVar[str] = "speech_start"
-    families: ClassVar[tuple[str, ...]] = ("speech",)
+    families: ClassVar[tuple[str, ...]] = ("speech", "dispatch")
     t: float = 0.0
     wall0: float | None = None
+    # dispatch topics: an assignment (its epoch), and where the stream's transcript stands
+    epoch: int | None = None
+    committed_until: float | None = None  # stream seconds up to which the pool has committed
+    committed: list | None = None  # the last committed words, [[beg, end, word], ...]
+    next_seq: int | None = None  # the transcript topic's next seq
 
 
 @dataclass(frozen=True)
 class SpeechEnd(Message):
     kind: ClassVar[str] = "speech_end"
-    families: ClassVar[tuple[str, ...]] = ("speech",)
+    families: ClassVar[tuple[str, ...]] = ("speech", "dispatch")
     t: float = 0.0
     wall0: float | None = None
 
@@ -162,6 +184,7 @@ class Commit(Message):
     model: str = ""
     emitted: float = 0.0  # Unix time the commit was published
     wall0: float = 0.0  # copied from the stream
+    epoch: int | None = None  # a dispatched pool's assignment epoch (late commits of an older one are stale)
 
     @property
     def latency(self) -> float:
@@ -186,6 +209,7 @@ class Partial(Message):
     worker: str = ""
     emitted: float = 0.0
     wall0: float = 0.0
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +218,8 @@ class Error(Message):
     families: ClassVar[tuple[str, ...]] = ("transcript",)
     message: str = ""
     worker: str = ""
+    epoch: int | None = None
+    code: str | None = None  # why (ERROR_CODES; receivers must accept others)
 
 
 @dataclass(frozen=True)
@@ -247,6 +273,10 @@ def _name(x) -> bool:
     return x == "" or valid_id(x)
 
 
+def _count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 _CHECKS: dict[str, Any] = {
     "t": _nonneg,
     "sr": lambda x: isinstance(x, int) and not isinstance(x, bool),
@@ -267,12 +297,24 @@ _CHECKS: dict[str, Any] = {
     "time": _finite,
     "counters": lambda x: isinstance(x, dict),
     "info": lambda x: isinstance(x, dict),
+    "epoch": _count,
+    "next_seq": _count,
+    "committed_until": _nonneg,
+    "committed": _words,
+    "moved": lambda x: isinstance(x, bool),
+    "code": valid_id,
 }
 _OPTIONAL = {
     ("eos", "t"), ("eos", "worker"), ("speech_start", "wall0"), ("speech_end", "wall0"),
     ("partial", "beg"), ("partial", "end"), ("heartbeat", "info"), ("heartbeat", "pid"),
     ("heartbeat", "time"), ("heartbeat", "ready"), ("partial", "emitted"), ("partial", "wall0"),
+    ("eos", "epoch"), ("eos", "moved"), ("commit", "epoch"), ("partial", "epoch"), ("error", "epoch"),
+    ("error", "code"), ("speech_start", "epoch"), ("speech_start", "committed_until"),
+    ("speech_start", "committed"), ("speech_start", "next_seq"),
 }
+# optional fields added to version 1 later: left out of the header when not set, so that
+# messages without them are byte for byte what they were
+_OMIT_UNSET = {"epoch", "moved", "committed_until", "committed", "next_seq", "code"}
 
 
 # -- encoding --------------------------------------------------------------------
@@ -361,5 +403,8 @@ def as_dict(msg: Message) -> dict[str, Any]:
     """A JSON-friendly record of a message (without the PCM payload)."""
     d = asdict(msg)
     d.pop("pcm", None)
+    for key in _OMIT_UNSET:
+        if d.get(key, 0) is None:
+            del d[key]
     d["kind"] = msg.kind
     return d

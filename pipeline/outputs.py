@@ -12,7 +12,8 @@ topic's worker and stream and the message, then ``close`` once.
   each time cues complete, and once more at eos and at close with the cue in
   progress. Each (worker, stream) pair has its own cue file: when the sink
   expects a single pair, ``PATH`` itself; when it expects several (or meets
-  an unexpected second one), ``STEM.<worker>.<stream>.EXT`` beside ``PATH``.
+  an unexpected second one), ``STEM.<pool>.<stream>.EXT`` beside ``PATH`` (the
+  "worker" of these calls is the topic's middle: the pool, whichever replica made it).
 * **txt** rewrites its file atomically at each commit: one paragraph (one
   line) per (worker, stream), labelled ``[worker/stream]`` when there are
   several.
@@ -50,7 +51,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def pair_path(path: Path, worker: str, stream: str) -> Path:
-    """``talk.srt`` -> ``talk.<worker>.<stream>.srt``."""
+    """``talk.srt`` -> ``talk.<pool>.<stream>.srt`` (``worker``: the topic's middle, the pool)."""
     return path.with_name(f"{path.stem}.{worker}.{stream}{path.suffix}")
 
 

@@ -29,6 +29,10 @@ class Sequencer:
     def forget(self, key: str) -> None:
         self._next.pop(key, None)
 
+    def continue_from(self, key: str, next_seq: int) -> None:
+        """Number ``key``'s next message ``next_seq`` (a pool worker taking over a topic another one numbered)."""
+        self._next[key] = int(next_seq)
+
 
 class GapCounter:
     """Messages lost per topic, from ``seq`` jumps; ``observe`` returns how many were missing just before."""

@@ -164,3 +164,61 @@ def test_up_refuses_a_bus_port_in_use(tmp_path):
         res = voxpipe("up", str(path))
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.strip() == f"voxpipe up: cannot start: {bus.xpub} already in use (another pipeline on this bus?)"
+
+
+POOLED = """
+bus:
+  xsub: tcp://127.0.0.1:7961
+  xpub: tcp://127.0.0.1:7962
+sources:
+  - name: capture
+    input: file:{clip}
+    wait_for: [vad, asr, out]
+workers:
+  - name: asr
+    replicas: 3
+  - name: big
+    model: base
+sinks:
+  - name: out
+    output: jsonl:{dir}/t.jsonl
+"""
+
+
+@pytest.fixture
+def pooled(tmp_path):
+    path = tmp_path / "pooled.yaml"
+    path.write_text(POOLED.format(clip=CLIP, dir=tmp_path))
+    return load_config(path)
+
+
+def test_replicas_are_processes_of_their_own_behind_one_dispatcher(pooled):
+    procs = plan.actor_processes(pooled)
+    assert [(p.name, p.role) for p in procs] == [
+        ("broker", "broker"), ("capture", "capture"), ("vad", "vad"), ("dispatcher", "dispatcher"),
+        ("asr-1", "worker"), ("asr-2", "worker"), ("asr-3", "worker"), ("big", "worker"), ("out", "sink")]
+    assert procs[5].argv[-7:] == ("worker", "--config", pooled.path, "--name", "asr", "--replica", "2")
+    assert procs[7].argv[-2:] == ("--name", "big")  # a worker without replicas runs as it always did
+    assert plan.stop_stages(procs) == [["capture"], ["vad"], ["dispatcher"], ["asr-1", "asr-2", "asr-3", "big"],
+                                       ["out"], ["broker"]]
+    assert pooled.pools() == {"asr": ["asr-1", "asr-2", "asr-3"], "big": ["big"]} and pooled.dispatched
+
+
+def test_exports_start_each_replica_and_the_dispatcher_between_the_workers_and_the_vad(pooled, tmp_path):
+    (conf,) = export("supervisord", pooled.path, str(tmp_path / "sv"))
+    text = conf.read_text()
+    prio = {n: int(text.split(f"[program:voxpipe-{n}]", 1)[1].split("priority=", 1)[1].split("\n")[0])
+            for n in ("asr-1", "asr-2", "asr-3", "dispatcher", "vad")}
+    assert prio["asr-1"] == prio["asr-3"] < prio["dispatcher"] < prio["vad"]
+    assert "command=" in text and "--replica 3" in text
+    files = {p.name: p for p in map(Path, export("systemd", pooled.path, str(tmp_path / "sd")))}
+    assert {"voxpipe-asr-1.service", "voxpipe-asr-2.service", "voxpipe-dispatcher.service"} <= set(files)
+    dispatcher = files["voxpipe-dispatcher.service"].read_text()
+    assert "After=voxpipe-asr-1.service voxpipe-asr-2.service voxpipe-asr-3.service voxpipe-big.service" in dispatcher
+
+
+def test_the_capture_waits_for_the_dispatcher_and_every_replica_of_a_pool_it_names(pooled):
+    assert pooled.expand_names(pooled.sources[0].wait_for) == ["vad", "dispatcher", "asr-1", "asr-2", "asr-3", "out"]
+    from workers.capture import default_wait_for
+
+    assert default_wait_for(pooled) == ("vad", "dispatcher", "asr-1", "asr-2", "asr-3", "big")

@@ -100,6 +100,27 @@ def test_transcripts_go_to_their_stream_and_worker_only():
     assert hub.view("web-a", "tiny").error == "boom"
 
 
+def test_a_pool_is_one_worker_on_the_page_whichever_replica_holds_the_stream():
+    hub = WebHub(worker_order=("asr",))
+    hub.open_stream("web-a")
+    for name, ready in (("asr-1", False), ("asr-2", True)):
+        hb = heartbeat(name, ready=ready, language="en")
+        hb.info["pool"] = "asr"
+        hub.on_message(m.status_topic(name), hb)
+    (pool,) = hub.view(None).workers
+    assert pool.name == "asr" and pool.ready  # ready: one of its workers is
+    first = m.Commit(stream="web-a", seq=0, beg=0.0, end=1.0, text="good", worker="asr-1", epoch=1)
+    later = m.Commit(stream="web-a", seq=2, beg=1.0, end=2.0, text="morning", worker="asr-2", epoch=2)
+    stale = m.Commit(stream="web-a", seq=1, beg=1.0, end=2.0, text="morning", worker="asr-1", epoch=1)
+    for msg in (first, later, stale):  # asr-1 was presumed dead, and spoke late
+        hub.on_message("transcript.asr.web-a", msg)
+    assert hub.view("web-a", "asr").committed == "good morning"
+    hub.open_stream("web-b")
+    hub.on_message("transcript.asr.web-b", m.Error(stream="web-b", seq=0, message="refused: all 2 worker(s) of pool "
+                                                   "asr are full", code=m.POOL_FULL))
+    assert hub.view("web-b", "asr").error.startswith("refused")
+
+
 def test_default_worker_is_the_first_configured_and_language_picks_among_workers():
     hub = WebHub(worker_order=("tiny", "fr", "base"), worker_languages={"fr": "fr"})
     hub.on_message("status.base", heartbeat("base", language="en"))

@@ -22,21 +22,29 @@ streams live at once (further new ones are refused and counted,
 ``streams_refused``), a stream's undecoded backlog is bounded
 (``MAX_BACKLOG_S``), and a jump ahead in a stream's time restarts its buffer
 instead of filling the hole with silence.
+
+In a dispatched pool (``pool:``/``replicas:``, docs/running.md) the worker subscribes to
+``dispatch.<name>.`` instead and gets only the streams the dispatcher assigned to it, each
+resumed where the pool's transcript stands (:mod:`workers.pool_member`); it publishes on the
+pool's topics, ``transcript.<pool>.<stream>`` and ``partial.<pool>.<stream>``, which outside
+a pool are the worker's own (the pool defaults to the worker's name).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 from asr_core.keepup import BEHIND, KEEPING_UP, KeepUpMonitor
 from asr_core.streaming import Step, StepResult, StreamingSession
 from pipeline import messages as m
+from pipeline.config import ConfigError
+from pipeline.config_schema import replica_name
 from pipeline.logformat import stream_context
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .decode_jobs import DecodeRunner
+from .pool_member import PoolMember, pin_to_core, usable_cores
 
 WARMUP_SECONDS = 1.0
 MAX_BACKLOG_S = 120.0  # undecoded audio per stream beyond which new frames are dropped (counted)
@@ -54,6 +62,8 @@ class StreamState:
     last_partial: str = ""
     commits: int = 0
     failures: int = 0
+    epoch: int | None = None  # a dispatched pool's assignment epoch
+    handoff: bool = False  # the stream moves to another worker when its session ends (no transcript eos)
 
     @property
     def processor(self):
@@ -63,9 +73,13 @@ class StreamState:
 class ASRWorker(Actor):
     role = "worker"
 
-    def __init__(self, name, bus, wcfg, config=None):
+    def __init__(self, name, bus, wcfg, config=None, dispatched: bool = False, replica: str | None = None):
         super().__init__(name, bus, config)
         self.wcfg = wcfg
+        self.pool = wcfg.pool_name  # the middle of our topics
+        self.replica = replica
+        self.member = PoolMember(self) if dispatched else None
+        self._refused: dict[str, None] = {}  # streams told they were refused (outside a pool), recent last
         self.asr = None
         self.runner: DecodeRunner | None = None
         self.streams: dict[str, StreamState] = {}
@@ -79,6 +93,8 @@ class ASRWorker(Actor):
 
     # -- setup -------------------------------------------------------------------
     def subscriptions(self):
+        if self.member is not None:
+            return [f"dispatch.{self.name}."]
         return ["speech." if self.wcfg.input == "speech" else "audio."]
 
     def _concurrency(self, backend_cls) -> int:
@@ -86,7 +102,7 @@ class ASRWorker(Actor):
             return 1
         if self.wcfg.concurrency > 0:
             return self.wcfg.concurrency
-        return max(1, min(os.cpu_count() or 1, 4))
+        return max(1, min(usable_cores(), 4))
 
     def setup(self) -> None:
         import numpy as np
@@ -95,6 +111,8 @@ class ASRWorker(Actor):
 
         w = self.wcfg
         t0 = time.monotonic()
+        if w.pin_cores:
+            self.log.info("pinned to CPU core %s", pin_to_core(self.replica))
         concurrency = self._concurrency(backend_class(w.backend))
         options = dict(w.options)
         if concurrency > 1:
@@ -127,6 +145,9 @@ class ASRWorker(Actor):
         d["concurrency"] = self.runner.concurrency if self.runner else 0
         d["streams"] = sorted(self.streams)
         d["max_streams"] = self.wcfg.max_streams  # slots: streams it serves at once
+        d["pool"] = self.pool
+        if self.member is not None:
+            d.update(self.member.info())
         return d
 
     def _new_processor(self):
@@ -135,10 +156,13 @@ class ASRWorker(Actor):
         return OnlineASRProcessor(self.asr, options=self.wcfg.streaming_options())
 
     def _stream(self, msg: m.Message) -> StreamState | None:
-        """The stream's state (made on its first message); None when refused (``max_streams`` live)."""
+        """The stream's state (made on its first message); None when refused (``max_streams`` live).
+
+        A refused stream is told once, with an ``error`` (code ``streams_full``) on its transcript topic."""
         st = self.streams.get(msg.stream)
         if st is None:
             if not self.admit_stream(msg.stream, len(self.streams), self.wcfg.max_streams):
+                self._tell_refused(msg.stream)
                 return None
             st = StreamState(msg.stream, StreamingSession(self._new_processor(), self.wcfg.schedule()))
             self.streams[msg.stream] = st
@@ -151,9 +175,30 @@ class ASRWorker(Actor):
             st.wall0 = wall0
         return st
 
+    def _tell_refused(self, stream: str) -> None:
+        if stream in self._refused or self.member is not None:
+            return
+        self._refused[stream] = None
+        while len(self._refused) > 256:
+            self._refused.pop(next(iter(self._refused)))
+        topic = m.transcript_topic(self.pool, stream)
+        self.publish(topic, m.Error(stream=stream, seq=self.pub.seq(topic), worker=self.name, code=m.STREAMS_FULL,
+                                    message=f"refused: worker {self.name} serves {self.wcfg.max_streams} streams"))
+
+    def forget_stream(self, st: StreamState) -> None:
+        """Drop a stream's state without publishing anything (it was moved away under a newer epoch)."""
+        self._ended_audio += st.processor.stats.audio_seconds
+        self.streams.pop(st.stream, None)
+        self.counters["streams_active"] = len(self.streams)
+
+    def heartbeat_now(self) -> None:
+        self._next_heartbeat = 0.0
+
     # -- messages ----------------------------------------------------------------
     def handle(self, topic: str, msg: m.Message) -> None:
-        if self.stopping and not isinstance(msg, m.EndOfStream):
+        if self.stopping and self.member is None and not isinstance(msg, m.EndOfStream):
+            return
+        if self.member is not None and self.member.intercept(msg):
             return
         if isinstance(msg, m.Audio):
             self._audio(msg)
@@ -168,7 +213,7 @@ class ASRWorker(Actor):
             if st is not None:
                 st.session.push_end()
             elif not self.stopping:  # a stream without speech: nothing to flush, but say it ended
-                topic = m.transcript_topic(self.name, msg.stream)
+                topic = m.transcript_topic(self.pool, msg.stream)
                 self.publish(topic, m.EndOfStream(stream=msg.stream, seq=self.pub.seq(topic), t=msg.t,
                                                   worker=self.name))
 
@@ -251,8 +296,9 @@ class ASRWorker(Actor):
         self.log.error("stream %s: backend failed (%s: %s); resetting its processor",
                        st.stream, type(exc).__name__, exc)
         message = f"{type(exc).__name__}: {exc}"[:500]
-        topic = m.transcript_topic(self.name, st.stream)
-        self.publish(topic, m.Error(stream=st.stream, seq=self.pub.seq(topic), message=message, worker=self.name))
+        topic = m.transcript_topic(self.pool, st.stream)
+        self.publish(topic, m.Error(stream=st.stream, seq=self.pub.seq(topic), message=message, worker=self.name,
+                                    epoch=st.epoch, code=m.BACKEND_FAILED))
         self._ended_audio += st.processor.stats.audio_seconds
         st.session.restart(self._new_processor())  # go on from the next audio
         if st.session.ended:
@@ -263,12 +309,12 @@ class ASRWorker(Actor):
         if not commit or commit.beg is None:
             return
         desc = self.asr.describe()
-        topic = m.transcript_topic(self.name, st.stream)
+        topic = m.transcript_topic(self.pool, st.stream)
         msg = m.Commit(
             stream=st.stream, seq=self.pub.seq(topic), beg=float(commit.beg), end=float(commit.end),
             text=commit.text, words=[[float(b), float(e), w] for b, e, w in commit.words],
             worker=self.name, backend=desc.get("backend", ""), model=str(desc.get("model", "")),
-            emitted=time.time(), wall0=st.wall0,
+            emitted=time.time(), wall0=st.wall0, epoch=st.epoch,
         )
         self.publish(topic, msg)
         st.commits += 1
@@ -280,20 +326,24 @@ class ASRWorker(Actor):
         if part.text == st.last_partial:
             return
         st.last_partial = part.text
-        topic = m.partial_topic(self.name, st.stream)
+        topic = m.partial_topic(self.pool, st.stream)
         self.publish(topic, m.Partial(
             stream=st.stream, seq=self.pub.seq(topic), beg=part.beg, end=part.end, text=part.text,
-            worker=self.name, emitted=time.time(), wall0=st.wall0,
+            worker=self.name, emitted=time.time(), wall0=st.wall0, epoch=st.epoch,
         ))
 
     def _end_stream(self, st: StreamState) -> None:
-        topic = m.transcript_topic(self.name, st.stream)
-        self.publish(topic, m.EndOfStream(stream=st.stream, seq=self.pub.seq(topic), t=st.session.received_until,
-                                          worker=self.name))
+        if not st.handoff:
+            topic = m.transcript_topic(self.pool, st.stream)
+            self.publish(topic, m.EndOfStream(stream=st.stream, seq=self.pub.seq(topic),
+                                              t=st.session.received_until, worker=self.name, epoch=st.epoch))
         self._ended_audio += st.processor.stats.audio_seconds
         self.streams.pop(st.stream, None)
         self.counters["streams_active"] = len(self.streams)
-        self.log.info("stream %s ended: %d commit(s), rtf %.2f", st.stream, st.commits, st.processor.stats.rtf)
+        self.log.info("stream %s %s: %d commit(s), rtf %.2f", st.stream, "handed over" if st.handoff else "ended",
+                      st.commits, st.processor.stats.rtf)
+        if st.handoff and self.member is not None:
+            self.member.acknowledge(st.stream, st.epoch)
 
     def _watch_speed(self, result: StepResult) -> None:
         """Warn once when decoding stays slower than the audio (RTF > 1), and say when it keeps up again."""
@@ -317,13 +367,20 @@ class ASRWorker(Actor):
 
     # -- shutdown ----------------------------------------------------------------------
     def drain(self) -> None:
-        """Every stream ends: its tail is decoded, its commits and eos published (by tick)."""
+        """Every stream ends: its tail is decoded, its commits and eos published (by tick).
+
+        In a dispatched pool the streams are handed over instead (:meth:`PoolMember.drain`)."""
+        if self.member is not None:
+            self.member.drain()
+            return
         for st in self.streams.values():
             st.session.push_end()
 
     def drained(self) -> bool:
         if self.streams and self.runner.running:
             self.runner.wait(0.05)
+        if self.member is not None:
+            return self.member.drained()
         return not self.streams
 
 
@@ -336,6 +393,8 @@ def register(sub) -> None:
     p.add_argument("--language", default=None, help="language code or auto (overrides the config)")
     p.add_argument("--min-chunk-size", type=float, default=None, help="seconds of new audio per decode")
     p.add_argument("--input", choices=["speech", "audio"], default=None, help="consume speech.* (VAD) or audio.*")
+    p.add_argument("--replica", default=None, metavar="ID",
+                   help="run as replica ID of the worker entry --name: actor <name>-<ID> in the entry's pool")
     p.set_defaults(func=run)
 
 
@@ -346,6 +405,10 @@ def run(args) -> int:
             "language": args.language, "min_chunk_size": args.min_chunk_size, "input": args.input,
         }, default_name="asr", first=True)
         wcfg = cfg.worker(args.name) if args.name else cfg.workers[0]
-        return ASRWorker(wcfg.name, cfg.bus, wcfg, cfg)
+        replica = args.replica
+        if replica is not None and not m.valid_id(replica):
+            raise ConfigError(f"--replica {replica!r}: use letters, digits, '_', '-', ':' or '@'")
+        name = replica_name(wcfg.name, replica) if replica is not None else wcfg.name
+        return ASRWorker(name, cfg.bus, wcfg, cfg, dispatched=cfg.dispatched, replica=replica)
 
     return run_actor(build)

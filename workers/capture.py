@@ -30,6 +30,10 @@ then exits 0; the first SIGTERM/SIGINT sends ``eos`` at once and exits (if
 it comes while still waiting for the consumers, nothing was sent: no eos).
 Stdin is paced like a file; for a live producer (e.g. ``arecord``) use
 ``--speed 0`` so frames go out as they arrive.
+
+With ``--config`` it also listens to its stream's transcript topics (one per pool): a pool
+that refuses the stream (an ``error`` with code ``pool_full`` or ``streams_full``) is logged
+and counted (``refusals``; heartbeat ``info.refused_by``), and so is a failover.
 """
 
 from __future__ import annotations
@@ -56,8 +60,11 @@ class Capture(Actor):
     role = "capture"
 
     def __init__(self, name, bus, scfg: SourceConfig, spec: InputSpec, source: Source,
-                 wait_for: tuple = (), config=None):
+                 wait_for: tuple = (), config=None, pools: tuple = ()):
         super().__init__(name, bus, config)
+        self.pools = tuple(pools)  # whose transcript topics of our stream we watch for refusals
+        self.refused_by: list[str] = []
+        self.counters["refusals"] = 0
         self.scfg = scfg
         self.spec = spec
         self.source = source
@@ -81,9 +88,20 @@ class Capture(Actor):
 
     # -- actor hooks ----------------------------------------------------------------
     def subscriptions(self):
-        return ["status."] if self.wait_for else []
+        watch = [m.transcript_topic(p, self.stream) for p in self.pools]
+        return (["status."] if self.wait_for else []) + watch
 
     def handle(self, topic: str, msg: m.Message) -> None:
+        if isinstance(msg, m.Error) and msg.code is not None:
+            pool = m.parse_topic(topic).worker
+            if msg.code in (m.POOL_FULL, m.STREAMS_FULL):
+                self.counters["refusals"] += 1
+                if pool not in self.refused_by:
+                    self.refused_by.append(pool)
+                self.log.warning("pool %s refused stream %s (%s): %s", pool, self.stream, msg.code, msg.message)
+            elif msg.code == m.FAILOVER:
+                self.log.warning("pool %s, stream %s: %s", pool, self.stream, msg.message)
+            return
         if isinstance(msg, m.Heartbeat) and msg.ready and msg.name in self.wait_for:
             if msg.name not in self.seen_ready:
                 self.log.info("%s is ready", msg.name)
@@ -105,6 +123,8 @@ class Capture(Actor):
              "state": self.state, "speed": self.speed}
         if self.state == "waiting":
             d["waiting_for"] = sorted(set(self.wait_for) - self.seen_ready)
+        if self.refused_by:
+            d["refused_by"] = list(self.refused_by)
         return d
 
     def teardown(self) -> None:
@@ -202,9 +222,9 @@ class Capture(Actor):
 
 # -- command line ---------------------------------------------------------------------------------
 def default_wait_for(cfg) -> tuple:
-    """The consumers that must be up before audio flows: the VAD (if enabled) and every worker."""
+    """The consumers that must be up before audio flows: the VAD (if enabled), the dispatcher, every worker."""
     names = [cfg.vad.name] if cfg.vad.enabled else []
-    return tuple(names + [w.name for w in cfg.workers])
+    return tuple(names + cfg.expand_names([w.name for w in cfg.workers]))
 
 
 def register(sub) -> None:
@@ -236,14 +256,18 @@ def run(args) -> int:
             "wait_for": None if args.wait_for is None else [n.strip() for n in args.wait_for.split(",") if n.strip()],
         }, default_name="capture")
         scfg = cfg.source(args.name) if args.name else cfg.sources[0]
-        wait_for = scfg.wait_for if scfg.wait_for is not None else (default_wait_for(cfg) if args.config else ())
+        if scfg.wait_for is not None:  # a worker entry or a pool named there stands for its processes
+            wait_for = tuple(cfg.expand_names(scfg.wait_for)) if args.config else scfg.wait_for
+        else:
+            wait_for = default_wait_for(cfg) if args.config else ()
         spec = parse_input(scfg.input)
         if spec.kind != "mic" and scfg.device is not None and args.device is not None:
             raise ConfigError("--device applies to mic input only")
         src = open_source(spec, loop=scfg.loop, sample_rate=scfg.sample_rate, device=scfg.device,
                           frame_ms=scfg.frame_ms)
         source.append(src)
-        return Capture(scfg.name, cfg.bus, scfg, spec, src, wait_for, cfg)
+        pools = tuple(cfg.pools()) if args.config else ()
+        return Capture(scfg.name, cfg.bus, scfg, spec, src, wait_for, cfg, pools=pools)
 
     try:
         return run_actor(build)

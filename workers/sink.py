@@ -4,7 +4,7 @@
 (the sink's section gives ``output``, ``workers`` and ``partials``; a given
 ``OUTPUT`` or ``--workers`` overrides it).
 
-It subscribes to ``transcript.`` (``transcript.<worker>.`` for each selected
+It subscribes to ``transcript.`` (``transcript.<pool>.`` for each selected
 worker) and, for a console with partials, to ``partial.``; commits, eos and
 errors go to the output (:mod:`pipeline.outputs`, :mod:`workers.console`).
 
@@ -26,6 +26,7 @@ import time
 
 from pipeline import messages as m
 from pipeline.config import ConfigError, SinkConfig
+from pipeline.epochs import EpochFilter
 from pipeline.outputs import open_file_output, parse_output
 from pipeline.snapshot import History, SnapshotServer
 
@@ -56,16 +57,17 @@ class Sink(Actor):
         self.snapshots: SnapshotServer | None = None
         self.open_pairs: set[tuple[str, str]] = set()
         self._drain_deadline = 0.0
+        self.epochs = EpochFilter()  # late messages of a pool worker presumed dead are dropped
         self.counters.update({"commits": 0, "partials": 0, "eos": 0, "worker_errors": 0, "written": 0,
-                              "write_failures": 0, "filtered": 0})
+                              "write_failures": 0, "filtered": 0, "stale": 0})
 
     def _expects_several(self) -> bool:
-        """Several (worker, stream) pairs expected, going by the config."""
+        """Several (pool, stream) pairs expected, going by the config (a pool's replicas share its topics)."""
         cfg = self.config
         if cfg is None:
             return False
-        workers = [w.name for w in cfg.workers if not self.workers or w.name in self.workers]
-        return len(workers) * max(1, len(cfg.sources)) > 1
+        pools = [p for p in cfg.pools() if not self.workers or p in self.workers]
+        return len(pools) * max(1, len(cfg.sources)) > 1
 
     # -- actor hooks -----------------------------------------------------------------------------
     def subscriptions(self):
@@ -108,6 +110,9 @@ class Sink(Actor):
             return
         if self.workers and worker not in self.workers:
             self.counters["filtered"] += 1
+            return
+        if not self.epochs.admit(topic, msg):
+            self.counters["stale"] += 1
             return
         pair = (worker, stream)
         if self.history is not None:

@@ -90,7 +90,8 @@ class WebActor(Actor):
         self.wcfg = wcfg
         self.settings = settings
         workers = config.workers if config is not None else ()
-        self.hub = WebHub(tuple(w.name for w in workers), {w.name: w.language for w in workers})
+        pools = tuple(dict.fromkeys(w.pool_name for w in workers))
+        self.hub = WebHub(pools, {w.pool_name: w.language for w in workers})
         self.page: PageServer | None = None
         self.url = ""
         self.poll_ms = 20

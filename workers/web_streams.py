@@ -12,6 +12,12 @@ one lock:
   socket) and feeds back what the workers say (:meth:`WebHub.on_message`:
   commits, partials, ``eos``, errors and heartbeats).
 
+Transcripts are kept per pool (the middle of ``transcript.<pool>.<stream>``; a worker
+outside a pool is its own pool), whichever replica made them; the page's "worker" menu
+lists the pools seen in heartbeats, ready when one of their workers is. A pool's refusal
+(an ``error`` with a reason code) is shown on the page; late messages of a pool worker
+presumed dead are dropped (:mod:`pipeline.epochs`).
+
 Frames are 100 ms like the capture actor's. ``t`` is the stream position
 (samples sent so far / 16000), ``wall0`` the Unix time of sample 0: the
 arrival time of the first chunk minus its duration, fixed for the stream, as
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import messages as m
+from pipeline.epochs import EpochFilter
 from pipeline.formats import CueBuilder, commit_words, join_commit_texts, render_srt
 
 SR = m.SAMPLE_RATE
@@ -180,7 +187,8 @@ class WebHub:
         self._sessions: OrderedDict[str, StreamSession] = OrderedDict()
         self._out: deque = deque()
         self._max_out = max_outgoing
-        self._workers: dict[str, WorkerInfo] = {}
+        self._workers: dict[str, WorkerInfo] = {}  # the latest heartbeat of each worker (replica), by its name
+        self._epochs = EpochFilter()
         self._order = {name: i for i, name in enumerate(worker_order)}
         self._languages = dict(worker_languages or {})
         self._denied: OrderedDict[str, str] = OrderedDict()
@@ -265,7 +273,7 @@ class WebHub:
                 return None
             tr = s.transcripts.get(worker) or WorkerTranscript()
             commits = list(tr.commits)
-            info = self._workers.get(worker)
+            info = next((w for w in self._workers.values() if w.name == worker), None)
             ended, partial = tr.ended, tr.partial
         name = f"{stream}-{worker}.{fmt}" if m.valid_id(worker) else f"{stream}.{fmt}"
         if fmt == "txt":
@@ -316,10 +324,10 @@ class WebHub:
             return
         parts = m.parse_topic(topic)
         family = parts.family
-        worker = getattr(msg, "worker", None) or parts.worker
+        worker = parts.worker or getattr(msg, "worker", None)  # the pool
         with self._lock:
             s = self._sessions.get(msg.stream)
-            if s is None or not worker:
+            if s is None or not worker or not self._epochs.admit(topic, msg):
                 return
             tr = s.transcripts.setdefault(worker, WorkerTranscript())
             if isinstance(msg, m.Commit):
@@ -330,7 +338,7 @@ class WebHub:
                     tr.partial = msg.text
             elif isinstance(msg, m.EndOfStream) and family == "transcript":
                 tr.ended, tr.partial = True, ""
-            elif isinstance(msg, m.Error):
+            elif isinstance(msg, m.Error) and msg.code != m.FAILOVER:  # a failover goes on by itself
                 tr.error = msg.message
 
     def workers(self) -> list[WorkerInfo]:
@@ -341,15 +349,24 @@ class WebHub:
     def _on_heartbeat(self, hb: m.Heartbeat) -> None:
         info = hb.info or {}
         language = str(info.get("language") or self._languages.get(hb.name) or "unknown")
+        pool = info.get("pool") if m.valid_id(info.get("pool")) else hb.name
         rtf = info.get("rtf_recent", 0.0)
-        w = WorkerInfo(hb.name, bool(hb.ready), str(info.get("backend", "")), str(info.get("model", "")),
+        w = WorkerInfo(pool, bool(hb.ready), str(info.get("backend", "")), str(info.get("model", "")),
                        language, time.monotonic(), behind=info.get("behind") is True,
                        rtf=float(rtf) if isinstance(rtf, (int, float)) else 0.0)
         with self._lock:
             self._workers[hb.name] = w
 
     def _live_workers(self, now: float) -> list[WorkerInfo]:
-        live = [w for w in self._workers.values() if w.fresh(now)]
+        """One entry per pool with a fresh heartbeat: ready when one of its workers is."""
+        pools: dict[str, WorkerInfo] = {}
+        for w in self._workers.values():
+            if not w.fresh(now):
+                continue
+            seen = pools.get(w.name)
+            if seen is None or (w.ready and not seen.ready):
+                pools[w.name] = w
+        live = list(pools.values())
         return sorted(live, key=lambda w: (self._order.get(w.name, len(self._order)), w.name))
 
     def _emit_frame(self, s: StreamSession, pcm: np.ndarray) -> None:

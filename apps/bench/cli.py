@@ -50,6 +50,11 @@ def register(sub) -> None:
     g.add_argument("--max-tail-lag", type=float, default=6.0,
                    help="capacity: latest eos after the audio ended, in seconds (6)")
     g.add_argument("--capacity-budget", type=float, default=900.0, help="capacity: seconds before no new step starts")
+    g.add_argument("--replicas", type=int, default=None, metavar="N",
+                   help="run the measured worker as a pool of N replicas behind the dispatcher (also for N=1: "
+                        "the same path for the baseline); each offers --max-streams slots")
+    g.add_argument("--pin-cores", action="store_true",
+                   help="pin replica k to CPU core k-1 (os.sched_setaffinity; one decode thread each)")
     g = p.add_argument_group("transport")
     g.add_argument("--no-transport", action="store_true", help="skip the broker measurement")
     g.add_argument("--hop-rate", type=float, default=200.0, help="frames/s for the hop latency (200)")
@@ -93,7 +98,8 @@ class Bench:
         self.clips = load_corpus(args.corpus, names, clean_only=not args.all_clips)
         base = load_config(args.config or default_config(), check_files=False)
         self.template = base.sources[0] if base.sources else SourceConfig()
-        self.cfg = bench_config(base, args.worker, args.min_chunk_size)
+        self.cfg = bench_config(base, args.worker, args.min_chunk_size, args.replicas, args.pin_cores,
+                                args.max_streams)
         self.worker = self.cfg.workers[0]
         self.cap_clip = self.clips[0]
         if args.capacity_clip:
@@ -133,6 +139,7 @@ class Bench:
                          "worker": w.name, "backend": w.backend, "model": w.model, "language": w.language,
                          "worker_options": dict(w.options), "min_chunk_size": w.min_chunk_size,
                          "vad": self.cfg.vad.enabled, "streams": a.streams, "speed": 1.0,
+                         "replicas": w.replicas if a.replicas is not None else None, "pin_cores": w.pin_cores,
                          "capacity": dataclasses.asdict(self.cap_opts) if a.capacity else None},
         }
         from asr_core.registry import backend_class

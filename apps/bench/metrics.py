@@ -99,8 +99,10 @@ def actor_cost(rr, name: str, a: dict) -> dict:
 
 
 def worker_figures(rr, worker_name: str) -> dict:
+    """The measured worker's figures; a pool's replicas (``rr.worker_names``) together."""
     missing = {}
-    cpu = rr.actors.get(worker_name, {}).get("cpu_s")
+    cpus = [rr.actors.get(n, {}).get("cpu_s") for n in (getattr(rr, "worker_names", ()) or (worker_name,))]
+    cpu = None if None in cpus else sum(cpus)
     audio = rr.clip.seconds * rr.n
     before, after = rr.worker_before.get("decodes"), rr.worker_after.get("decodes")
     decodes = after - before if before is not None and after is not None else None
@@ -221,6 +223,7 @@ def pooled_cost(rounds: list) -> dict:
     """Per role over several rounds: CPU seconds, per audio second served, share of a core, peak RSS."""
     acc: dict[str, dict] = {}
     for rr in rounds:
+        served = set()  # roles whose audio this round is counted (a pool's replicas serve the streams once)
         for name, a in rr.actors.items():
             r = acc.setdefault(a["role"], {"cpu_s": 0.0, "audio_s": 0.0, "wall_s": 0.0, "rss": 0, "names": set(),
                                            "unsampled": False})
@@ -228,7 +231,11 @@ def pooled_cost(rounds: list) -> dict:
                 r["unsampled"] = True
             else:
                 r["cpu_s"] += a["cpu_s"]
-            r["audio_s"] += rr.clip.seconds * (1 if a["role"] == "capture" else rr.n)
+            if a["role"] == "capture":
+                r["audio_s"] += rr.clip.seconds
+            elif a["role"] not in served:
+                served.add(a["role"])
+                r["audio_s"] += rr.clip.seconds * rr.n
             r["rss"] = max(r["rss"], a["rss_peak"] or 0)
             r["names"].add(name)
         for role in {a["role"] for a in rr.actors.values()}:

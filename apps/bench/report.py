@@ -125,7 +125,10 @@ def markdown(r: dict) -> str:
             ["lost then (slow Python ends, bounded queues)", _f(thr.get("lost"))]])
     c = r.get("capacity")
     if c:
-        lines += [f"## Capacity ({c['clip']}, one worker)", ""]
+        reps = s.get("replicas")
+        pinned = " pinned to a core each" if s.get("pin_cores") else ""
+        who = f"a pool of {reps} replica(s){pinned}" if reps else "one worker"
+        lines += [f"## Capacity ({c['clip']}, {who})", ""]
         lines += _table(["streams", "held", "WER", "p50", "p90", "max", "tail lag", "worker core", "others", "why not"],
                         [[str(x["streams"]), _f(x["held"]), _f(x.get("wer"), 3), _f(x["p50"], 2, " s"),
                           _f(x["p90"], 2, " s"), _f(x["max"], 2, " s"), _f(x["tail_lag_max"], 2, " s"),
