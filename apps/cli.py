@@ -36,7 +36,7 @@ COMMANDS = [
     "apps.launch",
     "apps.transcribe",
     "apps.export",
-    "pipeline.security",
+    "apps.keys",
     "apps.bench.cli",
 ]
 

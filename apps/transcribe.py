@@ -109,13 +109,20 @@ def _fresh_outputs(cfg) -> None:
 
 # -- watching the bus -------------------------------------------------------------------------------
 class TranscriptWatch:
-    """Subscribes to transcripts and heartbeats; collects one stream's commits per worker."""
+    """Subscribes to transcripts and heartbeats; collects one stream's commits per worker.
+
+    Only what the workers vouch for counts (:mod:`pipeline.roster`): a forged commit or eos
+    changes neither the transcript nor when it is complete.
+    """
 
     def __init__(self, bus, stream: str, workers: list[str]):
+        from pipeline.roster import Believer
+
         self.stream = stream
         self.workers = workers
         self.ctx = zmq.Context()
         self.sub = Subscriber(self.ctx, bus, ["transcript.", "status."])
+        self.believer = Believer(bus.heartbeat_interval)
         self.ready: set[str] = set()
         self.texts: dict[str, list[str]] = {w: [] for w in workers}
         self.commits = 0
@@ -132,21 +139,28 @@ class TranscriptWatch:
                 return
             timeout_ms = 0
             topic, msg = got
+            now = time.monotonic()
             if isinstance(msg, m.Heartbeat):
                 if msg.ready and msg.role != "probe":
                     self.ready.add(msg.name)
-                continue
-            worker = m.parse_topic(topic).worker
-            if msg.stream != self.stream or worker not in self.texts:
-                continue
-            if isinstance(msg, m.Commit):
-                self.texts[worker].append(msg.text)
-                self.commits += 1
-            elif isinstance(msg, m.EndOfStream):
-                self.done.add(worker)
-            elif isinstance(msg, m.Error):
-                self.errors.append(f"{worker}: {msg.message}")
-                print(f"voxpipe: worker {worker} reported an error on {msg.stream}: {msg.message}", file=sys.stderr)
+                believed = self.believer.heartbeat(msg, now)
+            else:
+                believed = self.believer.offer(topic, msg, now)
+            for t, believed_msg in believed + self.believer.expire(now):
+                self._take(t, believed_msg)
+
+    def _take(self, topic: str, msg: m.Message) -> None:
+        worker = m.parse_topic(topic).worker
+        if msg.stream != self.stream or worker not in self.texts:
+            return
+        if isinstance(msg, m.Commit):
+            self.texts[worker].append(msg.text)
+            self.commits += 1
+        elif isinstance(msg, m.EndOfStream):
+            self.done.add(worker)
+        elif isinstance(msg, m.Error):
+            self.errors.append(f"{worker}: {msg.message}")
+            print(f"voxpipe: worker {worker} reported an error on {msg.stream}: {msg.message}", file=sys.stderr)
 
     @property
     def finished(self) -> bool:

@@ -19,6 +19,7 @@ from asr_core.streaming import Schedule
 from asr_core.vad import VADOptions
 
 from .messages import valid_id
+from .outputs import DEFAULT_MAX_STREAM_BYTES, DEFAULT_MAX_STREAMS
 
 WORKER_TASKS = ("transcribe", "translate")
 SINK_KINDS = ("console", "jsonl", "srt", "vtt", "txt")
@@ -66,6 +67,7 @@ class BusConfig:
     hwm: int = 2000
     linger_ms: int = 500
     heartbeat_interval: float = 1.0
+    max_streams_per_publisher: int = 16  # live stream ids one publisher may keep on audio.* (the broker drops more)
     security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def check(self) -> None:
@@ -81,6 +83,8 @@ class BusConfig:
             raise SectionError("hwm", "must be at least 1")
         if self.heartbeat_interval <= 0:
             raise SectionError("heartbeat_interval", "must be positive")
+        if self.max_streams_per_publisher < 1:
+            raise SectionError("max_streams_per_publisher", "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -228,11 +232,17 @@ class SinkConfig:
     workers: tuple = ()  # only these workers (default: all)
     partials: bool = True  # console only: show partials live
     snapshot: str | None = None  # endpoint to serve the transcript so far on (pipeline/snapshot.py)
+    max_streams: int = DEFAULT_MAX_STREAMS  # (worker, stream) pairs kept in memory (outputs, snapshot history)
+    max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES  # bytes of transcript kept in memory per pair
 
     def check(self) -> None:
         import re
 
         _name(self.name)
+        if self.max_streams < 1:
+            raise SectionError("max_streams", "must be at least 1")
+        if self.max_stream_bytes < 1000:
+            raise SectionError("max_stream_bytes", "must be at least 1000")
         kind, _, arg = self.output.partition(":")
         if kind not in SINK_KINDS:
             raise SectionError("output", f"{self.output!r} is not console, jsonl:PATH, srt:PATH, vtt:PATH or txt:PATH")

@@ -9,7 +9,7 @@ import zmq
 from pipeline import messages as m
 from pipeline.bus import Publisher, Subscriber, handshake
 from pipeline.config import BusConfig
-from tests.procs import Pipeline
+from tests.procs import Pipeline, Vouching
 
 BODY = """
 workers:
@@ -37,21 +37,27 @@ class FakeWorkers:
         self.pub = Publisher(self.ctx, bus)
         self.sub = Subscriber(self.ctx, bus, [])
         assert handshake(self.pub, self.sub, "fake-workers", timeout=10.0)
+        self.vouching = Vouching(self.pub.send)  # heartbeats listing the streams, as real workers send
+
+    def send(self, topic, msg):
+        self.vouching.before(topic, msg)
+        self.pub.send(topic, msg)
+        self.vouching.after(topic, msg)
 
     def commit(self, worker, stream, text, start):
         topic = m.transcript_topic(worker, stream)
         w = words(text, start)
-        self.pub.send(topic, m.Commit(stream=stream, seq=self.pub.seq(topic), beg=w[0][0], end=w[-1][1],
-                                      text="".join(x[2] for x in w), words=w, worker=worker,
-                                      backend="fake", model="none", emitted=time.time(), wall0=time.time()))
+        self.send(topic, m.Commit(stream=stream, seq=self.pub.seq(topic), beg=w[0][0], end=w[-1][1],
+                                  text="".join(x[2] for x in w), words=w, worker=worker,
+                                  backend="fake", model="none", emitted=time.time(), wall0=time.time()))
 
     def partial(self, worker, stream, text):
         topic = m.partial_topic(worker, stream)
-        self.pub.send(topic, m.Partial(stream=stream, seq=self.pub.seq(topic), text=text, worker=worker))
+        self.send(topic, m.Partial(stream=stream, seq=self.pub.seq(topic), text=text, worker=worker))
 
     def eos(self, worker, stream):
         topic = m.transcript_topic(worker, stream)
-        self.pub.send(topic, m.EndOfStream(stream=stream, seq=self.pub.seq(topic), t=9.0, worker=worker))
+        self.send(topic, m.EndOfStream(stream=stream, seq=self.pub.seq(topic), t=9.0, worker=worker))
 
     def close(self):
         self.pub.close()

@@ -17,11 +17,26 @@ failure on one stream (any exception, MemoryError included) resets that
 stream's processor and publishes an ``error`` on its transcript topic; other
 streams go on.
 
-Hostile but well-formed input stays contained: at most ``max_streams``
-streams live at once (further new ones are refused and counted,
-``streams_refused``), a stream's undecoded backlog is bounded
-(``MAX_BACKLOG_S``), and a jump ahead in a stream's time restarts its buffer
-instead of filling the hole with silence.
+Hostile but well-formed input stays contained (the rules are the session's,
+:mod:`asr_core.streaming` and :mod:`asr_core.stream_clock`; this module counts):
+
+* a frame that does not continue its stream's time is set aside (``out_of_step``),
+  a ``wall0`` that jumps is not taken (``wall0_ignored``);
+* a ``speech_end`` that is not where the stream's audio ends, or that the audio
+  right after it contradicts, changes nothing (``marks_ignored``,
+  ``pauses_cancelled``);
+* an ``eos`` is believed only when the heartbeat of whoever announced the stream
+  (the VAD) lists it as ended (:mod:`pipeline.roster`; ``unconfirmed_eos``), and the
+  end of a stream this worker never saw is answered only for a stream someone
+  announced;
+* at most ``max_streams`` streams live at once: when all are taken, a new stream takes
+  the slot of a quiet one that was never decoded (``streams_evicted``), else it is
+  refused (``streams_refused``); a stream's undecoded backlog is bounded
+  (``MAX_BACKLOG_S``).
+
+What was lost is said on the stream's transcript topic with an ``error``: when this
+worker joins a stream mid-speech (it was restarted), when the VAD restarted under a
+live stream, when messages of the stream were lost on the way (``seq`` gaps).
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ from dataclasses import dataclass
 
 from asr_core.streaming import Step, StepResult, StreamingSession
 from pipeline import messages as m
+from pipeline.roster import Believer
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .decode_jobs import DecodeRunner
@@ -39,6 +55,9 @@ from .decode_jobs import DecodeRunner
 WARMUP_SECONDS = 1.0
 MAX_BACKLOG_S = 120.0  # undecoded audio per stream beyond which new frames are dropped (counted)
 BUSY_POLL_MS = 5  # loop period while decodes run on the pool, so results go out at once
+EVICT_IDLE_S = 0.5  # a never-decoded stream quiet this long may give its slot to a new one
+LOSS_REPORT_S = 5.0  # at most one "lost" error per stream this often
+CLOCK_COUNTERS = {"out_of_step": "out_of_step", "switches": "timeline_switches", "wall0_ignored": "wall0_ignored"}
 
 
 @dataclass
@@ -47,15 +66,20 @@ class StreamState:
 
     stream: str
     session: StreamingSession
-    wall0: float = 0.0
     last_seen: float = 0.0
     last_partial: str = ""
     commits: int = 0
     failures: int = 0
+    lost: int = 0  # messages lost on the way, not yet reported
+    lost_reported: float = 0.0
 
     @property
     def processor(self):
         return self.session.processor
+
+    @property
+    def wall0(self) -> float:
+        return self.session.wall0
 
 
 class ASRWorker(Actor):
@@ -70,13 +94,17 @@ class ASRWorker(Actor):
         self.counters.update({
             "commits": 0, "decodes": 0, "stream_errors": 0, "streams_total": 0,
             "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
+            "marks_ignored": 0, "pauses_cancelled": 0, "unconfirmed_eos": 0, "streams_evicted": 0,
+            "streams_joined": 0, "upstream_restarts": 0, **{c: 0 for c in CLOCK_COUNTERS.values()},
         })
+        self.believer = Believer(bus.heartbeat_interval)
+        self._gone_counts: dict[str, int] = {}  # session counts of streams that have left
         self._ended_audio = 0.0  # audio seconds of streams that have ended
         self.drain_timeout = 60.0
 
     # -- setup -------------------------------------------------------------------
     def subscriptions(self):
-        return ["speech." if self.wcfg.input == "speech" else "audio."]
+        return ["speech." if self.wcfg.input == "speech" else "audio.", "status."]
 
     def _concurrency(self, backend_cls) -> int:
         if not getattr(backend_cls.capabilities, "concurrent", False):
@@ -122,43 +150,115 @@ class ASRWorker(Actor):
 
         return OnlineASRProcessor(self.asr, options=self.wcfg.streaming_options())
 
+    def _admit(self, stream: str) -> bool:
+        """Room for a new stream: a free slot, else that of a quiet stream that was never decoded."""
+        if len(self.streams) >= self.wcfg.max_streams:
+            now = time.monotonic()
+            quiet = [(st.last_seen, s) for s, st in self.streams.items()
+                     if st.processor.stats.decodes == 0 and st.session.running is None
+                     and now - st.last_seen >= EVICT_IDLE_S]
+            if quiet:
+                victim = min(quiet)[1]
+                self._gone(self.streams.pop(victim))
+                self.counters["streams_evicted"] += 1
+                self.limited.warning("evicted", "stream %s takes the slot of %s (never decoded, quiet)", stream,
+                                     victim)
+        return self.admit_stream(stream, len(self.streams), self.wcfg.max_streams)
+
     def _stream(self, msg: m.Message) -> StreamState | None:
         """The stream's state (made on its first message); None when refused (``max_streams`` live)."""
         st = self.streams.get(msg.stream)
         if st is None:
-            if not self.admit_stream(msg.stream, len(self.streams), self.wcfg.max_streams):
+            if not self._admit(msg.stream):
                 return None
-            st = StreamState(msg.stream, StreamingSession(self._new_processor(), self.wcfg.schedule()))
+            session = StreamingSession(self._new_processor(), self.wcfg.schedule(), now=time.monotonic)
+            st = StreamState(msg.stream, session)
             self.streams[msg.stream] = st
             self.counters["streams_total"] += 1
             self.counters["streams_active"] = len(self.streams)
+            self.announce()  # subscribers believe its transcript once a heartbeat lists it
             self.log.info("new stream %s", msg.stream)
+            if msg.seq > 0 and not isinstance(msg, m.SpeechStart):
+                self.counters["streams_joined"] += 1
+                self._report(st, f"worker {self.name} started on this stream while it was live (at "
+                                 f"{getattr(msg, 't', 0.0):.2f}s): what came before did not reach this run of the "
+                                 "worker; anything an earlier run had not committed is lost")
         st.last_seen = time.monotonic()
-        wall0 = getattr(msg, "wall0", None)
-        if wall0:
-            st.wall0 = wall0
         return st
 
     # -- messages ----------------------------------------------------------------
     def handle(self, topic: str, msg: m.Message) -> None:
+        if isinstance(msg, m.Heartbeat):
+            self._ends(self.believer.heartbeat(msg, time.monotonic()))
+            return
         if self.stopping and not isinstance(msg, m.EndOfStream):
             return
+        if not isinstance(msg, m.EndOfStream):
+            self._note_losses(msg)
         if isinstance(msg, m.Audio):
             self._audio(msg)
         elif isinstance(msg, m.SpeechEnd):
             st = self._stream(msg)
             if st is not None:
-                st.session.push_pause()
+                st.session.push_pause(msg.t)
         elif isinstance(msg, m.SpeechStart):
             self._stream(msg)
         elif isinstance(msg, m.EndOfStream):
+            self._ends(self.believer.offer(topic, msg, time.monotonic()))
+
+    def _ends(self, believed) -> None:
+        for _topic, msg in believed:
             st = self.streams.get(msg.stream)
             if st is not None:
                 st.session.push_end()
-            elif not self.stopping:  # a stream without speech: nothing to flush, but say it ended
+            elif not self.stopping and self.believer.roster.announced(msg.stream, time.monotonic()):
+                # a stream without speech: nothing to flush, but say it ended
                 topic = m.transcript_topic(self.name, msg.stream)
                 self.publish(topic, m.EndOfStream(stream=msg.stream, seq=self.pub.seq(topic), t=msg.t,
                                                   worker=self.name))
+                self.note_ended(msg.stream)
+
+    def _note_losses(self, msg: m.Message) -> None:
+        """Messages of a live stream lost on the way, or its VAD restarted under it: say so on its transcript."""
+        st = self.streams.get(msg.stream)
+        if st is None:
+            return
+        if not (self.sender_restarted or self.missing):
+            return
+        self.counters["upstream_restarts"] += int(self.sender_restarted)
+        st.lost += self.missing
+        if time.monotonic() - st.lost_reported < LOSS_REPORT_S:
+            return
+        at = getattr(msg, "t", 0.0)
+        if self.sender_restarted:
+            self._report(st, f"the stream's speech started over at {at:.2f}s without an end (its VAD restarted?): "
+                             "speech around then may be lost")
+        else:
+            self._report(st, f"{st.lost} message(s) of this stream were lost on the way (last before {at:.2f}s)")
+        st.lost, st.lost_reported = 0, time.monotonic()
+
+    def _report(self, st: StreamState, message: str) -> None:
+        topic = m.transcript_topic(self.name, st.stream)
+        self.publish(topic, m.Error(stream=st.stream, seq=self.pub.seq(topic), message=message, worker=self.name))
+        self.limited.warning(f"report:{message[:20]}", "stream %s: %s", st.stream, message)
+
+    @staticmethod
+    def _session_counts(session: StreamingSession) -> dict[str, int]:
+        counts = dict(session.counts)
+        counts.update({c: getattr(session.clock.counts, k) for k, c in CLOCK_COUNTERS.items()})
+        return counts
+
+    def _gone(self, st: StreamState) -> None:
+        """A stream leaves: keep what its session counted."""
+        for key, n in self._session_counts(st.session).items():
+            self._gone_counts[key] = self._gone_counts.get(key, 0) + n
+
+    def _refresh_counts(self) -> None:
+        totals = dict(self._gone_counts)
+        for st in self.streams.values():
+            for key, n in self._session_counts(st.session).items():
+                totals[key] = totals.get(key, 0) + n
+        self.counters.update(totals)
 
     def _audio(self, msg: m.Audio) -> None:
         from asr_core.audio import pcm16_to_float
@@ -166,19 +266,20 @@ class ASRWorker(Actor):
         st = self._stream(msg)
         if st is None:
             return
-        if not st.session.accepts(msg.t):
-            self.limited.warning("late", "stream %s: frame at %.2fs is late, dropped", msg.stream, msg.t)
-            self.counters["dropped"] += 1
-            return
         if st.processor.undecoded_seconds > MAX_BACKLOG_S:  # far more than decoding keeps up with
             self.limited.warning("backlog", "stream %s: %.0fs of audio not decoded yet, frame dropped",
                                  msg.stream, st.processor.undecoded_seconds)
             self.counters["dropped"] += 1
             return
-        st.session.push_audio(msg.t, pcm16_to_float(msg.pcm))
+        if not st.session.push_audio(msg.t, pcm16_to_float(msg.pcm), msg.wall0) and not st.session.ended:
+            self.limited.warning("out_of_step", "stream %s: frame at %.2fs does not continue the stream (at %.2fs): "
+                                 "set aside", msg.stream, msg.t, st.session.received_until)
 
     # -- scheduling ----------------------------------------------------------------
     def tick(self, now: float) -> None:
+        self._ends(self.believer.expire(time.monotonic()))
+        self.counters["unconfirmed_eos"] = self.believer.counts.unconfirmed_eos
+        self._refresh_counts()
         self._collect()
         while self.runner.free > 0:
             st, step = self._next_step()
@@ -276,7 +377,9 @@ class ASRWorker(Actor):
         topic = m.transcript_topic(self.name, st.stream)
         self.publish(topic, m.EndOfStream(stream=st.stream, seq=self.pub.seq(topic), t=st.session.received_until,
                                           worker=self.name))
+        self.note_ended(st.stream)
         self._ended_audio += st.processor.stats.audio_seconds
+        self._gone(st)
         self.streams.pop(st.stream, None)
         self.counters["streams_active"] = len(self.streams)
         self.log.info("stream %s ended: %d commit(s), rtf %.2f", st.stream, st.commits, st.processor.stats.rtf)
