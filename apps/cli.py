@@ -36,6 +36,7 @@ COMMANDS = [
     "apps.launch",
     "apps.transcribe",
     "apps.export",
+    "apps.restart",
     "apps.keys",
     "apps.bench.cli",
 ]

@@ -277,6 +277,27 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class RestartConfig:
+    """How ``voxpipe up`` (and the exports) restart a crashed actor: see :mod:`apps.restart`."""
+
+    backoff: float = 0.5  # seconds before the first restart; doubled with each failure in the window
+    backoff_max: float = 8.0
+    max_failures: int = 5  # this many failures of one actor within `window` seconds stop the pipeline
+    window: float = 60.0
+    hang_timeout: float = 30.0  # an actor without a heartbeat this long is killed (and restarted); 0: never
+
+    def check(self) -> None:
+        if self.backoff < 0 or self.backoff_max < self.backoff:
+            raise SectionError("backoff", "needs 0 <= backoff <= backoff_max")
+        if self.max_failures < 1:
+            raise SectionError("max_failures", "must be at least 1")
+        if self.window <= 0:
+            raise SectionError("window", "must be positive")
+        if self.hang_timeout < 0:
+            raise SectionError("hang_timeout", "must be >= 0 (0: never)")
+
+
+@dataclass(frozen=True)
 class Config:
     bus: BusConfig = field(default_factory=BusConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -285,6 +306,7 @@ class Config:
     workers: tuple = ()
     sinks: tuple = ()
     web: WebConfig = field(default_factory=WebConfig)
+    restart: RestartConfig = field(default_factory=RestartConfig)
     version: int = 1
     path: str | None = None  # the file it was loaded from
 

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 
 from asr_core.streaming import Step, StepResult, StreamingSession
 from pipeline import messages as m
+from pipeline.config import check_backend_options
+from pipeline.errors import ConfigError
 from pipeline.roster import Believer
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
@@ -124,9 +126,12 @@ class ASRWorker(Actor):
         options = dict(w.options)
         if concurrency > 1:
             options.setdefault("num_workers", concurrency)  # let that many calls run at once
-        self.asr = create_backend(
-            w.backend, w.language, w.model, cache_dir=w.cache_dir, model_dir=w.model_dir, task=w.task, **options,
-        )
+        try:
+            self.asr = create_backend(
+                w.backend, w.language, w.model, cache_dir=w.cache_dir, model_dir=w.model_dir, task=w.task, **options,
+            )
+        except (TypeError, ValueError) as exc:  # an option value the backend cannot take
+            raise ConfigError(f"worker {self.name}: options {dict(w.options)}: {exc}") from None
         # one throw-away decode so the first real one is not slower than the rest
         self.asr.transcribe(np.zeros(int(WARMUP_SECONDS * 16000), dtype=np.float32))
         self.runner = DecodeRunner(concurrency)
@@ -420,6 +425,7 @@ def run(args) -> int:
             "backend": args.backend, "model": args.model, "model_dir": args.model_dir,
             "language": args.language, "min_chunk_size": args.min_chunk_size, "input": args.input,
         }, default_name="asr", first=True)
+        check_backend_options(cfg, cfg.path or "<defaults>")
         wcfg = cfg.worker(args.name) if args.name else cfg.workers[0]
         return ASRWorker(wcfg.name, cfg.bus, wcfg, cfg)
 
