@@ -104,9 +104,12 @@ def guard_events(stdin, stdout, group: str, tracker: RestartTracker, stop, log, 
 
     clock = clock or _time.monotonic
     while True:
-        headers, payload = childutils.listener.wait(stdin, stdout)
-        if not headers:  # end of input
+        childutils.listener.ready(stdout)
+        line = stdin.readline()
+        if not line:  # supervisord is gone
             return
+        headers = childutils.get_headers(line)
+        payload = stdin.read(int(headers.get("len", 0)))
         event = headers.get("eventname", "")
         fields = dict(tok.split(":", 1) for tok in payload.split() if ":" in tok)
         name, in_group = fields.get("processname", "?"), fields.get("groupname") == group

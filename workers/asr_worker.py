@@ -183,7 +183,7 @@ class ASRWorker(Actor):
             self.counters["streams_active"] = len(self.streams)
             self.announce()  # subscribers believe its transcript once a heartbeat lists it
             self.log.info("new stream %s", msg.stream)
-            if msg.seq > 0 and not isinstance(msg, m.SpeechStart):
+            if msg.seq > 0 and not any(s == msg.stream for s, _ in self._ended):  # not one this run ended
                 self.counters["streams_joined"] += 1
                 self._report(st, f"worker {self.name} started on this stream while it was live (at "
                                  f"{getattr(msg, 't', 0.0):.2f}s): what came before did not reach this run of the "
