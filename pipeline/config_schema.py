@@ -183,6 +183,7 @@ class WorkerConfig:
     max_streams: int = 16  # live streams at once; messages of further new streams are refused (counted)
     concurrency: int = 0  # decode threads; 0: one per core (up to 4) when the backend allows it, else 1
     utterance_gap: float = _SCHEDULE.utterance_gap  # a pause longer than this starts a fresh audio buffer
+    pause_hold: float = 0.3  # seconds a speech_end waits for audio that would show it was none (a forged one)
     settle_sec: float = _STREAMING.settle_sec  # commit a word this long after it was heard even without agreement
     early_commit_sec: float = _STREAMING.early_commit_sec  # commit a word the model is sure of this long after
     early_commit_prob: float = _STREAMING.early_commit_prob  # "sure": the model's word probability at least this
@@ -198,7 +199,7 @@ class WorkerConfig:
     def schedule(self) -> Schedule:
         # without the VAD (input: audio) there are no pauses to flush at
         return Schedule(min_chunk_size=self.min_chunk_size, utterance_gap=self.utterance_gap,
-                        at_pause="flush" if self.input == "speech" else "ignore")
+                        at_pause="flush" if self.input == "speech" else "ignore", pause_hold=self.pause_hold)
 
     def check(self) -> None:
         from asr_core.registry import available_backends, is_known_backend

@@ -153,7 +153,7 @@ class SnapshotServer:
     """A ROUTER socket answering snapshot requests from a :class:`History` (call :meth:`serve` often)."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, bus, history: History):
-        from .bus import apply_options
+        from .bus import apply_options, prepare_bind
         from .security import apply_server_keys, start_authenticator
 
         self.history = history
@@ -166,6 +166,7 @@ class SnapshotServer:
             if bus.security.enabled:
                 self.auth = start_authenticator(ctx, bus.security)
                 apply_server_keys(self.sock, bus.security)
+            prepare_bind(endpoint)
             self.sock.bind(endpoint)
         except BaseException:
             self.close()

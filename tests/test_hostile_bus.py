@@ -138,3 +138,28 @@ def test_a_capture_key_cannot_forge_a_commit_or_an_eos(tmp_path):
     assert hb.counters["forbidden"] == 80
     assert own == list(range(20))  # what the capture's key may publish went through
     assert written.counters["unconfirmed_eos"] == 0 and written.counters["unserved"] == 0
+
+
+def test_an_ipc_bus_lives_in_a_private_folder(tmp_path):
+    """The safe single-host bus: ipc:// endpoints in a folder only the pipeline's user can enter."""
+    import stat
+
+    from pipeline.config import BusConfig
+    from tests.procs import start_actor, wait_ready
+
+    folder = tmp_path / "run" / "voxpipe"  # missing: the broker makes it, 0700
+    bus = BusConfig(xsub=f"ipc://{folder}/xsub", xpub=f"ipc://{folder}/xpub")
+    broker = start_actor(["broker", "--xsub", bus.xsub, "--xpub", bus.xpub], log_dir=tmp_path)
+    try:
+        wait_ready(bus.xpub, ["broker"], procs=[broker])
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        ctx = zmq.Context()
+        pub, sub = Publisher(ctx, bus), Subscriber(ctx, bus, [])
+        try:
+            assert handshake(pub, sub, "ipc-probe", timeout=10)
+        finally:
+            pub.close()
+            sub.close()
+            ctx.term()
+    finally:
+        broker.kill()

@@ -27,7 +27,7 @@ import time
 import zmq
 
 from pipeline import messages as m
-from pipeline.bus import MAX_WIRE_BYTES, apply_options
+from pipeline.bus import MAX_WIRE_BYTES, apply_options, prepare_bind
 from pipeline.permissions import PublisherQuota, TopicGuard, quota_limits
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
@@ -79,6 +79,8 @@ class Broker(Actor):
         self.xpub.setsockopt(zmq.SNDHWM, int(self.bus.hwm))
         self.xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
         try:
+            for endpoint in (self.bus.xsub, self.bus.xpub):
+                prepare_bind(endpoint)
             self.xsub.bind(self.bus.xsub)
             self.xpub.bind(self.bus.xpub)
         except zmq.ZMQError as exc:
