@@ -227,16 +227,20 @@ def lying(stream: str = "real", worker: str = "asr", seed: int = 3, ghosts: int 
 
 
 class MarkForger:
-    """Pause marks on a live ``speech.<stream>`` every ``period`` seconds for ``seconds``, at the stream's end.
+    """Lies that need a live stream's position, for ``seconds``: pause marks on ``speech.<stream>`` every
+    ``period`` seconds at the stream's end (every other one a ``speech_start``), and now and then the next frame
+    of ``audio.<stream>`` ahead of the capture, a copy of the last one at the right time, with a ``wall0`` from
+    another century (the capture's own frame then comes second: the same samples, so nothing is lost).
 
-    It reads the stream like any subscriber, so each mark has the time where the stream's audio ends
-    and the next ``seq`` (the strongest forgery without keys); every other mark is a ``speech_start``.
-    Run :meth:`run` in a thread; ``sent`` counts the marks.
+    It reads the stream like any subscriber, so each mark has the time where the stream's audio ends and the
+    next ``seq`` (the strongest forgery without keys). Run :meth:`run` in a thread; ``sent`` counts the marks,
+    ``wall0_lies`` the frames.
     """
 
-    def __init__(self, bus, stream: str, period: float = 0.1, seconds: float = 10.0):
-        self.bus, self.stream, self.period, self.seconds = bus, stream, period, seconds
+    def __init__(self, bus, stream: str, period: float = 0.1, seconds: float = 10.0, wall0_every: float = 3.0):
+        self.bus, self.stream, self.period, self.seconds, self.wall0_every = bus, stream, period, seconds, wall0_every
         self.sent = 0
+        self.wall0_lies = 0
 
     def run(self) -> None:
         import time
@@ -246,24 +250,36 @@ class MarkForger:
         from pipeline.bus import Publisher, Subscriber
 
         ctx = zmq.Context()
-        topic = f"speech.{self.stream}"
-        sub, pub = Subscriber(ctx, self.bus, [topic]), Publisher(ctx, self.bus)
-        end, seq = None, 0
+        speech, audio = f"speech.{self.stream}", f"audio.{self.stream}"
+        sub, pub = Subscriber(ctx, self.bus, [speech, audio]), Publisher(ctx, self.bus)
+        end, seq, frame = None, 0, None
         try:
             t0 = time.monotonic()
-            next_mark = t0
+            next_mark = next_lie = t0
             while time.monotonic() - t0 < self.seconds:
-                got = sub.recv(timeout_ms=10)
+                try:
+                    got = sub.recv(timeout_ms=10)
+                except m.ProtocolError:  # the garbage sent meanwhile
+                    continue
                 if got is not None:
-                    msg = got[1]
-                    seq = msg.seq + 1
-                    if isinstance(msg, m.Audio):
-                        end = msg.t + msg.duration
-                if end is not None and time.monotonic() >= next_mark:
+                    topic, msg = got
+                    if topic == speech:
+                        seq = msg.seq + 1
+                        if isinstance(msg, m.Audio):
+                            end = msg.t + msg.duration
+                    elif isinstance(msg, m.Audio) and msg.wall0 < 1e12:
+                        frame = msg
+                now = time.monotonic()
+                if end is not None and now >= next_mark:
                     kind = m.SpeechEnd if self.sent % 2 == 0 else m.SpeechStart
-                    pub.send(topic, kind(stream=self.stream, seq=seq, t=end, wall0=1.7e9))
+                    pub.send(speech, kind(stream=self.stream, seq=seq, t=end, wall0=1.7e9))
                     self.sent += 1
                     next_mark += self.period
+                if frame is not None and now >= next_lie:
+                    pub.send(audio, m.Audio(stream=self.stream, seq=frame.seq + 1, t=frame.t + frame.duration,
+                                            wall0=1e15, pcm=frame.pcm))
+                    self.wall0_lies += 1
+                    next_lie = now + self.wall0_every
         finally:
             sub.close()
             pub.close()

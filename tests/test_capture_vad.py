@@ -275,14 +275,14 @@ def test_gate_is_independent_of_frame_size():
     assert pcm(a) == pcm(b)
 
 
-def test_gate_refuses_backwards_and_fills_small_gaps():
+def test_gate_sets_aside_backwards_frames_and_fills_small_gaps():
     x = read_wav(DATA / f"{CLIP}.wav")[: 3 * SR]
     gate, _ = gate_events(x[:SR], 1600)
-    assert gate.push(SR - 3200, x[:1600]) is None  # backwards
-    assert gate.received == SR
+    assert gate.push(SR - 3200, x[:1600]) == []  # backwards: set aside, nothing happens
+    assert gate.received == SR and gate.clock.counts.out_of_step == 1
     gate.push(SR + 8000, x[SR : SR + 1600])  # half a second missing: filled with silence
     assert gate.received == SR + 8000 + 1600
-    gate.push(10 * SR, x[:1600])  # a long gap: the segmenter starts over there
+    gate.push(10 * SR, x[:1600])  # a long gap (9 s: lost frames): the segmenter starts over there
     assert gate.received == 10 * SR + 1600 and gate.buf0 >= 10 * SR - 1600
 
 

@@ -112,12 +112,18 @@ def test_listen_from_start_needs_a_snapshot_endpoint(pipe):
     assert p.returncode == 3 and "serves snapshots" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_example_prints_commits_with_latency_until_eos(pipe):
+def test_example_prints_commits_with_latency_until_eos(tmp_path):
+    with Pipeline(tmp_path) as pipe:  # a broker of its own: the example's are the first subscriptions there
+        example_prints_commits_with_latency_until_eos(pipe)
+
+
+def example_prints_commits_with_latency_until_eos(pipe):
     ex = run([sys.executable, str(ROOT / "examples" / "subscribe_transcripts.py"), "--xpub", pipe.bus.xpub,
               "--timeout", "20"])
     try:
         with BusPublisher(pipe.bus, vouch=True) as pub:
             pub.wait_subscribed("transcript.")
+            pub.wait_subscribed("status.")  # the heartbeats that vouch for the transcripts reach it too
             pub.send("transcript.asr.s1", commit(0, 0.0, 1.2, " the weather report", emitted=WALL0 + 1.2 + 0.75))
             pub.send("transcript.w2.s1", m.Commit(**{**commit(0, 0.0, 1.0, " other").__dict__, "worker": "w2"}))
             pub.send("transcript.asr.s1", eos(1))

@@ -114,9 +114,11 @@ class Fuzzer(threading.Thread):
 
 
 class Flood(threading.Thread):
-    """``ids`` stream ids on ``audio.*`` from ``publishers`` connections, one 0.1 s frame each, over ``seconds``."""
+    """``ids`` stream ids on ``audio.*``, one 0.1 s frame each, over ``seconds``, from ``publishers`` connections
+    taking turns in blocks (a fresh connection every ``ids / publishers`` ids: each new one gets its quota's worth
+    through the broker, so the VAD sees new ids all along)."""
 
-    def __init__(self, bus, ids: int = 10000, publishers: int = 10, seconds: float = 4.0):
+    def __init__(self, bus, ids: int = 10000, publishers: int = 50, seconds: float = 4.0):
         super().__init__(daemon=True)
         self.pubs = [BusPublisher(bus) for _ in range(publishers)]
         self.ids, self.seconds = ids, seconds
@@ -125,11 +127,13 @@ class Flood(threading.Thread):
 
     def run(self):
         pcm = b"\x10\x00\xf0\xff" * 800
+        block = max(1, self.ids // len(self.pubs))
         t0 = time.monotonic()
         self.started.set()
         for i in range(self.ids):
             s = f"flood{i}"
-            self.pubs[i % len(self.pubs)].send(f"audio.{s}", m.Audio(stream=s, seq=0, t=0.0, wall0=1.7e9, pcm=pcm))
+            pub = self.pubs[min(i // block, len(self.pubs) - 1)]
+            pub.send(f"audio.{s}", m.Audio(stream=s, seq=0, t=0.0, wall0=1.7e9, pcm=pcm))
             self.sent += 1
             time.sleep(max(0.0, t0 + (i + 1) * self.seconds / self.ids - time.monotonic()))
 
@@ -156,7 +160,11 @@ def test_fuzz_while_a_clip_is_transcribed(tmp_path):
     from apps.bench.evaluation import reference_text, wer
 
     bad = malformed(N_MALFORMED, streams=("real", "base", "x"))
-    evil = hostile(protect=("real", "base"), flood=500) + lying("real", "asr")
+    lies = lying("real", "asr")
+    # the lies about the stream itself from a connection of their own (its quota holds that one stream id);
+    # floods, ends of streams that never existed and strangers' commits from another
+    aimed = [x for x in lies if m.decode(x[2])[1].stream == "real"]
+    evil = hostile(protect=("real", "base"), flood=500) + [x for x in lies if m.decode(x[2])[1].stream != "real"]
     expected = expected_rejections(bad)
     with Pipeline(tmp_path) as p:
         cfg = p.write_config(f"""
@@ -183,12 +191,13 @@ sinks:
         base_text, _ = heard(sub, "base")
         base_latency = max(c.latency for c in sub_commits(tmp_path / "t.jsonl", "base"))
 
-        garbage_pub, lies_pub = BusPublisher(p.bus), BusPublisher(p.bus)  # one connection each: quotas are per
-        for pub in (garbage_pub, lies_pub):  # publisher, and the garbage's few stream ids must all get through
+        # one connection each: quotas are per publisher, and the garbage's few stream ids must all get through
+        pubs = [BusPublisher(p.bus) for _ in range(3)]
+        for pub in pubs:
             for prefix in ("audio.", "speech.", "transcript.", "status."):
                 pub.wait_subscribed(prefix)
-        garbage, lies = Fuzzer(garbage_pub, bad), Fuzzer(lies_pub, evil, rate=600.0)
-        marks = MarkForger(p.bus.config(), "real", period=0.1, seconds=10.0)
+        fuzzers = [Fuzzer(pubs[0], bad), Fuzzer(pubs[1], aimed, rate=100.0), Fuzzer(pubs[2], evil, rate=600.0)]
+        marks = MarkForger(p.bus.config(), "real", period=0.1, seconds=10.0, wall0_every=5.0)
         flood = Flood(p.bus)
         for pub in flood.pubs:
             pub.wait_subscribed("audio.")
@@ -199,14 +208,14 @@ sinks:
         admitted_after = admitted(p, "real")
 
         def attack():  # everything else starts at the stream's first commit
-            garbage.start_once()
-            lies.start_once()
+            for fuzzer in fuzzers:
+                fuzzer.start_once()
             if not hasattr(marks, "thread"):
                 marks.thread = threading.Thread(target=marks.run, daemon=True)
                 marks.thread.start()
 
         real_text, real_eos = heard(sub, "real", on_commit=attack)
-        for fuzzer in (garbage, lies):
+        for fuzzer in fuzzers:
             fuzzer.join(60)
             assert fuzzer.done.is_set() and fuzzer.sent == len(fuzzer.messages)
             assert fuzzer.ended < real_eos, "the fuzz outlasted the clip"
@@ -221,7 +230,7 @@ sinks:
         got["broker"] = p.wait_heartbeat("broker", lambda h: True)
         for name in ("broker", "vad", "asr", "out"):
             assert p.procs[name].alive(), p.logs()
-        for pub in (garbage_pub, lies_pub):
+        for pub in pubs:
             pub.close()
         flood.close()
         logs = {name: p.procs[name].log() for name in ("vad", "asr", "out")}
@@ -231,8 +240,8 @@ sinks:
     records = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
     real_latency = max(c.latency for c in sub_commits(tmp_path / "t.jsonl", "real"))
     c = {name: hb.counters for name, hb in got.items()}
-    print(f"\nfuzz: {len(bad)} malformed + {len(evil)} hostile and lying messages + {flood.sent} flooded stream ids "
-          f"+ {marks.sent} forged pause marks; WER without {w_base:.3f}, with {w_real:.3f}; the stream admitted "
+    print(f"\nfuzz: {len(bad)} malformed + {len(evil) + len(aimed)} hostile and lying messages + {flood.sent} "
+          f"flooded stream ids + {marks.sent} forged pause marks + {marks.wall0_lies} wall0 lies; WER without {w_base:.3f}, with {w_real:.3f}; the stream admitted "
           f"{admitted_after:.2f}s into the flood; rejected "
           + ", ".join(f"{k} {c[k]['rejected']}/{want[k]}" for k in want)
           + f"; broker over_quota {c['broker']['over_quota']}; vad out_of_step {c['vad']['out_of_step']}, "
@@ -247,12 +256,13 @@ sinks:
     assert abs(w_real - w_base) <= 0.02, (base_text, real_text)
     assert admitted_after < 1.0
     # each attack shows in a counter
-    assert c["broker"]["over_quota"] > 9000 and c["vad"]["streams_evicted"] > 0
-    assert c["vad"]["out_of_step"] >= 2 and c["vad"]["wall0_ignored"] >= 1 and c["vad"]["unconfirmed_eos"] >= 1
-    assert c["asr"]["marks_ignored"] + c["asr"]["pauses_cancelled"] >= marks.sent // 2
+    assert c["broker"]["over_quota"] > 9000 and c["vad"]["streams_evicted"] + c["vad"]["streams_refused"] > 0
+    assert c["vad"]["out_of_step"] >= 2 and c["vad"]["unconfirmed_eos"] >= 1
+    assert c["vad"]["wall0_ignored"] >= 1 and marks.wall0_lies >= 1
+    assert c["asr"]["marks_ignored"] + c["asr"]["pauses_cancelled"] >= marks.sent // 2 > 0
     assert c["asr"]["out_of_step"] >= 1 and c["asr"]["unconfirmed_eos"] >= 1
-    assert c["out"]["unserved"] >= 1000 and c["out"]["oversized"] >= 150 and c["out"]["unconfirmed_eos"] >= 600
-    assert c["out"].get("seq_implausible", 0) >= 1
+    assert c["out"]["unserved"] > 0 and c["out"]["oversized"] >= 150 and c["out"]["unconfirmed_eos"] >= 1
+    assert c["out"].get("seq_implausible", 0) >= 1 and c["vad"].get("seq_implausible", 0) >= 1
     # the JSONL: the two streams' commits and one end each, nothing forged
     assert {(r["stream"], r["kind"]) for r in records} == {("base", "commit"), ("real", "commit"), ("base", "eos"),
                                                             ("real", "eos")}
