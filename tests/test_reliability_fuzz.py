@@ -241,7 +241,8 @@ sinks:
     real_latency = max(c.latency for c in sub_commits(tmp_path / "t.jsonl", "real"))
     c = {name: hb.counters for name, hb in got.items()}
     print(f"\nfuzz: {len(bad)} malformed + {len(evil) + len(aimed)} hostile and lying messages + {flood.sent} "
-          f"flooded stream ids + {marks.sent} forged pause marks + {marks.wall0_lies} wall0 lies; WER without {w_base:.3f}, with {w_real:.3f}; the stream admitted "
+          f"flooded stream ids + {marks.sent} forged pause marks + {marks.wall0_lies} wall0 lies; WER without "
+          f"{w_base:.3f}, with {w_real:.3f}; the stream admitted "
           f"{admitted_after:.2f}s into the flood; rejected "
           + ", ".join(f"{k} {c[k]['rejected']}/{want[k]}" for k in want)
           + f"; broker over_quota {c['broker']['over_quota']}; vad out_of_step {c['vad']['out_of_step']}, "
