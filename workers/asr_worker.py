@@ -53,13 +53,12 @@ from pipeline.roster import Believer
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .decode_jobs import DecodeRunner
+from .stream_accounting import CLOCK_COUNTERS, StreamAccounting
 
 WARMUP_SECONDS = 1.0
 MAX_BACKLOG_S = 120.0  # undecoded audio per stream beyond which new frames are dropped (counted)
 BUSY_POLL_MS = 5  # loop period while decodes run on the pool, so results go out at once
 EVICT_IDLE_S = 0.5  # a never-decoded stream quiet this long may give its slot to a new one
-LOSS_REPORT_S = 5.0  # at most one "lost" error per stream this often
-CLOCK_COUNTERS = {"out_of_step": "out_of_step", "switches": "timeline_switches", "wall0_ignored": "wall0_ignored"}
 
 
 @dataclass
@@ -84,7 +83,7 @@ class StreamState:
         return self.session.wall0
 
 
-class ASRWorker(Actor):
+class ASRWorker(StreamAccounting, Actor):
     role = "worker"
 
     def __init__(self, name, bus, wcfg, config=None):
@@ -222,48 +221,6 @@ class ASRWorker(Actor):
                 self.publish(topic, m.EndOfStream(stream=msg.stream, seq=self.pub.seq(topic), t=msg.t,
                                                   worker=self.name))
                 self.note_ended(msg.stream)
-
-    def _note_losses(self, msg: m.Message) -> None:
-        """Messages of a live stream lost on the way, or its VAD restarted under it: say so on its transcript."""
-        st = self.streams.get(msg.stream)
-        if st is None:
-            return
-        if not (self.sender_restarted or self.missing):
-            return
-        self.counters["upstream_restarts"] += int(self.sender_restarted)
-        st.lost += self.missing
-        if time.monotonic() - st.lost_reported < LOSS_REPORT_S:
-            return
-        at = getattr(msg, "t", 0.0)
-        if self.sender_restarted:
-            self._report(st, f"the stream's speech started over at {at:.2f}s without an end (its VAD restarted?): "
-                             "speech around then may be lost")
-        else:
-            self._report(st, f"{st.lost} message(s) of this stream were lost on the way (last before {at:.2f}s)")
-        st.lost, st.lost_reported = 0, time.monotonic()
-
-    def _report(self, st: StreamState, message: str) -> None:
-        topic = m.transcript_topic(self.name, st.stream)
-        self.publish(topic, m.Error(stream=st.stream, seq=self.pub.seq(topic), message=message, worker=self.name))
-        self.limited.warning(f"report:{message[:20]}", "stream %s: %s", st.stream, message)
-
-    @staticmethod
-    def _session_counts(session: StreamingSession) -> dict[str, int]:
-        counts = dict(session.counts)
-        counts.update({c: getattr(session.clock.counts, k) for k, c in CLOCK_COUNTERS.items()})
-        return counts
-
-    def _gone(self, st: StreamState) -> None:
-        """A stream leaves: keep what its session counted."""
-        for key, n in self._session_counts(st.session).items():
-            self._gone_counts[key] = self._gone_counts.get(key, 0) + n
-
-    def _refresh_counts(self) -> None:
-        totals = dict(self._gone_counts)
-        for st in self.streams.values():
-            for key, n in self._session_counts(st.session).items():
-                totals[key] = totals.get(key, 0) + n
-        self.counters.update(totals)
 
     def _audio(self, msg: m.Audio) -> None:
         from asr_core.audio import pcm16_to_float
