@@ -23,7 +23,9 @@ and a timeline of set-aside audio that the stream switches to (a restarted sourc
 a fresh buffer. Marks are checked against it too, so that a flood of them changes nothing:
 
 * a pause whose ``t`` is not where the stream's audio ends, or that follows another pause
-  with no audio in between, is ignored;
+  with no audio in between, is ignored; so is a segment start before the end of the audio;
+* only the first audio of a segment (at its ``speech_start``'s ``t``) may jump any distance
+  ahead over the silence the VAD left out;
 * a pause is *held* until the stream shows it was one: audio that goes on exactly where it
   paused cancels it (speech did not stop there), audio after a gap or the end of the stream
   confirms it, and so does ``schedule.pause_hold`` seconds of nothing (with a ``now`` clock;
@@ -125,6 +127,7 @@ class StreamingSession:
         self.ended = False
         self.started = False  # some audio was accepted
         self._audio_since_pause = False
+        self._start_at: float | None = None  # t of the latest speech_start, until the audio after it
 
     @property
     def received_until(self) -> float:
@@ -148,6 +151,9 @@ class StreamingSession:
         """Audio whose first sample is at stream time ``t``; False when it is not taken (set aside, or ended)."""
         if self.ended:
             return False
+        if self._start_at is not None and abs(t - self._start_at) <= LATE_TOLERANCE:
+            self.clock.allow_jump()  # the first frame of a segment the VAD announced: the silence before is left out
+        self._start_at = None
         offer = self.clock.offer(float(t), len(samples) / self.processor.SAMPLING_RATE, (float(t), samples),
                                  wall0, self._time())
         if offer.verdict is Verdict.HOLD:
@@ -159,16 +165,32 @@ class StreamingSession:
         return True
 
     def push_pause(self, t: float | None = None) -> bool:
-        """A pause at stream time ``t`` (None: wherever the audio ends); False when it is ignored."""
+        """A pause at stream time ``t`` (None: wherever the audio ends); False when it is ignored.
+
+        Without ``t`` (a driver that makes its own marks: replay, VAC) the next audio may also start
+        any time later; from the bus, only audio at a :meth:`push_start`'s ``t`` may.
+        """
         if self.ended:
             return False
         if not self._audio_since_pause or (t is not None and abs(t - self.received_until) > PAUSE_TOLERANCE):
             self.counts["marks_ignored"] += 1
             return False
         self._audio_since_pause = False
-        self.clock.allow_jump()  # the VAD leaves the silence out: the next segment may start anywhere later
+        if t is None:
+            self.clock.allow_jump()
         self.inbox.append(Pause(self.received_until, self._time()))
         self._feed()
+        return True
+
+    def push_start(self, t: float) -> bool:
+        """The VAD's ``speech_start`` at stream time ``t``: audio starting there may jump over the silence before.
+
+        A start before the end of the stream's audio is no segment start: ignored (counted).
+        """
+        if self.ended or (self.started and t < self.received_until - LATE_TOLERANCE):
+            self.counts["marks_ignored"] += 1
+            return False
+        self._start_at = float(t)
         return True
 
     def push_end(self) -> None:

@@ -183,7 +183,9 @@ class WorkerConfig:
     max_streams: int = 16  # live streams at once; messages of further new streams are refused (counted)
     concurrency: int = 0  # decode threads; 0: one per core (up to 4) when the backend allows it, else 1
     utterance_gap: float = _SCHEDULE.utterance_gap  # a pause longer than this starts a fresh audio buffer
-    pause_hold: float = 0.3  # seconds a speech_end waits for audio that would show it was none (a forged one)
+    # seconds a speech_end waits for audio that would show it was none (a forged one); None: automatic
+    # (0 with CURVE, where only the VAD may publish marks; else vad.min_silence_ms + 0.15)
+    pause_hold: float | None = None
     settle_sec: float = _STREAMING.settle_sec  # commit a word this long after it was heard even without agreement
     early_commit_sec: float = _STREAMING.early_commit_sec  # commit a word the model is sure of this long after
     early_commit_prob: float = _STREAMING.early_commit_prob  # "sure": the model's word probability at least this
@@ -199,7 +201,7 @@ class WorkerConfig:
     def schedule(self) -> Schedule:
         # without the VAD (input: audio) there are no pauses to flush at
         return Schedule(min_chunk_size=self.min_chunk_size, utterance_gap=self.utterance_gap,
-                        at_pause="flush" if self.input == "speech" else "ignore", pause_hold=self.pause_hold)
+                        at_pause="flush" if self.input == "speech" else "ignore", pause_hold=self.pause_hold or 0.0)
 
     def check(self) -> None:
         from asr_core.registry import available_backends, is_known_backend
@@ -224,6 +226,8 @@ class WorkerConfig:
             raise SectionError("settle_sec", "settle_sec and early_commit_sec must be >= 0 (0: off)")
         if not 0 <= self.early_commit_prob <= 1:
             raise SectionError("early_commit_prob", "must be between 0 and 1")
+        if self.pause_hold is not None and self.pause_hold < 0:
+            raise SectionError("pause_hold", "must be >= 0 (or left out: automatic)")
 
 
 @dataclass(frozen=True)

@@ -254,6 +254,7 @@ sinks:
           f"seq_implausible {c['out'].get('seq_implausible', 0)}; JSONL {len(records)} records, "
           f"{(tmp_path / 't.jsonl').stat().st_size} bytes; worst latency {base_latency:.1f}s / {real_latency:.1f}s")
     assert {k: hb.counters["rejected"] for k, hb in got.items() if k in want} == want
+    print(f"without: {base_text}\nwith:    {real_text}")
     assert abs(w_real - w_base) <= 0.02, (base_text, real_text)
     assert admitted_after < 1.0
     # each attack shows in a counter

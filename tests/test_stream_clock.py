@@ -204,3 +204,14 @@ def test_a_session_ignores_a_far_frame_and_transcribes_the_rest():
     out += s.run_due()
     assert [w[2].strip() for c in out for w in c.words] == [w[2].strip() for w in TIMELINE]
     assert s.clock.counts.out_of_step == 4 and s.received_until == pytest.approx(4.0)
+
+
+def test_only_the_first_audio_of_an_announced_segment_may_jump_over_the_silence():
+    s = session(hold=0.0)
+    feed(s, 0.0, 1.0)
+    s.push_pause(t=1.0)
+    assert not s.push_audio(1e6, ramp(0.0, 0.1))  # a lie right after a pause is still a lie
+    assert not s.push_start(0.5)  # a segment cannot start before the end of the audio
+    assert s.push_start(40.0)
+    assert s.push_audio(40.0, ramp(40.0, 40.1))  # the VAD left 39 s of silence out
+    assert s.received_until == pytest.approx(40.1) and s.counts["marks_ignored"] == 1

@@ -59,6 +59,7 @@ WARMUP_SECONDS = 1.0
 MAX_BACKLOG_S = 120.0  # undecoded audio per stream beyond which new frames are dropped (counted)
 BUSY_POLL_MS = 5  # loop period while decodes run on the pool, so results go out at once
 EVICT_IDLE_S = 0.5  # a never-decoded stream quiet this long may give its slot to a new one
+PAUSE_HOLD_MARGIN_S = 0.15  # automatic pause_hold: vad.min_silence_ms plus a frame and this margin
 
 
 @dataclass
@@ -100,8 +101,21 @@ class ASRWorker(StreamAccounting, Actor):
         })
         self.believer = Believer(bus.heartbeat_interval)
         self._gone_counts: dict[str, int] = {}  # session counts of streams that have left
+        self._schedule = self._with_pause_hold(wcfg.schedule(), config)
         self._ended_audio = 0.0  # audio seconds of streams that have ended
         self.drain_timeout = 60.0
+
+    def _with_pause_hold(self, schedule, config):
+        """``pause_hold`` when the config leaves it automatic: with CURVE only the VAD's key may publish pause
+        marks (none needed); else long enough for the VAD to release audio it held in a dip of the speech."""
+        import dataclasses
+
+        if self.wcfg.pause_hold is not None:
+            return dataclasses.replace(schedule, pause_hold=self.wcfg.pause_hold)
+        if self.bus.security.enabled:
+            return dataclasses.replace(schedule, pause_hold=0.0)
+        min_silence = (config.vad.min_silence_ms if config is not None else 300) / 1000
+        return dataclasses.replace(schedule, pause_hold=min_silence + PAUSE_HOLD_MARGIN_S)
 
     # -- setup -------------------------------------------------------------------
     def subscriptions(self):
@@ -175,7 +189,7 @@ class ASRWorker(StreamAccounting, Actor):
         if st is None:
             if not self._admit(msg.stream):
                 return None
-            session = StreamingSession(self._new_processor(), self.wcfg.schedule(), now=time.monotonic)
+            session = StreamingSession(self._new_processor(), self._schedule, now=time.monotonic)
             st = StreamState(msg.stream, session)
             self.streams[msg.stream] = st
             self.counters["streams_total"] += 1
@@ -206,7 +220,9 @@ class ASRWorker(StreamAccounting, Actor):
             if st is not None:
                 st.session.push_pause(msg.t)
         elif isinstance(msg, m.SpeechStart):
-            self._stream(msg)
+            st = self._stream(msg)
+            if st is not None:
+                st.session.push_start(msg.t)
         elif isinstance(msg, m.EndOfStream):
             self._ends(self.believer.offer(topic, msg, time.monotonic()))
 

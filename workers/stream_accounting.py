@@ -29,14 +29,15 @@ class StreamAccounting:
         st = self.streams.get(msg.stream)
         if st is None:
             return
-        if not (self.sender_restarted or self.missing):
+        restarted = self.sender_restarted and msg.seq == 0  # a VAD that starts over numbers from 0 again
+        if not (restarted or self.missing):
             return
-        self.counters["upstream_restarts"] += int(self.sender_restarted)
+        self.counters["upstream_restarts"] += int(restarted)
         st.lost += self.missing
         if time.monotonic() - st.lost_reported < LOSS_REPORT_S:
             return
         at = getattr(msg, "t", 0.0)
-        if self.sender_restarted:
+        if restarted:
             self._report(st, f"the stream's speech started over at {at:.2f}s without an end (its VAD restarted?): "
                              "speech around then may be lost")
         else:
