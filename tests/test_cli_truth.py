@@ -112,3 +112,45 @@ web:
         line = one_line(res)
         assert res.returncode == 1 and res.stdout == "" and f"{key} tcp://127.0.0.1:{port} already in use" in line
     assert not (tmp_path / "t.jsonl").exists()  # nothing started
+
+
+def test_a_sink_that_could_not_write_does_not_exit_0(tmp_path):
+    """A disk that fills up mid-run: the sink goes on (counting), and exits 1 with one line when it stops."""
+    import signal
+    import time
+
+    from pipeline import messages as m
+    from tests.procs import BusPublisher, Pipeline
+
+    full = tmp_path / "full"
+    full.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(full)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode(errors='replace').strip()}")
+    try:
+        with Pipeline(tmp_path / "p") as p:
+            cfg = p.write_config(f"""
+workers:
+  - name: asr
+sinks:
+  - name: out
+    output: jsonl:{full}/t.jsonl
+""")
+            sink = p.start("out", ["sink", "--config", str(cfg), "--name", "out"])
+            p.wait_ready("out")
+            with BusPublisher(p.bus, vouch=True) as pub:
+                pub.wait_subscribed("transcript.")
+                for i in range(100):
+                    pub.send("transcript.asr.s1", m.Commit(stream="s1", seq=i, beg=i, end=i + 5.0, text=" word" * 60,
+                                                           words=[], worker="asr", emitted=1.0, wall0=0.0))
+                hb = p.wait_heartbeat("out", lambda h: h.counters["write_failures"] > 0, timeout=20)
+            time.sleep(0.2)
+            sink.signal(signal.SIGTERM)
+            code = sink.wait(20)
+            lines = [x for x in sink.log().splitlines() if x.startswith("voxpipe sink:")]
+    finally:
+        subprocess.run(["umount", str(full)], capture_output=True)
+    assert code == 1 and hb.counters["write_failures"] > 0
+    assert len(lines) == 1 and "write(s) to jsonl:" in lines[0] and "No space left on device" in lines[0], lines
