@@ -166,3 +166,17 @@ def test_a_sender_that_really_jumps_is_followed():
     g.observe("t", 0)
     g.observe("t", 50_000)
     assert g.observe("t", 50_001) == 0 and g.observe("t", 50_003) == 1
+
+
+# -- who gets a stream slot ------------------------------------------------------------------------
+def test_a_stream_that_keeps_coming_back_gets_in_during_a_flood_of_one_frame_streams():
+    from workers.admission import Admission, Slot
+
+    a = Admission(quiet=0.3)
+    full = {f"flood{i}": Slot(last_seen=1.0, frames=1, spare=True) for i in range(8)}
+    assert a.victim("flood99", full, 1.1) is None  # nothing quiet yet: refused
+    assert a.victim("real", full, 1.1) is None  # the real stream's first frame: refused too ...
+    assert a.victim("real", full, 1.2) in full  # ... its second takes the slot of a one-frame stream
+    speaking = {"real": Slot(1.2, 5, spare=False), **{f"f{i}": Slot(1.0, 1, spare=True) for i in range(7)}}
+    assert a.victim("f100", speaking, 1.35) == "f0"  # a quiet spare one goes first
+    assert a.victim("f101", {"real": Slot(1.3, 50, spare=False)}, 9.0) is None  # speech is never given away

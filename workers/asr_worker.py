@@ -29,9 +29,9 @@ Hostile but well-formed input stays contained (the rules are the session's,
   (the VAD) lists it as ended (:mod:`pipeline.roster`; ``unconfirmed_eos``), and the
   end of a stream this worker never saw is answered only for a stream someone
   announced;
-* at most ``max_streams`` streams live at once: when all are taken, a new stream takes
-  the slot of a quiet one that was never decoded (``streams_evicted``), else it is
-  refused (``streams_refused``); a stream's undecoded backlog is bounded
+* at most ``max_streams`` streams live at once: when all are taken, a new stream may take
+  the slot of one that was never decoded (:mod:`workers.admission`; ``streams_evicted``),
+  else it is refused (``streams_refused``); a stream's undecoded backlog is bounded
   (``MAX_BACKLOG_S``).
 
 What was lost is said on the stream's transcript topic with an ``error``: when this
@@ -51,6 +51,7 @@ from pipeline.config import check_backend_options
 from pipeline.errors import ConfigError
 from pipeline.roster import Believer
 
+from .admission import Admission, Slot
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .decode_jobs import DecodeRunner
 from .stream_accounting import CLOCK_COUNTERS, StreamAccounting
@@ -58,7 +59,6 @@ from .stream_accounting import CLOCK_COUNTERS, StreamAccounting
 WARMUP_SECONDS = 1.0
 MAX_BACKLOG_S = 120.0  # undecoded audio per stream beyond which new frames are dropped (counted)
 BUSY_POLL_MS = 5  # loop period while decodes run on the pool, so results go out at once
-EVICT_IDLE_S = 0.5  # a never-decoded stream quiet this long may give its slot to a new one
 PAUSE_HOLD_MARGIN_S = 0.15  # automatic pause_hold: vad.min_silence_ms plus a frame and this margin
 
 
@@ -72,6 +72,7 @@ class StreamState:
     last_partial: str = ""
     commits: int = 0
     failures: int = 0
+    frames: int = 0  # messages received
     lost: int = 0  # messages lost on the way, not yet reported
     lost_reported: float = 0.0
 
@@ -100,6 +101,7 @@ class ASRWorker(StreamAccounting, Actor):
             "streams_joined": 0, "upstream_restarts": 0, **{c: 0 for c in CLOCK_COUNTERS.values()},
         })
         self.believer = Believer(bus.heartbeat_interval)
+        self.admission = Admission()
         self._gone_counts: dict[str, int] = {}  # session counts of streams that have left
         self._schedule = self._with_pause_hold(wcfg.schedule(), config)
         self._ended_audio = 0.0  # audio seconds of streams that have ended
@@ -169,14 +171,13 @@ class ASRWorker(StreamAccounting, Actor):
         return OnlineASRProcessor(self.asr, options=self.wcfg.streaming_options())
 
     def _admit(self, stream: str) -> bool:
-        """Room for a new stream: a free slot, else that of a quiet stream that was never decoded."""
+        """Room for a new stream: a free slot, else that of one that was never decoded (workers.admission)."""
         if len(self.streams) >= self.wcfg.max_streams:
             now = time.monotonic()
-            quiet = [(st.last_seen, s) for s, st in self.streams.items()
-                     if st.processor.stats.decodes == 0 and st.session.running is None
-                     and now - st.last_seen >= EVICT_IDLE_S]
-            if quiet:
-                victim = min(quiet)[1]
+            slots = {s: Slot(st.last_seen, st.frames, st.processor.stats.decodes == 0 and st.session.running is None)
+                     for s, st in self.streams.items()}
+            victim = self.admission.victim(stream, slots, now)
+            if victim is not None:
                 self._gone(self.streams.pop(victim))
                 self.counters["streams_evicted"] += 1
                 self.limited.warning("evicted", "stream %s takes the slot of %s (never decoded, quiet)", stream,
@@ -202,6 +203,7 @@ class ASRWorker(StreamAccounting, Actor):
                                  f"{getattr(msg, 't', 0.0):.2f}s): what came before did not reach this run of the "
                                  "worker; anything an earlier run had not committed is lost")
         st.last_seen = time.monotonic()
+        st.frames += 1
         return st
 
     # -- messages ----------------------------------------------------------------

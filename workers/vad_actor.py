@@ -17,11 +17,11 @@ frames only once that holds half a second of audio and the old one went quiet
 
 At most ``vad.max_streams`` streams are live at once. A stream that never
 carried speech is forgotten after ``NO_SPEECH_IDLE_S`` without a frame, and
-when every slot is taken a new stream takes the slot of the least recently
-heard one that never carried speech and has been quiet for ``EVICT_IDLE_S``
-(``streams_evicted``), so a flood of stream ids does not keep a real stream
-out; when there is none, frames of further new streams are refused and
-counted (``streams_refused``) until one ends or idles out.
+when every slot is taken a new stream may take the slot of one that never
+carried speech (:mod:`workers.admission`: a quiet one, or, for a stream that
+keeps coming back, the one with the fewest frames; ``streams_evicted``), so a
+flood of stream ids does not keep a real stream out; else its frames are
+refused and counted (``streams_refused``) until one ends or idles out.
 A stream that goes idle is closed as if it had sent ``eos`` (so the workers
 flush); if it comes back it starts over (its ``seq`` restarts at 0).
 
@@ -46,10 +46,10 @@ from pipeline import messages as m
 from pipeline.config import VADConfig
 from pipeline.roster import Believer
 
+from .admission import Admission, Slot
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 
 NO_SPEECH_IDLE_S = 2.0  # a stream that never carried speech is forgotten after this long without a frame
-EVICT_IDLE_S = 0.3  # ... and may give its slot to a new stream after this long without one
 CLOCK_COUNTERS = {"out_of_step": "out_of_step", "switches": "timeline_switches", "wall0_ignored": "wall0_ignored"}
 
 
@@ -57,6 +57,7 @@ CLOCK_COUNTERS = {"out_of_step": "out_of_step", "switches": "timeline_switches",
 class StreamGate:
     gate: SpeechGate
     last_seen: float = 0.0
+    frames: int = 0
 
     @property
     def wall0(self) -> float:
@@ -74,6 +75,7 @@ class VADActor(Actor):
         self.counters.update({"speech_segments": 0, "streams_total": 0, "streams_evicted": 0, "unconfirmed_eos": 0,
                               **{c: 0 for c in CLOCK_COUNTERS.values()}})
         self.believer = Believer(bus.heartbeat_interval)
+        self.admission = Admission()
         self._model_path = None
         self._cpu = 0.0
         self._audio = 0.0
@@ -119,12 +121,11 @@ class VADActor(Actor):
                 self._end_unseen(msg.stream, msg.t)
 
     def _admit(self, stream: str, now: float) -> bool:
-        """Room for a new stream: a free slot, else that of a quiet stream that never carried speech."""
+        """Room for a new stream: a free slot, else that of one that never carried speech (workers.admission)."""
         if len(self.streams) >= self.vcfg.max_streams:
-            quiet = [(st.last_seen, s) for s, st in self.streams.items()
-                     if st.gate.segments == 0 and now - st.last_seen >= EVICT_IDLE_S]
-            if quiet:
-                victim = min(quiet)[1]
+            slots = {s: Slot(st.last_seen, st.frames, st.gate.segments == 0) for s, st in self.streams.items()}
+            victim = self.admission.victim(stream, slots, now)
+            if victim is not None:
                 self._forget(victim)
                 self.counters["streams_evicted"] += 1
                 self.limited.warning("evicted", "stream %s takes the slot of %s (no speech, quiet)", stream, victim)
@@ -143,6 +144,7 @@ class VADActor(Actor):
             self.announce()
             self.log.info("new stream %s at t=%.2f", msg.stream, msg.t)
         st.last_seen = now
+        st.frames += 1
         c0 = time.process_time()
         before = dict(st.gate.clock.counts.__dict__)
         events = st.gate.push(n, np.frombuffer(msg.pcm, dtype="<i2"), msg.wall0, now)
