@@ -41,7 +41,8 @@ COMMANDS = [
     "workers.metrics",
     "apps.status",
     "apps.top",
-    "pipeline.security",
+    "apps.restart",
+    "apps.keys",
     "apps.bench.cli",
 ]
 

@@ -17,6 +17,13 @@
 4. An actor that dies (the capture may exit 0 when its file is done), or
    ``--timeout``, stops everything: one line saying why, the last lines of
    the failed actor's log, exit 1. Ctrl-C: stop in order, exit 130.
+
+It tells the truth: an output that cannot be written is one line naming it, before
+anything starts (``--output``, or the config key) or when a sink could not write it
+(exit 1, never "written to" a file that is not there); a bad option value is one line
+with its config key (exit 3); a port the config names that is taken is one line (exit 1);
+a WAV file whose header promises more audio than it holds gets a warning; an empty
+transcript is an empty file.
 """
 
 from __future__ import annotations
@@ -98,34 +105,70 @@ def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, sou
     return dataclasses.replace(cfg, sources=(src,), sinks=tuple(sinks), web=web, bus=private_bus(cfg.bus), **ops)
 
 
-def _fresh_outputs(cfg) -> None:
-    """Remove what an earlier run left in the sinks' files (jsonl appends; cue files per pair)."""
+def _output_files(cfg) -> dict[str, list[Path]]:
+    """Per file sink (its output spec), the files it may write: ``PATH``, and ``STEM.<worker>.<stream>.EXT``."""
     from pipeline.outputs import pair_path
 
     streams = [s.stream_id for s in cfg.sources]
+    files = {}
     for s in cfg.sinks:
         kind, _, path = s.output.partition(":")
-        if not path:
-            continue
-        base = Path(path)
-        candidates = [base] + [pair_path(base, pool, st) for pool in cfg.pools() for st in streams]
+        if path:
+            base = Path(path)
+            files[s.output] = [base] + [pair_path(base, pool, st) for pool in cfg.pools() for st in streams]
+    return files
+
+
+def _fresh_outputs(cfg) -> None:
+    """Remove what an earlier run left in the sinks' files (jsonl appends; cue files per pair)."""
+    for output, candidates in _output_files(cfg).items():
         for p in candidates:
-            if p.is_file():
-                p.unlink()
+            try:
+                if p.is_file():
+                    p.unlink()
+            except OSError as exc:
+                raise RuntimeFailure(f"cannot start {output} afresh: cannot remove {p}: {exc.strerror}") from None
+
+
+def _check_outputs(outputs: list[str] | None) -> None:
+    """Every ``--output`` can be written, before anything starts (one line naming it otherwise)."""
+    from pipeline.config import output_problem
+    from pipeline.outputs import parse_output
+
+    for spec in outputs or ():
+        try:
+            kind, path = parse_output(spec)
+        except ValueError as exc:
+            raise UsageError(f"--output: {exc}") from None
+        problem = output_problem(path) if path else None
+        if problem:
+            raise UsageError(f"--output {spec}: {problem}")
+
+
+def _missing_outputs(cfg) -> list[str]:
+    """The file sinks of ``cfg`` that wrote no file at all."""
+    return [out for out, files in _output_files(cfg).items() if not any(p.is_file() for p in files)]
 
 
 # -- watching the bus -------------------------------------------------------------------------------
 class TranscriptWatch:
-    """Subscribes to transcripts and heartbeats; collects one stream's commits per pool (``workers``)."""
+    """Subscribes to transcripts and heartbeats; collects one stream's commits per pool (``workers``).
+
+    Only what the workers vouch for counts (:mod:`pipeline.roster`): a forged commit or eos
+    changes neither the transcript nor when it is complete; of a pool's messages only the
+    current assignment's (:mod:`pipeline.epochs`).
+    """
 
     def __init__(self, bus, stream: str, workers: list[str]):
         from pipeline.epochs import EpochFilter
+        from pipeline.roster import Believer
 
         self.stream = stream
         self.workers = workers
         self.epochs = EpochFilter()
         self.ctx = zmq.Context()
         self.sub = Subscriber(self.ctx, bus, ["transcript.", "status."])
+        self.believer = Believer(bus.heartbeat_interval)
         self.ready: set[str] = set()
         self.texts: dict[str, list[str]] = {w: [] for w in workers}
         self.commits = 0
@@ -142,21 +185,28 @@ class TranscriptWatch:
                 return
             timeout_ms = 0
             topic, msg = got
+            now = time.monotonic()
             if isinstance(msg, m.Heartbeat):
                 if msg.ready and msg.role != "probe":
                     self.ready.add(msg.name)
-                continue
-            worker = m.parse_topic(topic).worker
-            if msg.stream != self.stream or worker not in self.texts or not self.epochs.admit(topic, msg):
-                continue
-            if isinstance(msg, m.Commit):
-                self.texts[worker].append(msg.text)
-                self.commits += 1
-            elif isinstance(msg, m.EndOfStream):
-                self.done.add(worker)
-            elif isinstance(msg, m.Error):
-                self.errors.append(f"{worker}: {msg.message}")
-                print(f"voxpipe: worker {worker} reported an error on {msg.stream}: {msg.message}", file=sys.stderr)
+                believed = self.believer.heartbeat(msg, now)
+            else:
+                believed = self.believer.offer(topic, msg, now)
+            for t, believed_msg in believed + self.believer.expire(now):
+                self._take(t, believed_msg)
+
+    def _take(self, topic: str, msg: m.Message) -> None:
+        worker = m.parse_topic(topic).worker
+        if msg.stream != self.stream or worker not in self.texts or not self.epochs.admit(topic, msg):
+            return
+        if isinstance(msg, m.Commit):
+            self.texts[worker].append(msg.text)
+            self.commits += 1
+        elif isinstance(msg, m.EndOfStream):
+            self.done.add(worker)
+        elif isinstance(msg, m.Error):
+            self.errors.append(f"{worker}: {msg.message}")
+            print(f"voxpipe: worker {worker} reported an error on {msg.stream}: {msg.message}", file=sys.stderr)
 
     @property
     def finished(self) -> bool:
@@ -187,18 +237,27 @@ def run(args) -> int:
 
 
 def _run(args, audio: Path, tmp: Path) -> int:
+    from asr_core.audio import wav_truncation
     from pipeline.derived_config import write_config
 
+    from .launch import check_ports
     from .plan import actor_processes, stop_stages
     from .runner import ProcessRunner, SignalCounter
 
-    cfg = derive(load_config(args.config, check_files=False), audio, args.speed, args.output, args.source)
+    _check_outputs(args.output)
+    cut = wav_truncation(audio)
+    if cut is not None:
+        print(f"voxpipe transcribe: warning: {audio.name}: its header says {cut[0]:.1f}s of audio but it holds "
+              f"{cut[1]:.1f}s (cut off?); transcribing what there is", file=sys.stderr)
+    cfg = derive(load_config(args.config, check_files=False, check_backends=True), audio, args.speed, args.output,
+                 args.source)
     cfg = load_config(write_config(cfg, tmp / "pipeline.yaml"))
+    check_ports(cfg)
     _fresh_outputs(cfg)
     procs = actor_processes(cfg)
     capture = cfg.sources[0].name
     needed = set(cfg.sources[0].wait_for)
-    duration = audio_seconds(audio)
+    duration = cut[1] if cut is not None else audio_seconds(audio)
     timeout = args.timeout or (180.0 + 2.0 * duration / cfg.sources[0].speed if duration else 900.0)
 
     from honcho.printer import Printer
@@ -243,6 +302,15 @@ def _run(args, audio: Path, tmp: Path) -> int:
         if name and runner.tails[name]:
             line += f"\n--- last lines from {name} ---\n{runner.tail(name)}"
         raise RuntimeFailure(f"transcribe failed: {line}")
+    for s in cfg.sinks:  # a sink that could not write exits non-zero and says why on its last line
+        rc = runner.returncodes.get(s.name)
+        if rc:
+            last = runner.tail(s.name, 1).strip()
+            raise RuntimeFailure(f"transcribe: {s.output} was not written completely: "
+                                 f"{last.split(': ', 1)[-1] if last else f'{s.name} exited with code {rc}'}")
+    missing = _missing_outputs(cfg)
+    if missing:
+        raise RuntimeFailure(f"transcribe: {', '.join(missing)} was not written")
     print(watch.transcript())
     sys.stdout.flush()
     outs = ", ".join(s.output for s in cfg.sinks)

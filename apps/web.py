@@ -136,6 +136,6 @@ def run_pipeline(args) -> int:
         log.info("pipeline: broker, VAD, worker %s (%s %s, %s), page on %s:%d; bus %s / %s (voxpipe listen "
                  "--xpub %s transcript.)", w.name, w.backend, w.model_dir or w.model, w.language, cfg.web.host,
                  cfg.web.port, cfg.bus.xsub, cfg.bus.xpub, cfg.bus.xpub)
-        return run_processes(procs, args.stop_timeout or STOP_TIMEOUT)
+        return run_processes(procs, args.stop_timeout or STOP_TIMEOUT, cfg.restart, cfg.bus)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -83,6 +83,31 @@ class ASRBase:
     #: the model that really loaded, when the registry knows it better than ``modelsize``
     #: (a ``model_dir`` was given); shown by :attr:`model_name`
     model_label: str | None = None
+    #: the options the backend takes, for config validation: option -> ``int``, ``float``, ``str``, ``bool``
+    #: or a tuple of the allowed values. Options not listed are passed on unchecked.
+    option_types: dict[str, Any] = {}
+
+    @classmethod
+    def check_options(cls, options: dict) -> list[tuple[str, str]]:
+        """(option, what is wrong) for each value of ``options`` that does not fit :attr:`option_types`."""
+        problems = []
+        for key, value in options.items():
+            want = cls.option_types.get(key)
+            if want is None:
+                continue
+            if isinstance(want, tuple):
+                if value not in want:
+                    problems.append((key, f"{value!r} is not one of {', '.join(map(str, want))}"))
+            elif want is bool:
+                if not isinstance(value, bool):
+                    problems.append((key, f"{value!r} is not true or false"))
+            elif want in (int, float):
+                ok = isinstance(value, (int, float) if want is float else int) and not isinstance(value, bool)
+                if not ok or value <= 0:
+                    problems.append((key, f"{value!r} is not a positive {'number' if want is float else 'integer'}"))
+            elif not isinstance(value, want):
+                problems.append((key, f"{value!r} is not a {want.__name__}"))
+        return problems
 
     def __init__(
         self,

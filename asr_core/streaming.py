@@ -17,6 +17,22 @@ simulate``, the VAC processor, the bench's decode replay, the commit-policy swee
 * at the end of the stream, a **finish**: decode the tail, commit everything; the session
   has then *ended*.
 
+The stream's time is its :class:`~asr_core.stream_clock.StreamClock`'s (``session.clock``):
+audio that does not continue the stream (back in time, far ahead) is set aside, not taken,
+and a timeline of set-aside audio that the stream switches to (a restarted source) starts
+a fresh buffer. Marks are checked against it too, so that a flood of them changes nothing:
+
+* a pause whose ``t`` is not where the stream's audio ends, or that follows another pause
+  with no audio in between, is ignored; so is a segment start before the end of the audio;
+* only the first audio of a segment (at its ``speech_start``'s ``t``) may jump any distance
+  ahead over the silence the VAD left out;
+* a pause is *held* until the stream shows it was one: audio that goes on exactly where it
+  paused cancels it (speech did not stop there), audio after a gap or the end of the stream
+  confirms it, and so does ``schedule.pause_hold`` seconds of nothing (with a ``now`` clock;
+  without one a pause is taken at once).
+
+``counts`` has what was ignored: ``marks_ignored``, ``pauses_cancelled``.
+
 The session has no threads and no sockets. A driver asks :meth:`StreamingSession.due`
 which step to run, marks it started, runs it (:meth:`run`, which touches only the
 processor, so it may run on another thread) and hands the result back
@@ -32,14 +48,16 @@ from enum import Enum
 import numpy as np
 
 from .online import Commit, OnlineASRProcessor
+from .stream_clock import TOLERANCE, StreamClock, Verdict
 
-LATE_TOLERANCE = 1e-3  # seconds a frame may start before the end of the last one and still be taken
+LATE_TOLERANCE = TOLERANCE  # seconds a frame may start before the end of the last one and still be taken
+PAUSE_TOLERANCE = 0.05  # seconds a pause mark's t may be off the end of the stream's audio
 
 
 class Mark(Enum):
     """A point in a stream's inbox between two pieces of audio."""
 
-    PAUSE = "pause"  # the speaker paused (the VAD's speech_end)
+    PAUSE = "pause"  # the speaker paused (the VAD's speech_end); queued as a :class:`Pause`
     END = "end"  # the stream ended (eos, idle timeout, shutdown)
 
 
@@ -61,6 +79,7 @@ class Schedule:
     min_chunk_size: float = 1.0  # seconds of new audio that make the next decode due
     at_pause: str = "flush"  # flush | finish | ignore (see the module's docstring)
     utterance_gap: float = 1.0  # a pause longer than this starts a fresh audio buffer
+    pause_hold: float = 0.0  # seconds a pause waits for audio that would show it was none (needs a clock)
 
     def __post_init__(self):
         if self.min_chunk_size <= 0:
@@ -69,6 +88,8 @@ class Schedule:
             raise ValueError(f"at_pause must be one of {', '.join(PAUSE_ACTIONS)}, not {self.at_pause!r}")
         if self.utterance_gap <= 0:
             raise ValueError("utterance_gap must be positive")
+        if self.pause_hold < 0:
+            raise ValueError("pause_hold must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -83,37 +104,94 @@ class StepResult:
     decodes: int = 0
 
 
+@dataclass(frozen=True)
+class Pause:
+    """A pause mark in the inbox (:data:`Mark.PAUSE` taken): where the stream's audio ended, and when it came."""
+
+    at: float
+    since: float
+
+
 class StreamingSession:
-    def __init__(self, processor: OnlineASRProcessor, schedule: Schedule | None = None):
+    def __init__(self, processor: OnlineASRProcessor, schedule: Schedule | None = None, now=None):
+        """``now``: a clock (e.g. ``time.monotonic``) for ``schedule.pause_hold`` and the wall0 rule."""
         self.processor = processor
         self.schedule = schedule or Schedule()
-        self.inbox: deque = deque()  # (t, samples) and Mark items not yet given to the processor
+        self.now = now
+        self.clock = StreamClock()
+        self.counts: dict[str, int] = {"marks_ignored": 0, "pauses_cancelled": 0}
+        self.inbox: deque = deque()  # (t, samples), Pause and Mark items not yet given to the processor
         self.pending: Step | None = None  # a FLUSH or FINISH that must run before the inbox goes on
         self.running: Step | None = None  # the step handed out by due() and not completed yet
         self.ending = False  # the pending FINISH is the stream's last step
         self.ended = False
-        self.received_until = 0.0  # stream time just after the last accepted sample
         self.started = False  # some audio was accepted
+        self._audio_since_pause = False
+        self._start_at: float | None = None  # t of the latest speech_start, until the audio after it
+
+    @property
+    def received_until(self) -> float:
+        """Stream time just after the last accepted sample."""
+        return self.clock.end or 0.0
+
+    @property
+    def wall0(self) -> float:
+        """The stream's wall0 (Unix time of stream time 0) by its clock's rule; 0 when unknown."""
+        return self.clock.wall0 or 0.0
+
+    def _time(self) -> float:
+        return self.now() if self.now is not None else 0.0
 
     # -- input (the owner's thread) ------------------------------------------------------
     def accepts(self, t: float) -> bool:
-        """May audio starting at stream time ``t`` come next (it does not go back in time)?"""
-        return not self.ended and not (self.started and t + LATE_TOLERANCE < self.received_until)
+        """Would audio starting at stream time ``t`` be taken now (it continues the stream's time)?"""
+        return not self.ended and self.clock.continues(t)
 
-    def push_audio(self, t: float, samples: np.ndarray) -> bool:
-        """Audio whose first sample is at stream time ``t``; False (and nothing kept) if it is late."""
-        if not self.accepts(t):
+    def push_audio(self, t: float, samples: np.ndarray, wall0: float | None = None) -> bool:
+        """Audio whose first sample is at stream time ``t``; False when it is not taken (set aside, or ended)."""
+        if self.ended:
             return False
-        self.inbox.append((float(t), samples))
-        self.received_until = float(t) + len(samples) / self.processor.SAMPLING_RATE
+        if self._start_at is not None and abs(t - self._start_at) <= LATE_TOLERANCE:
+            self.clock.allow_jump()  # the first frame of a segment the VAD announced: the silence before is left out
+        self._start_at = None
+        offer = self.clock.offer(float(t), len(samples) / self.processor.SAMPLING_RATE, (float(t), samples),
+                                 wall0, self._time())
+        if offer.verdict is Verdict.HOLD:
+            return False
+        self.inbox.extend(offer.items if offer.verdict is Verdict.SWITCH else [(float(t), samples)])
         self.started = True
+        self._audio_since_pause = True
         self._feed()
         return True
 
-    def push_pause(self) -> None:
-        if not self.ended:
-            self.inbox.append(Mark.PAUSE)
-            self._feed()
+    def push_pause(self, t: float | None = None) -> bool:
+        """A pause at stream time ``t`` (None: wherever the audio ends); False when it is ignored.
+
+        Without ``t`` (a driver that makes its own marks: replay, VAC) the next audio may also start
+        any time later; from the bus, only audio at a :meth:`push_start`'s ``t`` may.
+        """
+        if self.ended:
+            return False
+        if not self._audio_since_pause or (t is not None and abs(t - self.received_until) > PAUSE_TOLERANCE):
+            self.counts["marks_ignored"] += 1
+            return False
+        self._audio_since_pause = False
+        if t is None:
+            self.clock.allow_jump()
+        self.inbox.append(Pause(self.received_until, self._time()))
+        self._feed()
+        return True
+
+    def push_start(self, t: float) -> bool:
+        """The VAD's ``speech_start`` at stream time ``t``: audio starting there may jump over the silence before.
+
+        A start before the end of the stream's audio is no segment start: ignored (counted).
+        """
+        if self.ended or (self.started and t < self.received_until - LATE_TOLERANCE):
+            self.counts["marks_ignored"] += 1
+            return False
+        self._start_at = float(t)
+        return True
 
     def push_end(self) -> None:
         if not self.ended and Mark.END not in self.inbox and not self.ending:
@@ -211,7 +289,14 @@ class StreamingSession:
         proc = self.processor
         while self.inbox and self.running is None and self.pending is None and not self.ended:
             item = self.inbox[0]
-            if item is Mark.PAUSE:
+            if isinstance(item, Pause):
+                after = self.inbox[1] if len(self.inbox) > 1 else None
+                if isinstance(after, tuple) and abs(after[0] - item.at) <= LATE_TOLERANCE:
+                    self.inbox.popleft()  # the speech went on right where it "paused": it did not
+                    self.counts["pauses_cancelled"] += 1
+                    continue
+                if after is None and self.now is not None and self._time() - item.since < self.schedule.pause_hold:
+                    break  # held: audio may still come that shows it was no pause
                 self.inbox.popleft()
                 if proc.buffer_duration and self.schedule.at_pause != "ignore":
                     self.pending = Step.FLUSH if self.schedule.at_pause == "flush" else Step.FINISH
@@ -221,9 +306,10 @@ class StreamingSession:
                 self.pending, self.ending = Step.FINISH, True
                 continue
             t, samples = item
-            if proc.buffer_duration and t - proc.buffer_end > self.schedule.utterance_gap:
-                # speech resumes after a long pause: a fresh buffer; when something is
-                # still unconfirmed, finish the old one first
+            if proc.buffer_duration and (t - proc.buffer_end > self.schedule.utterance_gap
+                                         or t < proc.buffer_end - LATE_TOLERANCE):
+                # speech resumes after a long pause (or the stream switched to another timeline):
+                # a fresh buffer; when something is still unconfirmed, finish the old one first
                 if proc.hyp.pending() or proc.undecoded_seconds > 0.05:
                     self.pending = Step.FINISH
                     continue

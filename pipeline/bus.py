@@ -38,6 +38,23 @@ def apply_options(sock: zmq.Socket, bus) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
 
 
+def prepare_bind(endpoint: str) -> None:
+    """Before binding ``endpoint``: an ``ipc://`` socket's folder is made, private (0700), if it is missing.
+
+    A bus on ``ipc://`` endpoints in such a folder admits only programs of the pipeline's user (and
+    root): the safe single-host choice where other local users are not to be trusted (Linux, macOS).
+    """
+    import os
+    from pathlib import Path
+
+    scheme, _, path = endpoint.partition("://")
+    if scheme == "ipc" and path and not path.startswith("@"):  # "@name": Linux's abstract namespace
+        folder = Path(path).parent
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+
+
 def _apply_common(sock: zmq.Socket, bus) -> None:
     apply_options(sock, bus)
     security = getattr(bus, "security", None)

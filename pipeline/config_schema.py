@@ -19,6 +19,7 @@ from asr_core.streaming import Schedule
 from asr_core.vad import VADOptions
 
 from .messages import valid_id
+from .outputs import DEFAULT_MAX_STREAM_BYTES, DEFAULT_MAX_STREAMS
 
 WORKER_TASKS = ("transcribe", "translate")
 SINK_KINDS = ("console", "jsonl", "srt", "vtt", "txt")
@@ -66,6 +67,7 @@ class BusConfig:
     hwm: int = 2000
     linger_ms: int = 500
     heartbeat_interval: float = 1.0
+    max_streams_per_publisher: int = 16  # live stream ids one publisher may keep on audio.* (the broker drops more)
     security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def check(self) -> None:
@@ -81,6 +83,8 @@ class BusConfig:
             raise SectionError("hwm", "must be at least 1")
         if self.heartbeat_interval <= 0:
             raise SectionError("heartbeat_interval", "must be positive")
+        if self.max_streams_per_publisher < 1:
+            raise SectionError("max_streams_per_publisher", "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,9 @@ class WorkerConfig:
     max_streams: int = 16  # live streams at once; messages of further new streams are refused (counted)
     concurrency: int = 0  # decode threads; 0: one per core (up to 4) when the backend allows it, else 1
     utterance_gap: float = _SCHEDULE.utterance_gap  # a pause longer than this starts a fresh audio buffer
+    # seconds a speech_end waits for audio that would show it was none (a forged one); None: automatic
+    # (0 with CURVE, where only the VAD may publish marks; else vad.min_silence_ms + 0.15)
+    pause_hold: float | None = None
     settle_sec: float = _STREAMING.settle_sec  # commit a word this long after it was heard even without agreement
     early_commit_sec: float = _STREAMING.early_commit_sec  # commit a word the model is sure of this long after
     early_commit_prob: float = _STREAMING.early_commit_prob  # "sure": the model's word probability at least this
@@ -209,7 +216,7 @@ class WorkerConfig:
     def schedule(self) -> Schedule:
         # without the VAD (input: audio) there are no pauses to flush at
         return Schedule(min_chunk_size=self.min_chunk_size, utterance_gap=self.utterance_gap,
-                        at_pause="flush" if self.input == "speech" else "ignore")
+                        at_pause="flush" if self.input == "speech" else "ignore", pause_hold=self.pause_hold or 0.0)
 
     def check(self) -> None:
         from asr_core.registry import available_backends, is_known_backend
@@ -234,6 +241,8 @@ class WorkerConfig:
             raise SectionError("settle_sec", "settle_sec and early_commit_sec must be >= 0 (0: off)")
         if not 0 <= self.early_commit_prob <= 1:
             raise SectionError("early_commit_prob", "must be between 0 and 1")
+        if self.pause_hold is not None and self.pause_hold < 0:
+            raise SectionError("pause_hold", "must be >= 0 (or left out: automatic)")
         if self.pool:
             _name(self.pool, "pool")
         if not 1 <= self.replicas <= 64:
@@ -277,11 +286,17 @@ class SinkConfig:
     workers: tuple = ()  # only these workers (default: all)
     partials: bool = True  # console only: show partials live
     snapshot: str | None = None  # endpoint to serve the transcript so far on (pipeline/snapshot.py)
+    max_streams: int = DEFAULT_MAX_STREAMS  # (worker, stream) pairs kept in memory (outputs, snapshot history)
+    max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES  # bytes of transcript kept in memory per pair
 
     def check(self) -> None:
         import re
 
         _name(self.name)
+        if self.max_streams < 1:
+            raise SectionError("max_streams", "must be at least 1")
+        if self.max_stream_bytes < 1000:
+            raise SectionError("max_stream_bytes", "must be at least 1000")
         kind, _, arg = self.output.partition(":")
         if kind not in SINK_KINDS:
             raise SectionError("output", f"{self.output!r} is not console, jsonl:PATH, srt:PATH, vtt:PATH or txt:PATH")
@@ -429,6 +444,27 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class RestartConfig:
+    """How ``voxpipe up`` (and the exports) restart a crashed actor: see :mod:`apps.restart`."""
+
+    backoff: float = 0.5  # seconds before the first restart; doubled with each failure in the window
+    backoff_max: float = 8.0
+    max_failures: int = 5  # this many failures of one actor within `window` seconds stop the pipeline
+    window: float = 60.0
+    hang_timeout: float = 30.0  # an actor without a heartbeat this long is killed (and restarted); 0: never
+
+    def check(self) -> None:
+        if self.backoff < 0 or self.backoff_max < self.backoff:
+            raise SectionError("backoff", "needs 0 <= backoff <= backoff_max")
+        if self.max_failures < 1:
+            raise SectionError("max_failures", "must be at least 1")
+        if self.window <= 0:
+            raise SectionError("window", "must be positive")
+        if self.hang_timeout < 0:
+            raise SectionError("hang_timeout", "must be >= 0 (0: never)")
+
+
+@dataclass(frozen=True)
 class Config:
     bus: BusConfig = field(default_factory=BusConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -438,6 +474,7 @@ class Config:
     sinks: tuple = ()
     web: WebConfig = field(default_factory=WebConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    restart: RestartConfig = field(default_factory=RestartConfig)
     version: int = 1
     path: str | None = None  # the file it was loaded from
     health: HealthConfig = field(default_factory=HealthConfig)

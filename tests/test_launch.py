@@ -110,7 +110,9 @@ def test_export_supervisord(cfg, tmp_path):
     for p in procs:
         block = text.split(f"[program:voxpipe-{p.name}]\n", 1)[1].split("\n\n", 1)[0]
         assert f"command={p.cmd}" in block
-        assert "autorestart=true" in block and "stopsignal=TERM" in block
+        # a source whose file is done (exit 0) stays down; everything else comes back
+        restart = "autorestart=unexpected\nexitcodes=0" if p.role == "capture" else "autorestart=true"
+        assert restart in block and "stopsignal=TERM" in block and "startretries=5" in block
     assert ("[group:voxpipe]\n"
             "programs=voxpipe-broker,voxpipe-capture,voxpipe-vad,voxpipe-tiny,voxpipe-base,voxpipe-jsonl") in text
     # the broker starts first and stops last, the capture the other way round
@@ -118,22 +120,33 @@ def test_export_supervisord(cfg, tmp_path):
             for p in procs}
     assert prio["broker"] < prio["jsonl"] < prio["tiny"] < prio["vad"] < prio["capture"]
     assert (tmp_path / "sv" / "logs").is_dir()
+    # the restart rule: a listener stops the group when one program fails 5 times within 60 s
+    listener = text.split("[eventlistener:voxpipe-restart-rule]\n", 1)[1]
+    assert "restart-guard --group voxpipe --max-failures 5 --window 60" in listener
+    assert "events=PROCESS_STATE_EXITED,PROCESS_STATE_FATAL" in listener
 
 
 def test_export_systemd_cli(cfg, tmp_path):
     res = voxpipe("export", "systemd", "configs/side-by-side.yaml", str(tmp_path / "sd"), "--app", "vp")
     assert res.returncode == 0, res.stderr
     names = sorted(p.name for p in (tmp_path / "sd").iterdir())
-    assert names == sorted(["vp.target"]
+    assert names == sorted(["vp.target", "vp-give-up@.service"]
                            + [f"vp-{n}.service" for n in ("broker", "capture", "vad", "tiny", "base", "jsonl")])
     for p in plan.actor_processes(cfg):
         unit = (tmp_path / "sd" / f"vp-{p.name}.service").read_text()
-        assert "Restart=always" in unit and "KillSignal=SIGTERM" in unit
+        restart = "Restart=on-failure" if p.role == "capture" else "Restart=always"
+        assert restart in unit and "KillSignal=SIGTERM" in unit
+        # the restart rule: back-off from 0.5 s up to 8 s; 5 failures within 60 s stop the target
+        for line in ("RestartSec=0.5", "RestartMaxDelaySec=8", "StartLimitIntervalSec=60", "StartLimitBurst=5",
+                     "OnFailure=vp-give-up@%n.service"):
+            assert line in unit, line
         assert f"ExecStart={' '.join(p.argv)}" in unit
         assert "WantedBy=vp.target" in unit
     worker = (tmp_path / "sd" / "vp-tiny.service").read_text()
     assert "After=vp-jsonl.service" in worker
     assert "After=" not in (tmp_path / "sd" / "vp-broker.service").read_text()
+    give_up = (tmp_path / "sd" / "vp-give-up@.service").read_text()
+    assert "systemctl is-failed --quiet %i" in give_up and "systemctl --no-block stop vp.target" in give_up
     target = (tmp_path / "sd" / "vp.target").read_text()
     assert "Wants=vp-broker.service vp-capture.service" in target
 
@@ -163,7 +176,8 @@ def test_up_refuses_a_bus_port_in_use(tmp_path):
         holder.listen()
         res = voxpipe("up", str(path))
     assert res.returncode == 1 and res.stdout == ""
-    assert res.stderr.strip() == f"voxpipe up: cannot start: {bus.xpub} already in use (another pipeline on this bus?)"
+    assert res.stderr.strip() == \
+        f"voxpipe up: cannot start: bus.xpub {bus.xpub} already in use (another pipeline on this bus?)"
 
 
 POOLED = """

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pytest
 
 from asr_core.online import OnlineASRProcessor, StreamingOptions
-from asr_core.streaming import Mark, Schedule, Step, StreamingSession
+from asr_core.streaming import Mark, Pause, Schedule, Step, StreamingSession
 from tests.fakes import ScriptedASR, TimelineASR, ramp, words
 
 TIMELINE = words("one two three four five six seven eight", start=0.1, dur=0.3, gap=0.2)  # 0.1 .. 3.9
@@ -180,7 +180,8 @@ def test_marks_are_typed():
     s.start(Step.DECODE)  # hold the inbox
     s.push_pause()
     s.push_end()
-    assert list(s.inbox)[-2:] == [Mark.PAUSE, Mark.END]
+    pause, end = list(s.inbox)[-2:]
+    assert isinstance(pause, Pause) and pause.at == pytest.approx(0.5) and end is Mark.END
 
 
 def test_a_schedule_rejects_values_that_make_no_sense():

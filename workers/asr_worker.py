@@ -17,11 +17,26 @@ failure on one stream (any exception, MemoryError included) resets that
 stream's processor and publishes an ``error`` on its transcript topic; other
 streams go on.
 
-Hostile but well-formed input stays contained: at most ``max_streams``
-streams live at once (further new ones are refused and counted,
-``streams_refused``), a stream's undecoded backlog is bounded
-(``MAX_BACKLOG_S``), and a jump ahead in a stream's time restarts its buffer
-instead of filling the hole with silence.
+Hostile but well-formed input stays contained (the rules are the session's,
+:mod:`asr_core.streaming` and :mod:`asr_core.stream_clock`; this module counts):
+
+* a frame that does not continue its stream's time is set aside (``out_of_step``),
+  a ``wall0`` that jumps is not taken (``wall0_ignored``);
+* a ``speech_end`` that is not where the stream's audio ends, or that the audio
+  right after it contradicts, changes nothing (``marks_ignored``,
+  ``pauses_cancelled``);
+* an ``eos`` is believed only when the heartbeat of whoever announced the stream
+  (the VAD) lists it as ended (:mod:`pipeline.roster`; ``unconfirmed_eos``), and the
+  end of a stream this worker never saw is answered only for a stream someone
+  announced;
+* at most ``max_streams`` streams live at once: when all are taken, a new stream may take
+  the slot of one that was never decoded (:mod:`workers.admission`; ``streams_evicted``),
+  else it is refused (``streams_refused``); a stream's undecoded backlog is bounded
+  (``MAX_BACKLOG_S``).
+
+What was lost is said on the stream's transcript topic with an ``error``: when this
+worker joins a stream mid-speech (it was restarted), when the VAD restarted under a
+live stream, when messages of the stream were lost on the way (``seq`` gaps).
 
 In a dispatched pool (``pool:``/``replicas:``, docs/running.md) the worker subscribes to
 ``dispatch.<name>.`` instead and gets only the streams the dispatcher assigned to it, each
@@ -38,17 +53,22 @@ from dataclasses import dataclass
 from asr_core.keepup import BEHIND, KEEPING_UP, KeepUpMonitor
 from asr_core.streaming import Step, StepResult, StreamingSession
 from pipeline import messages as m
-from pipeline.config import ConfigError
+from pipeline.config import check_backend_options
 from pipeline.config_schema import replica_name
+from pipeline.errors import ConfigError
 from pipeline.logformat import stream_context
+from pipeline.roster import Believer
 
+from .admission import Admission, Slot
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .decode_jobs import DecodeRunner
 from .pool_member import PoolMember, pin_to_core, usable_cores
+from .stream_accounting import CLOCK_COUNTERS, StreamAccounting
 
 WARMUP_SECONDS = 1.0
 MAX_BACKLOG_S = 120.0  # undecoded audio per stream beyond which new frames are dropped (counted)
 BUSY_POLL_MS = 5  # loop period while decodes run on the pool, so results go out at once
+PAUSE_HOLD_MARGIN_S = 0.15  # automatic pause_hold: vad.min_silence_ms plus a frame and this margin
 
 
 @dataclass
@@ -57,20 +77,26 @@ class StreamState:
 
     stream: str
     session: StreamingSession
-    wall0: float = 0.0
     last_seen: float = 0.0
     last_partial: str = ""
     commits: int = 0
     failures: int = 0
     epoch: int | None = None  # a dispatched pool's assignment epoch
     handoff: bool = False  # the stream moves to another worker when its session ends (no transcript eos)
+    frames: int = 0  # messages received
+    lost: int = 0  # messages lost on the way, not yet reported
+    lost_reported: float = 0.0
 
     @property
     def processor(self):
         return self.session.processor
 
+    @property
+    def wall0(self) -> float:
+        return self.session.wall0
 
-class ASRWorker(Actor):
+
+class ASRWorker(StreamAccounting, Actor):
     role = "worker"
 
     def __init__(self, name, bus, wcfg, config=None, dispatched: bool = False, replica: str | None = None):
@@ -86,16 +112,34 @@ class ASRWorker(Actor):
         self.counters.update({
             "commits": 0, "decodes": 0, "stream_errors": 0, "streams_total": 0,
             "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
+            "marks_ignored": 0, "pauses_cancelled": 0, "unconfirmed_eos": 0, "streams_evicted": 0,
+            "streams_joined": 0, "upstream_restarts": 0, **{c: 0 for c in CLOCK_COUNTERS.values()},
         })
+        self.believer = Believer(bus.heartbeat_interval)
+        self.admission = Admission()
+        self._gone_counts: dict[str, int] = {}  # session counts of streams that have left
+        self._schedule = self._with_pause_hold(wcfg.schedule(), config)
         self._ended_audio = 0.0  # audio seconds of streams that have ended
         self.keepup = KeepUpMonitor()  # warns once when the backend cannot keep up with live audio
         self.drain_timeout = 60.0
 
+    def _with_pause_hold(self, schedule, config):
+        """``pause_hold`` when the config leaves it automatic: with CURVE only the VAD's key may publish pause
+        marks (none needed); else long enough for the VAD to release audio it held in a dip of the speech."""
+        import dataclasses
+
+        if self.wcfg.pause_hold is not None:
+            return dataclasses.replace(schedule, pause_hold=self.wcfg.pause_hold)
+        if self.bus.security.enabled:
+            return dataclasses.replace(schedule, pause_hold=0.0)
+        min_silence = (config.vad.min_silence_ms if config is not None else 300) / 1000
+        return dataclasses.replace(schedule, pause_hold=min_silence + PAUSE_HOLD_MARGIN_S)
+
     # -- setup -------------------------------------------------------------------
     def subscriptions(self):
-        if self.member is not None:
-            return [f"dispatch.{self.name}."]
-        return ["speech." if self.wcfg.input == "speech" else "audio."]
+        if self.member is not None:  # the dispatcher vouches for what it forwards (it believes the VAD's eos)
+            return [f"dispatch.{self.name}.", "status."]
+        return ["speech." if self.wcfg.input == "speech" else "audio.", "status."]
 
     def _concurrency(self, backend_cls) -> int:
         if not getattr(backend_cls.capabilities, "concurrent", False):
@@ -117,9 +161,12 @@ class ASRWorker(Actor):
         options = dict(w.options)
         if concurrency > 1:
             options.setdefault("num_workers", concurrency)  # let that many calls run at once
-        self.asr = create_backend(
-            w.backend, w.language, w.model, cache_dir=w.cache_dir, model_dir=w.model_dir, task=w.task, **options,
-        )
+        try:
+            self.asr = create_backend(
+                w.backend, w.language, w.model, cache_dir=w.cache_dir, model_dir=w.model_dir, task=w.task, **options,
+            )
+        except (TypeError, ValueError) as exc:  # an option value the backend cannot take
+            raise ConfigError(f"worker {self.name}: options {dict(w.options)}: {exc}") from None
         # one throw-away decode so the first real one is not slower than the rest
         self.asr.transcribe(np.zeros(int(WARMUP_SECONDS * 16000), dtype=np.float32))
         self.runner = DecodeRunner(concurrency)
@@ -155,24 +202,44 @@ class ASRWorker(Actor):
 
         return OnlineASRProcessor(self.asr, options=self.wcfg.streaming_options())
 
+    def _admit(self, stream: str) -> bool:
+        """Room for a new stream: a free slot, else that of one that was never decoded (workers.admission)."""
+        if len(self.streams) >= self.wcfg.max_streams and self.member is None:  # a pool's dispatcher admits
+            now = time.monotonic()
+            slots = {s: Slot(st.last_seen, st.frames, st.processor.stats.decodes == 0 and st.session.running is None)
+                     for s, st in self.streams.items()}
+            victim = self.admission.victim(stream, slots, now)
+            if victim is not None:
+                self._gone(self.streams.pop(victim))
+                self.counters["streams_evicted"] += 1
+                self.limited.warning("evicted", "stream %s takes the slot of %s (never decoded, quiet)", stream,
+                                     victim)
+        return self.admit_stream(stream, len(self.streams), self.wcfg.max_streams)
+
     def _stream(self, msg: m.Message) -> StreamState | None:
         """The stream's state (made on its first message); None when refused (``max_streams`` live).
 
         A refused stream is told once, with an ``error`` (code ``streams_full``) on its transcript topic."""
         st = self.streams.get(msg.stream)
         if st is None:
-            if not self.admit_stream(msg.stream, len(self.streams), self.wcfg.max_streams):
+            if not self._admit(msg.stream):
                 self._tell_refused(msg.stream)
                 return None
-            st = StreamState(msg.stream, StreamingSession(self._new_processor(), self.wcfg.schedule()))
+            session = StreamingSession(self._new_processor(), self._schedule, now=time.monotonic)
+            st = StreamState(msg.stream, session)
             self.streams[msg.stream] = st
             self.counters["streams_total"] += 1
             self.counters["streams_active"] = len(self.streams)
+            self.announce()  # subscribers believe its transcript once a heartbeat lists it
             self.log.info("new stream %s", msg.stream)
+            if msg.seq > 0 and self.member is None and not any(s == msg.stream for s, _ in self._ended):
+                # not one this run ended, nor one the pool's dispatcher moved here
+                self.counters["streams_joined"] += 1
+                self._report(st, f"worker {self.name} started on this stream while it was live (at "
+                                 f"{getattr(msg, 't', 0.0):.2f}s): what came before did not reach this run of the "
+                                 "worker; anything an earlier run had not committed is lost")
         st.last_seen = time.monotonic()
-        wall0 = getattr(msg, "wall0", None)
-        if wall0:
-            st.wall0 = wall0
+        st.frames += 1
         return st
 
     def _tell_refused(self, stream: str) -> None:
@@ -196,26 +263,43 @@ class ASRWorker(Actor):
 
     # -- messages ----------------------------------------------------------------
     def handle(self, topic: str, msg: m.Message) -> None:
+        if isinstance(msg, m.Heartbeat):
+            self._ends(self.believer.heartbeat(msg, time.monotonic()))
+            return
         if self.stopping and self.member is None and not isinstance(msg, m.EndOfStream):
             return
         if self.member is not None and self.member.intercept(msg):
             return
+        if not isinstance(msg, m.EndOfStream):
+            self._note_losses(msg)
         if isinstance(msg, m.Audio):
             self._audio(msg)
         elif isinstance(msg, m.SpeechEnd):
             st = self._stream(msg)
             if st is not None:
-                st.session.push_pause()
+                st.session.push_pause(msg.t)
         elif isinstance(msg, m.SpeechStart):
-            self._stream(msg)
+            st = self._stream(msg)
+            if st is not None:
+                st.session.push_start(msg.t)
         elif isinstance(msg, m.EndOfStream):
+            if self.member is not None:
+                self._ends([(topic, msg)])
+            else:
+                self._ends(self.believer.offer(topic, msg, time.monotonic()))
+
+    def _ends(self, believed) -> None:
+        for _topic, msg in believed:
             st = self.streams.get(msg.stream)
             if st is not None:
                 st.session.push_end()
-            elif not self.stopping:  # a stream without speech: nothing to flush, but say it ended
+            elif not self.stopping and (self.member is not None
+                                        or self.believer.roster.announced(msg.stream, time.monotonic())):
+                # a stream without speech: nothing to flush, but say it ended
                 topic = m.transcript_topic(self.pool, msg.stream)
                 self.publish(topic, m.EndOfStream(stream=msg.stream, seq=self.pub.seq(topic), t=msg.t,
                                                   worker=self.name))
+                self.note_ended(msg.stream)
 
     def _audio(self, msg: m.Audio) -> None:
         from asr_core.audio import pcm16_to_float
@@ -223,19 +307,20 @@ class ASRWorker(Actor):
         st = self._stream(msg)
         if st is None:
             return
-        if not st.session.accepts(msg.t):
-            self.limited.warning("late", "stream %s: frame at %.2fs is late, dropped", msg.stream, msg.t)
-            self.counters["dropped"] += 1
-            return
         if st.processor.undecoded_seconds > MAX_BACKLOG_S:  # far more than decoding keeps up with
             self.limited.warning("backlog", "stream %s: %.0fs of audio not decoded yet, frame dropped",
                                  msg.stream, st.processor.undecoded_seconds)
             self.counters["dropped"] += 1
             return
-        st.session.push_audio(msg.t, pcm16_to_float(msg.pcm))
+        if not st.session.push_audio(msg.t, pcm16_to_float(msg.pcm), msg.wall0) and not st.session.ended:
+            self.limited.warning("out_of_step", "stream %s: frame at %.2fs does not continue the stream (at %.2fs): "
+                                 "set aside", msg.stream, msg.t, st.session.received_until)
 
     # -- scheduling ----------------------------------------------------------------
     def tick(self, now: float) -> None:
+        self._ends(self.believer.expire(time.monotonic()))
+        self.counters["unconfirmed_eos"] = self.believer.counts.unconfirmed_eos
+        self._refresh_counts()
         self._collect()
         while self.runner.free > 0:
             st, step = self._next_step()
@@ -337,7 +422,9 @@ class ASRWorker(Actor):
             topic = m.transcript_topic(self.pool, st.stream)
             self.publish(topic, m.EndOfStream(stream=st.stream, seq=self.pub.seq(topic),
                                               t=st.session.received_until, worker=self.name, epoch=st.epoch))
+            self.note_ended(st.stream)
         self._ended_audio += st.processor.stats.audio_seconds
+        self._gone(st)
         self.streams.pop(st.stream, None)
         self.counters["streams_active"] = len(self.streams)
         self.log.info("stream %s %s: %d commit(s), rtf %.2f", st.stream, "handed over" if st.handoff else "ended",
@@ -404,6 +491,7 @@ def run(args) -> int:
             "backend": args.backend, "model": args.model, "model_dir": args.model_dir,
             "language": args.language, "min_chunk_size": args.min_chunk_size, "input": args.input,
         }, default_name="asr", first=True)
+        check_backend_options(cfg, cfg.path or "<defaults>")
         wcfg = cfg.worker(args.name) if args.name else cfg.workers[0]
         replica = args.replica
         if replica is not None and not m.valid_id(replica):

@@ -12,6 +12,13 @@ bus handshake, then the loop: receive and validate messages, call
   the way in show as ``gaps`` (seq jumps per topic). Actors that keep
   per-stream state bound it with :meth:`Actor.admit_stream` (``max_streams``,
   refusals counted as ``streams_refused``) and idle timeouts.
+* Heartbeats say what the actor serves (``info.streams``) and which streams it has just
+  ended (``info.ended``, from :meth:`Actor.note_ended`): receivers believe ends of streams
+  and transcripts by them (:mod:`pipeline.roster`). :meth:`Actor.announce` sends the next
+  heartbeat at once (a stream was admitted or ended).
+* With CURVE, an actor uses the keypair named after it when ``voxpipe keys DIR --config C``
+  made one (the broker lets each actor publish only its own topics), else the shared client
+  keypair.
 * First SIGTERM/SIGINT: :meth:`drain` (capture sends ``eos``, workers flush,
   sinks write), then exit 0 once :meth:`drained` says so. Second: exit now.
 * Sockets are closed in ``finally``.
@@ -29,6 +36,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 
 import zmq
@@ -39,9 +47,11 @@ from pipeline.config import BusConfig, Config, ConfigError, Override, load_confi
 from pipeline.errors import ExitCode
 from pipeline.liveness import Liveness
 from pipeline.logformat import FORMATS, set_actor, stream_context
+from pipeline.roster import ENDED_KEEP
 from pipeline.sequence import GapCounter
 
 HOST = socket.gethostname()
+MAX_ENDED = 64  # streams listed in info.ended at most
 
 
 def process_usage() -> tuple[float, int | None]:
@@ -100,7 +110,7 @@ class Actor:
         if not m.valid_id(name):
             raise ConfigError(f"actor name {name!r} must be 1-64 letters, digits, '_', '-', ':' or '@'")
         self.name = name
-        self.bus = bus
+        self.bus = _own_keys(bus, name)
         self.config = config
         self.log = logging.getLogger(f"voxpipe.{self.role}.{name}")
         self.limited = RateLimitedLog(self.log)
@@ -109,6 +119,9 @@ class Actor:
             "gaps": 0,
         }
         self._gaps = GapCounter()  # messages lost on the way in, per topic
+        self.missing = 0  # messages lost just before the one being handled (seq jump on its topic)
+        self.sender_restarted = False  # the one being handled starts a new seq run (its sender restarted)
+        self._ended: deque = deque(maxlen=MAX_ENDED)  # (stream, monotonic time) of recent eos
         self.ready = False
         self.stopping = False
         self._signals = 0
@@ -190,12 +203,28 @@ class Actor:
                              "room is made when a stream ends or idles out", stream, active, limit)
         return False
 
+    def note_ended(self, stream: str) -> None:
+        """This actor published ``eos`` for ``stream``: list it in ``info.ended`` and say so now."""
+        self._ended.append((stream, time.monotonic()))
+        self.announce()
+
+    def announce(self) -> None:
+        """Send the next heartbeat at once (what this actor serves has changed)."""
+        self._next_heartbeat = min(self._next_heartbeat, time.monotonic())
+
+    def _recently_ended(self) -> list[str]:
+        keep = time.monotonic() - ENDED_KEEP * self.bus.heartbeat_interval
+        return sorted({s for s, t in self._ended if t >= keep})
+
     def heartbeat(self) -> None:
         try:
             cpu, rss = process_usage()
             info = {"host": HOST, **self.info()}
             if rss is not None:
                 info.setdefault("rss_bytes", rss)
+            ended = self._recently_ended()
+            if ended:
+                info["ended"] = ended
             hb = m.Heartbeat(
                 stream="", seq=self._hb_seq, name=self.name, role=self.role, ready=self.ready,
                 pid=os.getpid(), time=time.time(), counters={**self.counters, "cpu_seconds": cpu}, info=info,
@@ -245,7 +274,11 @@ class Actor:
 
     def _track_seq(self, topic: str, msg: m.Message) -> None:
         """Count messages lost on the way in (``gaps``), from seq jumps per topic."""
-        self.counters["gaps"] += self._gaps.observe(topic, msg.seq, ends=isinstance(msg, m.EndOfStream))
+        self.missing = self._gaps.observe(topic, msg.seq, ends=isinstance(msg, m.EndOfStream))
+        self.sender_restarted = self._gaps.restarted
+        self.counters["gaps"] += self.missing
+        if self._gaps.implausible:
+            self.counters["seq_implausible"] = self._gaps.implausible
 
     # -- the loop ---------------------------------------------------------------------
     def start_http(self) -> None:
@@ -327,6 +360,17 @@ class Actor:
             except Exception:  # noqa: BLE001
                 self.counters["errors"] += 1
                 self.log.exception("error in tick")
+
+
+def _own_keys(bus: BusConfig, name: str) -> BusConfig:
+    """``bus`` with this actor's own CURVE keypair when there is one (see :func:`pipeline.security.for_actor`)."""
+    if not bus.security.enabled:
+        return bus
+    import dataclasses
+
+    from pipeline.security import for_actor
+
+    return dataclasses.replace(bus, security=for_actor(bus.security, name))
 
 
 # -- command-line plumbing shared by the actor subcommands -------------------------------

@@ -120,7 +120,7 @@ class Capture(Actor):
 
     def info(self) -> dict:
         d = {"stream": self.stream, "input": str(self.spec), "seconds": round(self.sent / SR, 3),
-             "state": self.state, "speed": self.speed}
+             "state": self.state, "speed": self.speed, "streams": [] if self.state == "done" else [self.stream]}
         if self.state == "waiting":
             d["waiting_for"] = sorted(set(self.wait_for) - self.seen_ready)
         if self.refused_by:
@@ -214,6 +214,7 @@ class Capture(Actor):
         self.publish(self.topic, m.EndOfStream(stream=self.stream, seq=self.pub.seq(self.topic), t=self.sent / SR))
         self.log.info("%s: sent %.2fs of audio, eos", reason, self.sent / SR)
         self.state = "done"
+        self.note_ended(self.stream)  # the VAD believes the eos once our heartbeat lists it as ended
         self.counters["streams_active"] = 0
         self.poll_ms = 50
         self.source.close()

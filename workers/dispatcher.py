@@ -25,6 +25,7 @@ from pipeline import messages as m
 from pipeline.bus import Publisher
 from pipeline.config import DispatcherConfig
 from pipeline.liveness import Liveness
+from pipeline.roster import Believer
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .pool_table import REFUSED, PoolTable
@@ -49,6 +50,7 @@ class Dispatcher(Actor):
         self.liveness = Liveness(interval=dcfg.dead_after / misses, misses=misses)
         # the workers' heartbeats must come in before the first stream is placed
         self.table = PoolTable(pools, dcfg, self.liveness, time.monotonic(), grace=1.5 * bus.heartbeat_interval)
+        self.believer = Believer(bus.heartbeat_interval)
         self.drain_timeout = DRAIN_S
         self.poll_ms = 20
 
@@ -69,17 +71,28 @@ class Dispatcher(Actor):
         now = time.monotonic()
         if isinstance(msg, m.Heartbeat):
             self.table.on_heartbeat(msg, now)
+            self._take(self.believer.heartbeat(msg, now), now)
         else:
+            # an eos of a stream the VAD (or capture) announced counts once its heartbeat lists it as ended
+            # (pipeline.roster): the workers take what we forward as said
             family = topic.partition(".")[0]
             if family in ("audio", "speech"):
-                self.table.on_input(family, msg, now)
+                self._take(self.believer.offer(topic, msg, now), now)
             elif family == "transcript":
                 self.table.on_transcript(topic, msg)
         self._send()
 
+    def _take(self, believed, now: float) -> None:
+        for topic, msg in believed:
+            family = topic.partition(".")[0]
+            if family in ("audio", "speech"):
+                self.table.on_input(family, msg, now)
+
     def tick(self, now: float) -> None:
         for subscribed, prefix in self.pub.subscription_changes():
             self.table.on_subscription(subscribed, prefix)
+        self._take(self.believer.expire(now), now)
+        self.counters["unconfirmed_eos"] = self.believer.counts.unconfirmed_eos
         self.table.tick(now)
         self._send()
 
@@ -87,6 +100,8 @@ class Dispatcher(Actor):
         out, self.table.out = self.table.out, []
         for topic, msg in out:
             self.publish(topic, msg)
+            if isinstance(msg, m.EndOfStream) and topic.startswith("transcript."):
+                self.note_ended(msg.stream)  # listed in info.ended: receivers believe this eos
         c = self.table.counters
         self.counters.update(c)
         self.counters["streams_active"] = sum(1 for e in self.table.entries.values() if e.state != REFUSED)

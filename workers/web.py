@@ -30,6 +30,7 @@ import time
 from pipeline import messages as m
 from pipeline.config import WebConfig
 from pipeline.errors import RuntimeFailure, UsageError
+from pipeline.roster import Believer
 from pipeline.security import is_loopback_host
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
@@ -96,6 +97,7 @@ class WebActor(Actor):
         self.url = ""
         self.poll_ms = 20
         self.counters.update({"streams_total": 0, "audio_seconds": 0.0, "denied": 0, "dropped_frames": 0})
+        self.believer = Believer(bus.heartbeat_interval)
 
     def subscriptions(self):
         return ["transcript.", "partial.", "status."]
@@ -117,9 +119,20 @@ class WebActor(Actor):
         self.log.info("page at %s%s", self.url, " (access token required)" if self.settings.token else "")
 
     def handle(self, topic: str, msg: m.Message) -> None:
-        self.hub.on_message(topic, msg)
+        # transcripts count only while their worker's heartbeat lists the stream (pipeline.roster)
+        now = time.monotonic()
+        if isinstance(msg, m.Heartbeat):
+            self.hub.on_message(topic, msg)
+            believed = self.believer.heartbeat(msg, now)
+        else:
+            believed = self.believer.offer(topic, msg, now)
+        for t, believed_msg in believed:
+            self.hub.on_message(t, believed_msg)
 
     def tick(self, now: float) -> None:
+        for t, believed_msg in self.believer.expire(time.monotonic()):
+            self.hub.on_message(t, believed_msg)
+        self.counters.update(self.believer.counts.as_dict())
         self._publish_outgoing()
         self.counters["streams_active"] = len(self.hub.open_streams())
         for k in ("streams_total", "denied"):
@@ -135,7 +148,8 @@ class WebActor(Actor):
                 self.publish(topic, m.Audio(stream=out.stream, seq=seq, t=out.t, wall0=out.wall0, pcm=out.pcm))
             else:
                 self.publish(topic, m.EndOfStream(stream=out.stream, seq=seq, t=out.t))
-                self.pub.seq.forget(out.stream)
+                self.pub.seq.forget(topic)
+                self.note_ended(out.stream)
                 self.log.info("stream %s ended at %.1fs: eos", out.stream, out.t)
 
     def drain(self) -> None:

@@ -49,6 +49,8 @@ class FasterWhisperASR(SegmentResults, ASRBase):
     backend_name = "faster-whisper"
     sep = ""  # words carry their own leading space
     capabilities = Capabilities(quality_signals=True, concurrent=True)
+    option_types = {"device": ("auto", "cpu", "cuda"), "compute_type": str, "beam_size": int, "cpu_threads": int,
+                    "num_workers": int, "window": ("short", "full"), "max_initial_timestamp": float}
 
     def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
         from faster_whisper import WhisperModel
