@@ -138,7 +138,7 @@ class ASRWorker(StreamAccounting, Actor):
     # -- setup -------------------------------------------------------------------
     def subscriptions(self):
         if self.member is not None:  # the dispatcher vouches for what it forwards (it believes the VAD's eos)
-            return [f"dispatch.{self.name}.", "status."]
+            return [f"dispatch.{self.name}."]
         return ["speech." if self.wcfg.input == "speech" else "audio.", "status."]
 
     def _concurrency(self, backend_cls) -> int:
