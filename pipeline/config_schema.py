@@ -184,6 +184,11 @@ class WorkerConfig:
     early_commit_prob: float = _STREAMING.early_commit_prob  # "sure": the model's word probability at least this
     options: dict = field(default_factory=dict)
 
+    @property
+    def english_only(self) -> bool:
+        """A Whisper English-only model by name (``tiny.en``, ``base.en``, ...: no other language, no translation)."""
+        return bool(self.model) and not self.model_dir and str(self.model).endswith(".en")
+
     def streaming_options(self) -> StreamingOptions:
         return StreamingOptions(
             buffer_trimming=self.buffer_trimming, buffer_trimming_sec=self.buffer_trimming_sec,
@@ -205,6 +210,12 @@ class WorkerConfig:
                                f"unknown backend {self.backend!r} (known: {', '.join(available_backends())})")
         if self.task not in WORKER_TASKS:
             raise SectionError("task", f"{self.task!r} is not transcribe or translate")
+        if self.english_only and self.language not in ("auto", "en"):
+            raise SectionError("language", f"model {self.model!r} is English-only: it cannot transcribe "
+                                           f"{self.language!r} (use a multilingual model, e.g. base)")
+        if self.english_only and self.task == "translate":
+            raise SectionError("task", f"model {self.model!r} is English-only: it cannot translate "
+                                       "(use a multilingual model, e.g. base)")
         if self.input not in ("speech", "audio"):
             raise SectionError("input", f"{self.input!r} is not speech or audio")
         _speech_checks("buffer_trimming", self.streaming_options)

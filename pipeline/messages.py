@@ -32,7 +32,9 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_TOPIC_BYTES = 256  # the longest valid topic, partial.<64>.<64>, has 137
 MAX_TEXT_CHARS = 20000
 MAX_WORDS = 5000
+TASKS = ("transcribe", "translate")
 _ID = re.compile(r"^[A-Za-z0-9_\-:@]{1,64}$")
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8})*$")
 
 
 class ProtocolError(ValueError):
@@ -106,8 +108,10 @@ class Message:
     def header(self) -> dict[str, Any]:
         h = {"v": VERSION, "kind": self.kind}
         for f in fields(self):
-            if f.name != "pcm":
-                h[f.name] = getattr(self, f.name)
+            value = getattr(self, f.name)
+            # an optional field that is not set is left out (absent and nil mean the same)
+            if f.name != "pcm" and not (value is None and (self.kind, f.name) in _OPTIONAL):
+                h[f.name] = value
         return h
 
 
@@ -119,6 +123,10 @@ class Audio(Message):
     sr: int = SAMPLE_RATE
     wall0: float = 0.0  # Unix time at which stream time 0 was captured
     pcm: bytes = b""  # travels as the third frame
+    # what the source asks of the workers (optional): the language spoken ("auto": detect it)
+    # and the task; a worker configured with language auto follows them
+    language: str | None = None
+    task: str | None = None
 
     @property
     def duration(self) -> float:
@@ -162,6 +170,9 @@ class Commit(Message):
     model: str = ""
     emitted: float = 0.0  # Unix time the commit was published
     wall0: float = 0.0  # copied from the stream
+    language: str | None = None  # the language spoken: given, or detected by the model
+    language_prob: float | None = None  # the model's probability of that language, when it detected it
+    language_uncertain: bool | None = None  # detected, but the model is not sure of it
 
     @property
     def latency(self) -> float:
@@ -240,6 +251,11 @@ def _name(x) -> bool:
     return x == "" or valid_id(x)
 
 
+def valid_language(x: object) -> bool:
+    """A language code (``en``, ``de``, ``haw``, ``yue``, ``zh-Hant`` ...; ``auto`` passes too)."""
+    return isinstance(x, str) and bool(_LANGUAGE.match(x))
+
+
 _CHECKS: dict[str, Any] = {
     "t": _nonneg,
     "sr": lambda x: isinstance(x, int) and not isinstance(x, bool),
@@ -260,11 +276,17 @@ _CHECKS: dict[str, Any] = {
     "time": _finite,
     "counters": lambda x: isinstance(x, dict),
     "info": lambda x: isinstance(x, dict),
+    "language": valid_language,
+    "language_prob": lambda x: _finite(x) and 0 <= x <= 1,
+    "language_uncertain": lambda x: isinstance(x, bool),
+    "task": lambda x: x in TASKS,
 }
 _OPTIONAL = {
     ("eos", "t"), ("eos", "worker"), ("speech_start", "wall0"), ("speech_end", "wall0"),
     ("partial", "beg"), ("partial", "end"), ("heartbeat", "info"), ("heartbeat", "pid"),
     ("heartbeat", "time"), ("heartbeat", "ready"), ("partial", "emitted"), ("partial", "wall0"),
+    ("commit", "language"), ("commit", "language_prob"), ("commit", "language_uncertain"),
+    ("audio", "language"), ("audio", "task"),
 }
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asr_core.streaming import Step, StepResult, StreamingSession
 from pipeline import messages as m
@@ -52,6 +52,9 @@ class StreamState:
     last_partial: str = ""
     commits: int = 0
     failures: int = 0
+    language: dict = field(default_factory=dict)  # the last commit's language fields
+    hints: tuple = (None, None)  # (language, task) the source asks for, from its latest audio frame
+    followed: tuple | None = None  # the hints the processor follows (None: not applied yet)
 
     @property
     def processor(self):
@@ -70,6 +73,7 @@ class ASRWorker(Actor):
         self.counters.update({
             "commits": 0, "decodes": 0, "stream_errors": 0, "streams_total": 0,
             "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
+            "hints_ignored": 0,
         })
         self._ended_audio = 0.0  # audio seconds of streams that have ended
         self.drain_timeout = 60.0
@@ -112,9 +116,11 @@ class ASRWorker(Actor):
     def info(self) -> dict:
         d = self.asr.describe() if self.asr is not None else {"backend": self.wcfg.backend, "model": self.wcfg.model}
         d["language"] = self.wcfg.language
+        d["task"] = self.wcfg.task
         d["rtf"] = self.counters["rtf"]
         d["concurrency"] = self.runner.concurrency if self.runner else 0
         d["streams"] = sorted(self.streams)
+        d["languages"] = {s: st.language for s, st in sorted(self.streams.items()) if st.language}
         return d
 
     def _new_processor(self):
@@ -175,6 +181,7 @@ class ASRWorker(Actor):
                                  msg.stream, st.processor.undecoded_seconds)
             self.counters["dropped"] += 1
             return
+        st.hints = (msg.language, msg.task)
         st.session.push_audio(msg.t, pcm16_to_float(msg.pcm))
 
     # -- scheduling ----------------------------------------------------------------
@@ -184,6 +191,7 @@ class ASRWorker(Actor):
             st, step = self._next_step()
             if st is None:
                 break
+            self._follow_hints(st)
             st.session.start(step)
             self.runner.submit(st.stream, st.session, step)
             if self.runner.concurrency == 1:
@@ -194,6 +202,37 @@ class ASRWorker(Actor):
             if now - st.last_seen > self.wcfg.idle_timeout and not st.session.end_requested:
                 self.log.info("stream %s idle for %.0fs: flushing and freeing it", st.stream, now - st.last_seen)
                 st.session.push_end()
+
+    def _follow_hints(self, st: StreamState) -> None:
+        """The source's language and task for this stream, where this worker can follow them.
+
+        A worker configured with a language keeps it; one with ``auto`` takes the stream's
+        language (``auto``: detect it). An English-only model, or a backend that cannot change
+        language or task per call, ignores what it cannot do (counted: ``hints_ignored``).
+        """
+        if st.hints == st.followed:
+            return
+        st.followed = st.hints
+        language, task = st.hints
+        asr, proc = self.asr, st.processor
+        per_call = getattr(getattr(asr, "capabilities", None), "per_call_settings", False)
+        multilingual = getattr(asr, "multilingual", True)
+        ignored = []
+        if language is not None and not getattr(asr, "original_language", None):
+            wanted = None if language == "auto" else language
+            if wanted is None or (per_call and (multilingual or wanted == "en")):
+                proc.language.set_given(wanted)
+            else:
+                ignored.append(f"language {language}")
+        if task is not None:
+            if per_call and (multilingual or task == "transcribe"):
+                proc.task = task
+            else:
+                ignored.append(f"task {task}")
+        if ignored:
+            self.counters["hints_ignored"] += 1
+            self.limited.warning("hints", "stream %s asks for %s, which %s cannot do: ignored",
+                                 st.stream, " and ".join(ignored), self.asr.model_name)
 
     def _collect(self) -> None:
         for stream, result in self.runner.done():
@@ -241,6 +280,7 @@ class ASRWorker(Actor):
         self.publish(topic, m.Error(stream=st.stream, seq=self.pub.seq(topic), message=message, worker=self.name))
         self._ended_audio += st.processor.stats.audio_seconds
         st.session.restart(self._new_processor())  # go on from the next audio
+        st.followed = None  # the new processor follows the stream's hints from its first step
         if st.session.ended:
             self._end_stream(st)
 
@@ -250,11 +290,12 @@ class ASRWorker(Actor):
             return
         desc = self.asr.describe()
         topic = m.transcript_topic(self.name, st.stream)
+        st.language = commit.language.record() if commit.language is not None else {}
         msg = m.Commit(
             stream=st.stream, seq=self.pub.seq(topic), beg=float(commit.beg), end=float(commit.end),
             text=commit.text, words=[[float(b), float(e), w] for b, e, w in commit.words],
             worker=self.name, backend=desc.get("backend", ""), model=str(desc.get("model", "")),
-            emitted=time.time(), wall0=st.wall0,
+            emitted=time.time(), wall0=st.wall0, **st.language,
         )
         self.publish(topic, msg)
         st.commits += 1

@@ -6,7 +6,8 @@ stream, created when the stream is first seen and freed on ``eos`` or after
 order: ``speech_start`` (t), the audio inside the segment (with its
 ``speech_pad_ms`` pre-roll, cut sample-exact at the start and end, each frame
 with its own ``t``), ``speech_end`` (t); and ``eos`` after closing an open
-segment. ``wall0`` is copied from the latest input frame.
+segment. ``wall0`` is copied from the latest input frame, and so are the source's optional
+``language`` and ``task`` (what it asks of the workers).
 
 A frame whose ``t`` goes backwards is dropped and counted (``out_of_order``).
 At most ``vad.max_streams`` streams are live at once: frames of further new
@@ -21,7 +22,7 @@ of audio processed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +38,7 @@ class StreamGate:
     gate: SpeechGate
     wall0: float = 0.0
     last_seen: float = 0.0
+    hints: dict = field(default_factory=dict)  # the source's language and task, passed on to the workers
 
 
 class VADActor(Actor):
@@ -95,6 +97,7 @@ class VADActor(Actor):
             self.counters["streams_active"] = len(self.streams)
             self.log.info("new stream %s at t=%.2f", msg.stream, msg.t)
         st.wall0 = msg.wall0
+        st.hints = {k: v for k, v in (("language", msg.language), ("task", msg.task)) if v is not None}
         st.last_seen = time.monotonic()
         c0 = time.process_time()
         events = st.gate.push(n, np.frombuffer(msg.pcm, dtype="<i2"))
@@ -113,7 +116,7 @@ class VADActor(Actor):
         for ev in events:
             if ev[0] == "audio":
                 self.publish(topic, m.Audio(stream=stream, seq=seq(topic), t=ev[1] / SR, sr=SR, wall0=st.wall0,
-                                            pcm=ev[2].tobytes()))
+                                            pcm=ev[2].tobytes(), **st.hints))
             elif ev[0] == "start":
                 self.counters["speech_segments"] += 1
                 self.publish(topic, m.SpeechStart(stream=stream, seq=seq(topic), t=ev[1] / SR, wall0=st.wall0))
