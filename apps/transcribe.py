@@ -74,7 +74,16 @@ def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, sou
         raise ConfigError(f"{cfg.path}: no workers to transcribe with")
     changes = {k: v for k, v in (speech or {}).items() if v is not None}
     if changes:
-        cfg = dataclasses.replace(cfg, workers=tuple(dataclasses.replace(w, **changes) for w in cfg.workers))
+        from pipeline.config_schema import SectionError
+
+        workers = tuple(dataclasses.replace(w, **changes) for w in cfg.workers)
+        for w in workers:
+            try:
+                w.check()
+            except SectionError as exc:
+                flags = " ".join(f"--{k} {v}" for k, v in changes.items())
+                raise ConfigError(f"{flags}: worker {w.name}: {exc}") from None
+        cfg = dataclasses.replace(cfg, workers=workers)
     if source:
         src = cfg.source(source)
     elif cfg.sources:

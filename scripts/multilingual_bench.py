@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -74,17 +76,14 @@ def offline(clips: list[dict], model: str, modes: list[str]) -> dict:
     from asr_core.registry import create_backend
 
     out: dict = {}
-    backends: dict = {}
+    asr = create_backend("faster-whisper", "auto", model, device="cpu")  # language and task per call
+    asr.transcribe(np.zeros(16000, dtype=np.float32))  # warm-up
     for clip in clips:
         audio = load_audio(clip["wav"])
         for mode in modes:
             language, task = settings(mode, clip)
-            key = (language, task)
-            if key not in backends:
-                backends[key] = create_backend("faster-whisper", language, model, task=task, device="cpu")
-            asr = backends[key]
             t0 = time.process_time()
-            result = asr.transcribe(audio)
+            result = asr.transcribe(audio, language=None if language == "auto" else language, task=task)
             text = "".join(w[2] for w in asr.ts_words(result)).strip()
             code, detected = asr.language_of(result)
             out.setdefault(clip["name"], {})[mode] = {
