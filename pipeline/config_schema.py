@@ -18,7 +18,7 @@ from asr_core.online import StreamingOptions
 from asr_core.streaming import Schedule
 from asr_core.vad import VADOptions
 
-from .messages import valid_id
+from .messages import valid_id, valid_language
 
 WORKER_TASKS = ("transcribe", "translate")
 SINK_KINDS = ("console", "jsonl", "srt", "vtt", "txt")
@@ -103,6 +103,10 @@ class SourceConfig:
     sample_rate: int = 16000  # stdin: rate of the raw PCM on stdin
     wait_for: tuple | None = None  # actors to wait for; default: VAD and workers
     wait_timeout: float = 120.0
+    # what this source asks of the workers (protocol 4.1): the language spoken (auto: detect) and the
+    # task; None: the workers' own. Workers with language auto and a multilingual model follow it.
+    language: str | None = None
+    task: str | None = None
 
     @property
     def stream_id(self) -> str:
@@ -126,6 +130,10 @@ class SourceConfig:
             raise SectionError("wait_timeout", "must be >= 0")
         for n in self.wait_for or ():
             _name(n, "wait_for")
+        if self.language is not None and not valid_language(self.language):
+            raise SectionError("language", f"{self.language!r} is not a language code (en, de, ...) or auto")
+        if self.task is not None and self.task not in WORKER_TASKS:
+            raise SectionError("task", f"{self.task!r} is not transcribe or translate")
 
 
 _VAD = VADOptions()
