@@ -140,7 +140,7 @@ def table(report: dict, modes: list[str]) -> str:
         translate = mode.startswith("translate")
         metric = "content_share" if translate else "wer"
         lines += [f"\n### {mode}\n",
-                  f"| clip | offline {metric} | streaming {metric} | difference | offline language | "
+                  f"| clip | offline {metric} | streaming {metric} | difference | offline: decoded in (detected) | "
                   "commits' languages | p50 latency (s) |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for name, per in report["clips"].items():
@@ -150,7 +150,7 @@ def table(report: dict, modes: list[str]) -> str:
                 continue
             diff = live[metric] - off[metric] if metric in live and metric in off else None
             det = off.get("detected") or []
-            off_lang = f"{off.get('language')}" + (f" ({det[0][1]:.2f})" if det else "")
+            off_lang = f"{off.get('language')}" + (f" (detected {det[0][0]} {det[0][1]:.2f})" if det else "")
             lines.append(f"| {name} | {off.get(metric)} | {live.get(metric)} | "
                          f"{'' if diff is None else f'{diff:+.3f}'} | {off_lang} | "
                          f"{languages_cell(live.get('languages', {}))} | {live.get('latency_p50')} |")
