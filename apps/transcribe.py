@@ -7,6 +7,7 @@
    the ``--output`` ones if given, else the config's file sinks (console
    sinks are dropped: the transcript is printed at the end). Their files are
    started afresh. The result is validated like any config (exit 3).
+   ``--model``, ``--language`` and ``--task`` set every worker's.
 2. Broker, VAD, workers and sinks start; once each has reported ready on the
    bus, the capture starts (it also waits for them, via ``wait_for``).
 3. When every pool (a worker outside a pool is a pool of its own) has published
@@ -69,12 +70,29 @@ def _sink_name(kind: str, taken: set[str]) -> str:
     return name
 
 
-def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, source: str | None):
-    """The config that runs ``audio`` through ``cfg``'s pipeline on a private bus."""
+def derive(cfg, audio: Path, speed: float | None, outputs: list[str] | None, source: str | None,
+           speech: dict | None = None):
+    """The config that runs ``audio`` through ``cfg``'s pipeline on a private bus.
+
+    ``speech``: worker settings for every worker (``model``, ``language``, ``task``), from the
+    command line; None or a missing key keeps the config's.
+    """
     from pipeline.derived_config import private_bus
 
     if not cfg.workers:
         raise ConfigError(f"{cfg.path}: no workers to transcribe with")
+    changes = {k: v for k, v in (speech or {}).items() if v is not None}
+    if changes:
+        from pipeline.config_schema import SectionError
+
+        workers = tuple(dataclasses.replace(w, **changes) for w in cfg.workers)
+        for w in workers:
+            try:
+                w.check()
+            except SectionError as exc:
+                flags = " ".join(f"--{k} {v}" for k, v in changes.items())
+                raise ConfigError(f"{flags}: worker {w.name}: {exc}") from None
+        cfg = dataclasses.replace(cfg, workers=workers)
     if source:
         src = cfg.source(source)
     elif cfg.sources:
@@ -249,8 +267,9 @@ def _run(args, audio: Path, tmp: Path) -> int:
     if cut is not None:
         print(f"voxpipe transcribe: warning: {audio.name}: its header says {cut[0]:.1f}s of audio but it holds "
               f"{cut[1]:.1f}s (cut off?); transcribing what there is", file=sys.stderr)
+    speech = {"model": args.model, "language": args.language, "task": args.task}
     cfg = derive(load_config(args.config, check_files=False, check_backends=True), audio, args.speed, args.output,
-                 args.source)
+                 args.source, speech)
     cfg = load_config(write_config(cfg, tmp / "pipeline.yaml"))
     check_ports(cfg)
     _fresh_outputs(cfg)
@@ -327,6 +346,12 @@ def register(sub) -> None:
                    help="write jsonl:PATH, srt:PATH, vtt:PATH or txt:PATH (repeatable; default: the config's sinks)")
     p.add_argument("--speed", type=float, default=None, help="replay speed (1.0 = real time; default: the config's)")
     p.add_argument("--source", default=None, help="which of the config's sources to feed (default: the first)")
+    p.add_argument("--model", default=None,
+                   help="model of every worker, e.g. base (multilingual, bundled by the base-model extra)")
+    p.add_argument("--language", "--lan", dest="language", default=None,
+                   help="language spoken (en, de, fr, ...) or auto: detected per utterance (default: the config's)")
+    p.add_argument("--task", default=None, choices=["transcribe", "translate"],
+                   help="translate: English text from any language (default: the config's)")
     p.add_argument("--timeout", type=float, default=None,
                    help="give up after this many seconds (default: 180 + twice the replay time)")
     p.add_argument("--verbose", "-v", action="store_true", help="show every actor's log on stderr")

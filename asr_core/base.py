@@ -16,6 +16,10 @@ Contract:
 * ``segments_end_ts(result)`` returns the end times of the engine's segments,
   also relative to the start of that audio.
 * ``lan="auto"`` means: detect the language.
+* Optionally (``Capabilities.per_call_settings``), ``transcribe`` also takes
+  ``language=`` and ``task=`` for one call: the streaming processor then keeps
+  one detected language per utterance, and each stream may ask for its own
+  language and task. A language given to the constructor always wins.
 * Heavy loading happens once, in the constructor via ``load_model``.
 """
 
@@ -61,6 +65,9 @@ class Capabilities:
     # worker then decodes several streams in parallel, passing the backend
     # option num_workers=<threads>).
     concurrent: bool = False
+    # True when transcribe() also takes language=<code> and task=<transcribe|translate> for
+    # one call (the backend's own language, when it was given one, still wins).
+    per_call_settings: bool = False
 
 
 class ASRBase:
@@ -149,6 +156,16 @@ class ASRBase:
         takes words whose probability is known and high enough.
         """
         return None
+
+    def language_of(self, result) -> tuple[str | None, tuple]:
+        """The language ``result`` was decoded in, and what the model detected.
+
+        ``(code, ((code, probability), ...))``: the second item lists the
+        likeliest languages when the model detected the language (empty when
+        it was given, or unknown). Default: the constructor's language, nothing
+        detected.
+        """
+        return self.original_language, ()
 
     def use_vad(self) -> None:
         """Ask the engine to skip non-speech internally, where it can."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from .base import SAMPLING_RATE, check_audio
 from .hypothesis import HypothesisBuffer
+from .language import Language, LanguageTracker
 
 log = logging.getLogger("voxpipe.online")
 
@@ -40,6 +41,7 @@ class Commit:
     text: str = ""
     words: tuple = ()
     raw_text: str = ""
+    language: Language | None = None  # the language it was decoded in (given or detected)
 
     def __iter__(self):
         return iter((self.beg, self.end, self.text))
@@ -138,6 +140,9 @@ class OnlineASRProcessor:
         self.sep = getattr(asr, "sep", " ")
         self.stats = ProcessorStats()
         self.history: deque = deque(maxlen=options.history_words)
+        # one language per utterance (asr_core/language.py); the task: None, the backend's
+        self.language = LanguageTracker(getattr(asr, "original_language", None))
+        self.task: str | None = None
         self.init()
 
     # -- state ----------------------------------------------------------------
@@ -149,6 +154,7 @@ class OnlineASRProcessor:
         self.hyp = HypothesisBuffer()
         self.hyp.last_committed_time = self.buffer_time_offset
         self.last_segment_ends: list[float] = []
+        self.language.reset()  # a fresh buffer is a new utterance: its language is detected again
 
     @property
     def buffer_duration(self) -> float:
@@ -205,15 +211,29 @@ class OnlineASRProcessor:
         return prompt, context
 
     # -- one iteration --------------------------------------------------------
+    def _transcribe(self, prompt: str):
+        """The backend on the buffer, in the utterance's language and the stream's task where it can."""
+        kwargs = {}
+        if getattr(getattr(self.asr, "capabilities", None), "per_call_settings", False):
+            language = self.language.choice()
+            if language:
+                kwargs["language"] = language
+            if self.task:
+                kwargs["task"] = self.task
+        return self.asr.transcribe(self.audio_buffer, init_prompt=prompt, **kwargs)
+
     def _decode(self) -> list:
         prompt, _ = self.prompt()
         t0 = time.perf_counter()
-        result = self.asr.transcribe(self.audio_buffer, init_prompt=prompt)
+        result = self._transcribe(prompt)
         self.stats.decode_seconds += time.perf_counter() - t0
         self.stats.decodes += 1
         self.stats.decoded_audio_seconds += self.buffer_duration
         self.decoded_until = self.buffer_end
         words = self.asr.ts_words(result)
+        if hasattr(self.asr, "language_of"):
+            code, detected = self.asr.language_of(result)
+            self.language.update(code, detected, self.buffer_duration)
         # on the same millisecond grid as the word times (HypothesisBuffer.insert), so a
         # word ending at a segment end is "before" a buffer cut there, not straddling it
         self.last_segment_ends = [round(self.buffer_time_offset + e, 3) for e in self.asr.segments_end_ts(result)]
@@ -235,8 +255,10 @@ class OnlineASRProcessor:
         if len(self.audio_buffer) == 0 or self.undecoded_seconds <= 0:
             return Commit()
         self._decode()
-        settle = self.options.settle_sec
-        early = self.options.early_commit_sec
+        # while the model is unsure of the utterance's language, only agreement commits
+        sure = self.language.sure
+        settle = self.options.settle_sec if sure else 0.0
+        early = self.options.early_commit_sec if sure else 0.0
         committed = self.hyp.flush(self.buffer_end - settle if settle else None,
                                    self.buffer_end - early if early else None)
         committed += self._bound_buffer()
@@ -245,9 +267,9 @@ class OnlineASRProcessor:
 
     def finish(self) -> Commit:
         """Decode what has not been decoded yet, commit everything, start afresh."""
-        committed = self._decode_tail_and_commit_all()
+        commit = self._record(self._decode_tail_and_commit_all())  # in this utterance's language
         self.init(self.buffer_end)
-        return self._record(committed)
+        return commit
 
     def flush(self) -> Commit:
         """Decode what has not been decoded yet and commit everything, keeping some audio.
@@ -356,7 +378,8 @@ class OnlineASRProcessor:
         if not words:
             return Commit()
         raw = self.sep.join(w[2] for w in words)
-        return Commit(words[0][0], words[-1][1], raw.strip(), tuple((w[0], w[1], w[2].strip()) for w in words), raw)
+        return Commit(words[0][0], words[-1][1], raw.strip(), tuple((w[0], w[1], w[2].strip()) for w in words),
+                      raw_text=raw, language=self.language.current)
 
     def _record(self, committed: list) -> Commit:
         self.history.extend(committed)

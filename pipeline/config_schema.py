@@ -18,7 +18,7 @@ from asr_core.online import StreamingOptions
 from asr_core.streaming import Schedule
 from asr_core.vad import VADOptions
 
-from .messages import valid_id
+from .messages import valid_id, valid_language
 from .outputs import DEFAULT_MAX_STREAM_BYTES, DEFAULT_MAX_STREAMS
 
 WORKER_TASKS = ("transcribe", "translate")
@@ -107,6 +107,10 @@ class SourceConfig:
     sample_rate: int = 16000  # stdin: rate of the raw PCM on stdin
     wait_for: tuple | None = None  # actors to wait for; default: VAD and workers
     wait_timeout: float = 120.0
+    # what this source asks of the workers (protocol 4.1): the language spoken (auto: detect) and the
+    # task; None: the workers' own. Workers with language auto and a multilingual model follow it.
+    language: str | None = None
+    task: str | None = None
 
     @property
     def stream_id(self) -> str:
@@ -130,6 +134,10 @@ class SourceConfig:
             raise SectionError("wait_timeout", "must be >= 0")
         for n in self.wait_for or ():
             _name(n, "wait_for")
+        if self.language is not None and not valid_language(self.language):
+            raise SectionError("language", f"{self.language!r} is not a language code (en, de, ...) or auto")
+        if self.task is not None and self.task not in WORKER_TASKS:
+            raise SectionError("task", f"{self.task!r} is not transcribe or translate")
 
 
 _VAD = VADOptions()
@@ -206,6 +214,11 @@ class WorkerConfig:
             return [self.name]
         return [replica_name(self.name, k) for k in range(1, self.replicas + 1)]
 
+    @property
+    def english_only(self) -> bool:
+        """A Whisper English-only model by name (``tiny.en``, ``base.en``, ...: no other language, no translation)."""
+        return bool(self.model) and not self.model_dir and str(self.model).endswith(".en")
+
     def streaming_options(self) -> StreamingOptions:
         return StreamingOptions(
             buffer_trimming=self.buffer_trimming, buffer_trimming_sec=self.buffer_trimming_sec,
@@ -227,6 +240,12 @@ class WorkerConfig:
                                f"unknown backend {self.backend!r} (known: {', '.join(available_backends())})")
         if self.task not in WORKER_TASKS:
             raise SectionError("task", f"{self.task!r} is not transcribe or translate")
+        if self.english_only and self.language not in ("auto", "en"):
+            raise SectionError("language", f"model {self.model!r} is English-only: it cannot transcribe "
+                                           f"{self.language!r} (use a multilingual model, e.g. base)")
+        if self.english_only and self.task == "translate":
+            raise SectionError("task", f"model {self.model!r} is English-only: it cannot translate "
+                                       "(use a multilingual model, e.g. base)")
         if self.input not in ("speech", "audio"):
             raise SectionError("input", f"{self.input!r} is not speech or audio")
         _speech_checks("buffer_trimming", self.streaming_options)

@@ -32,7 +32,9 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_TOPIC_BYTES = 256  # the longest valid topic, partial.<64>.<64>, has 137
 MAX_TEXT_CHARS = 20000
 MAX_WORDS = 5000
+TASKS = ("transcribe", "translate")
 _ID = re.compile(r"^[A-Za-z0-9_\-:@]{1,64}$")
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8})*$")
 
 
 class ProtocolError(ValueError):
@@ -134,6 +136,10 @@ class Audio(Message):
     sr: int = SAMPLE_RATE
     wall0: float = 0.0  # Unix time at which stream time 0 was captured
     pcm: bytes = b""  # travels as the third frame
+    # what the source asks of the workers (optional): the language spoken ("auto": detect it)
+    # and the task; a worker configured with language auto follows them
+    language: str | None = None
+    task: str | None = None
 
     @property
     def duration(self) -> float:
@@ -185,6 +191,9 @@ class Commit(Message):
     emitted: float = 0.0  # Unix time the commit was published
     wall0: float = 0.0  # copied from the stream
     epoch: int | None = None  # a dispatched pool's assignment epoch (late commits of an older one are stale)
+    language: str | None = None  # the language spoken: given, or detected by the model
+    language_prob: float | None = None  # the model's probability of that language, when it detected it
+    language_uncertain: bool | None = None  # detected, but the model is not sure of it
 
     @property
     def latency(self) -> float:
@@ -277,6 +286,11 @@ def _count(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
+def valid_language(x: object) -> bool:
+    """A language code (``en``, ``de``, ``haw``, ``yue``, ``zh-Hant`` ...; ``auto`` passes too)."""
+    return isinstance(x, str) and bool(_LANGUAGE.match(x))
+
+
 _CHECKS: dict[str, Any] = {
     "t": _nonneg,
     "sr": lambda x: isinstance(x, int) and not isinstance(x, bool),
@@ -303,6 +317,10 @@ _CHECKS: dict[str, Any] = {
     "committed": _words,
     "moved": lambda x: isinstance(x, bool),
     "code": valid_id,
+    "language": valid_language,
+    "language_prob": lambda x: _finite(x) and 0 <= x <= 1,
+    "language_uncertain": lambda x: isinstance(x, bool),
+    "task": lambda x: x in TASKS,
 }
 _OPTIONAL = {
     ("eos", "t"), ("eos", "worker"), ("speech_start", "wall0"), ("speech_end", "wall0"),
@@ -311,10 +329,13 @@ _OPTIONAL = {
     ("eos", "epoch"), ("eos", "moved"), ("commit", "epoch"), ("partial", "epoch"), ("error", "epoch"),
     ("error", "code"), ("speech_start", "epoch"), ("speech_start", "committed_until"),
     ("speech_start", "committed"), ("speech_start", "next_seq"),
+    ("commit", "language"), ("commit", "language_prob"), ("commit", "language_uncertain"),
+    ("audio", "language"), ("audio", "task"),
 }
 # optional fields added to version 1 later: left out of the header when not set, so that
 # messages without them are byte for byte what they were
-_OMIT_UNSET = {"epoch", "moved", "committed_until", "committed", "next_seq", "code"}
+_OMIT_UNSET = {"epoch", "moved", "committed_until", "committed", "next_seq", "code", "language", "language_prob",
+               "language_uncertain", "task"}
 
 
 # -- encoding --------------------------------------------------------------------

@@ -222,3 +222,22 @@ def test_bad_pool_settings(tmp_path, line, message):
 
 def test_the_dispatcher_section_is_checked(tmp_path):
     assert "dispatcher.dead_after: must be positive" in error_of(tmp_path, GOOD + "dispatcher:\n  dead_after: 0\n")
+
+
+def test_an_english_only_model_is_refused_another_language_or_translation(tmp_path):
+    """tiny.en cannot transcribe German or translate: said before anything starts, not by a worker that fails."""
+    def worker(model, extra):
+        return GOOD.replace("    model: tiny.en\n", f"    model: {model}\n{extra}")
+
+    assert "English-only" in error_of(tmp_path, worker("tiny.en", "    language: de\n"))
+    assert "cannot translate" in error_of(tmp_path, worker("tiny.en", "    task: translate\n"))
+    for ok in ("    language: auto\n", "    language: en\n"):
+        assert load_config(write(tmp_path, worker("tiny.en", ok))).workers[0].model == "tiny.en"
+    base = load_config(write(tmp_path, worker("base", "    language: de\n    task: translate\n")))
+    assert (base.workers[0].language, base.workers[0].task) == ("de", "translate")
+
+
+def test_the_multilingual_web_config_is_valid(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(ROOT / "configs" / "web-multilingual.yaml")
+    assert cfg.web.enabled and (cfg.workers[0].model, cfg.workers[0].language) == ("base", "auto")

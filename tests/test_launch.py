@@ -102,6 +102,19 @@ def test_transcribe_derives_a_one_file_config(cfg, tmp_path):
     load_config(derived_config.write_config(d, tmp_path / "t.yaml"))  # valid as written
 
 
+def test_transcribe_sets_every_workers_model_language_and_task_and_refuses_what_a_model_cannot(cfg, tmp_path):
+    from pipeline.config import ConfigError
+
+    d = derive(cfg, CLIP, speed=None, outputs=None, source=None,
+               speech={"model": "base", "language": "de", "task": "translate"})
+    assert {(w.model, w.language, w.task) for w in d.workers} == {("base", "de", "translate")}
+    assert load_config(derived_config.write_config(d, tmp_path / "t.yaml")).workers == d.workers
+    kept = derive(cfg, CLIP, speed=None, outputs=None, source=None, speech={"model": None, "language": None})
+    assert kept.workers == cfg.workers
+    with pytest.raises(ConfigError, match="--language de: worker tiny: .*English-only"):
+        derive(cfg, CLIP, speed=None, outputs=None, source=None, speech={"language": "de"})
+
+
 def test_export_supervisord(cfg, tmp_path):
     files = export("supervisord", str(ROOT / "configs" / "side-by-side.yaml"), str(tmp_path / "sv"))
     (conf,) = files

@@ -475,3 +475,25 @@ def test_one_command_runs_the_whole_pipeline_behind_the_page(browser, tmp_path):
         out.close()
         if proc.popen.returncode not in (130, None):
             print((tmp_path / "web-all.out").read_text(errors="replace")[-4000:], proc.log()[-2000:])
+
+
+def test_the_page_asks_the_workers_for_the_language_spoken_and_the_task(stack, browser, tap):
+    """"Speaking" and "Task" travel with every audio frame; an English-only worker keeps its own (and says so)."""
+    audio = tap("audio.web-")
+    web, _ = browser("meeting")
+    page = web.open(stack.url)
+    page.wait(lambda s: s["workerReady"] == "1", 30, "showed the worker ready")
+    for menu, option in (("#voxpipe-spoken", "de"), ("#voxpipe-task", "translate into English")):
+        page.page.locator(f"{menu} input").click()
+        page.page.get_by_role("option", name=option, exact=True).click()
+    page.start()
+    st = page.wait(lambda s: s["state"] == "open", 60, "connected")
+    got = audio.until(lambda t, x: isinstance(x, m.Audio) and x.stream == st["stream"] and x.t >= 3.0, 30)
+    frames = [x for _, x in got if isinstance(x, m.Audio) and x.stream == st["stream"]]
+    assert frames and {(f.language, f.task) for f in frames} == {("de", "translate")}, frames[:1]
+    # the tiny.en worker cannot: it transcribes English, and its commits say so
+    st = page.wait(lambda s: s["language"] != "", 45, "showed the language of a commit")
+    assert st["language"] == "en" and st["languageUncertain"] == "0", st
+    hb = stack.p.wait_heartbeat("asr", lambda h: h.counters.get("hints_ignored", 0) >= 1, timeout=15)
+    assert hb.counters["hints_ignored"] >= 1
+    page.stop()

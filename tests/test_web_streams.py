@@ -195,3 +195,20 @@ def test_page_drawing_escapes_text_and_marks_the_partial():
     assert f"voxpipe/download/web-a/srt?worker=asr&amp;key={s.key}" in links
     hub.deny("web-z", "access token missing or wrong: not streaming")
     assert 'data-state="denied"' in render_status(hub.view("web-z"), token_required=True)
+
+
+def test_the_pages_language_and_task_go_with_every_frame_and_its_detected_language_is_shown():
+    hub = WebHub()
+    hub.set_hints("web-h", "de", "translate")  # chosen before the stream opened
+    hub.open_stream("web-h")
+    hub.push_audio("web-h", SR, tone(0.2))
+    hub.set_hints("web-h", "auto", "bogus")  # changed while streaming; an unknown task is the workers' own
+    hub.push_audio("web-h", SR, tone(0.1))
+    out = hub.take_outgoing()
+    assert [(o.language, o.task) for o in out] == [("de", "translate")] * 2 + [("auto", None)]
+    hub.on_message("status.asr", heartbeat("asr", language="auto"))
+    hub.on_message("transcript.asr.web-h", m.Commit(stream="web-h", seq=0, beg=0.0, end=0.3, text="Hallo",
+                                                    worker="asr", language="de", language_prob=0.42,
+                                                    language_uncertain=True))
+    v = hub.view("web-h", "asr")
+    assert (v.language, v.language_prob, v.language_uncertain) == ("de", 0.42, True)

@@ -48,7 +48,7 @@ a pool are the worker's own (the pool defaults to the worker's name).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asr_core.keepup import BEHIND, KEEPING_UP, KeepUpMonitor
 from asr_core.streaming import Step, StepResult, StreamingSession
@@ -86,6 +86,9 @@ class StreamState:
     frames: int = 0  # messages received
     lost: int = 0  # messages lost on the way, not yet reported
     lost_reported: float = 0.0
+    language: dict = field(default_factory=dict)  # the last commit's language fields
+    hints: tuple = (None, None)  # (language, task) the source asks for, from its latest audio frame
+    followed: tuple | None = None  # the hints the processor follows (None: not applied yet)
 
     @property
     def processor(self):
@@ -114,6 +117,7 @@ class ASRWorker(StreamAccounting, Actor):
             "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
             "marks_ignored": 0, "pauses_cancelled": 0, "unconfirmed_eos": 0, "streams_evicted": 0,
             "streams_joined": 0, "upstream_restarts": 0, **{c: 0 for c in CLOCK_COUNTERS.values()},
+            "hints_ignored": 0,
         })
         self.believer = Believer(bus.heartbeat_interval)
         self.admission = Admission()
@@ -186,6 +190,7 @@ class ASRWorker(StreamAccounting, Actor):
             w = self.wcfg
             d = {"backend": w.backend, "model": model_label(w.model, w.model_dir, w.cache_dir)}
         d["language"] = self.wcfg.language
+        d["task"] = self.wcfg.task
         d["rtf"] = self.counters["rtf"]
         d["rtf_recent"] = round(self.keepup.rtf, 3)  # decode seconds per second of audio decoded, last 10 s
         d["behind"] = self.keepup.behind  # that RTF stays above 1: the transcript falls behind live audio
@@ -195,6 +200,7 @@ class ASRWorker(StreamAccounting, Actor):
         d["pool"] = self.pool
         if self.member is not None:
             d.update(self.member.info())
+        d["languages"] = {s: st.language for s, st in sorted(self.streams.items()) if st.language}
         return d
 
     def _new_processor(self):
@@ -312,7 +318,9 @@ class ASRWorker(StreamAccounting, Actor):
                                  msg.stream, st.processor.undecoded_seconds)
             self.counters["dropped"] += 1
             return
-        if not st.session.push_audio(msg.t, pcm16_to_float(msg.pcm), msg.wall0) and not st.session.ended:
+        if st.session.push_audio(msg.t, pcm16_to_float(msg.pcm), msg.wall0):
+            st.hints = (msg.language, msg.task)  # what the source asks for, from the frames that continue it
+        elif not st.session.ended:
             self.limited.warning("out_of_step", "stream %s: frame at %.2fs does not continue the stream (at %.2fs): "
                                  "set aside", msg.stream, msg.t, st.session.received_until)
 
@@ -326,6 +334,7 @@ class ASRWorker(StreamAccounting, Actor):
             st, step = self._next_step()
             if st is None:
                 break
+            self._follow_hints(st)
             st.session.start(step)
             self.runner.submit(st.stream, st.session, step)
             if self.runner.concurrency == 1:
@@ -336,6 +345,37 @@ class ASRWorker(StreamAccounting, Actor):
             if now - st.last_seen > self.wcfg.idle_timeout and not st.session.end_requested:
                 self.log.info("stream %s idle for %.0fs: flushing and freeing it", st.stream, now - st.last_seen)
                 st.session.push_end()
+
+    def _follow_hints(self, st: StreamState) -> None:
+        """The source's language and task for this stream, where this worker can follow them.
+
+        A worker configured with a language keeps it; one with ``auto`` takes the stream's
+        language (``auto``: detect it). An English-only model, or a backend that cannot change
+        language or task per call, ignores what it cannot do (counted: ``hints_ignored``).
+        """
+        if st.hints == st.followed:
+            return
+        st.followed = st.hints
+        language, task = st.hints
+        asr, proc = self.asr, st.processor
+        per_call = getattr(getattr(asr, "capabilities", None), "per_call_settings", False)
+        multilingual = getattr(asr, "multilingual", True)
+        ignored = []
+        if language is not None and not getattr(asr, "original_language", None):
+            wanted = None if language == "auto" else language
+            if wanted is None or (per_call and (multilingual or wanted == "en")):
+                proc.language.set_given(wanted)
+            else:
+                ignored.append(f"language {language}")
+        if task is not None:
+            if per_call and (multilingual or task == "transcribe"):
+                proc.task = task
+            else:
+                ignored.append(f"task {task}")
+        if ignored:
+            self.counters["hints_ignored"] += 1
+            self.limited.warning("hints", "stream %s asks for %s, which %s cannot do: ignored",
+                                 st.stream, " and ".join(ignored), self.asr.model_name)
 
     def _collect(self) -> None:
         for stream, result in self.runner.done():
@@ -386,6 +426,7 @@ class ASRWorker(StreamAccounting, Actor):
                                     epoch=st.epoch, code=m.BACKEND_FAILED))
         self._ended_audio += st.processor.stats.audio_seconds
         st.session.restart(self._new_processor())  # go on from the next audio
+        st.followed = None  # the new processor follows the stream's hints from its first step
         if st.session.ended:
             self._end_stream(st)
 
@@ -395,11 +436,12 @@ class ASRWorker(StreamAccounting, Actor):
             return
         desc = self.asr.describe()
         topic = m.transcript_topic(self.pool, st.stream)
+        st.language = commit.language.record() if commit.language is not None else {}
         msg = m.Commit(
             stream=st.stream, seq=self.pub.seq(topic), beg=float(commit.beg), end=float(commit.end),
             text=commit.text, words=[[float(b), float(e), w] for b, e, w in commit.words],
             worker=self.name, backend=desc.get("backend", ""), model=str(desc.get("model", "")),
-            emitted=time.time(), wall0=st.wall0, epoch=st.epoch,
+            emitted=time.time(), wall0=st.wall0, epoch=st.epoch, **st.language,
         )
         self.publish(topic, msg)
         st.commits += 1

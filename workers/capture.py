@@ -189,7 +189,7 @@ class Capture(Actor):
                 return  # not due yet; poll_ms is set to wake up on time
             self.publish(self.topic, m.Audio(
                 stream=self.stream, seq=self.pub.seq(self.topic), t=self.sent / SR, sr=SR,
-                wall0=wall0, pcm=self._frame.tobytes(),
+                wall0=wall0, pcm=self._frame.tobytes(), language=self.scfg.language, task=self.scfg.task,
             ))
             self.sent = end
             self._frame = np.zeros(0, dtype="<i2")
@@ -243,6 +243,10 @@ def register(sub) -> None:
     p.add_argument("--wait-for", default=None, metavar="A,B",
                    help="actors that must be ready before sending ('' for none; default with --config: vad + workers)")
     p.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait for them, then start anyway")
+    p.add_argument("--language", default=None,
+                   help="ask the workers for this language (a code, or auto: detect); default: theirs")
+    p.add_argument("--task", default=None, choices=["transcribe", "translate"],
+                   help="ask the workers for this task; default: theirs")
     p.set_defaults(func=run)
 
 
@@ -254,6 +258,7 @@ def run(args) -> int:
             "input": args.input, "stream": args.stream, "speed": args.speed, "device": args.device,
             "frame_ms": args.frame_ms, "sample_rate": args.sample_rate, "wait_timeout": args.wait_timeout,
             "loop": True if args.loop else None,
+            "language": args.language, "task": args.task,
             "wait_for": None if args.wait_for is None else [n.strip() for n in args.wait_for.split(",") if n.strip()],
         }, default_name="capture")
         scfg = cfg.source(args.name) if args.name else cfg.sources[0]

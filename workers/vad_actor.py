@@ -6,7 +6,8 @@ stream, created when the stream is first seen and freed on ``eos`` or after
 order: ``speech_start`` (t), the audio inside the segment (with its
 ``speech_pad_ms`` pre-roll, cut sample-exact at the start and end, each frame
 with its own ``t``), ``speech_end`` (t); and ``eos`` after closing an open
-segment. ``wall0`` is the stream's, by the rule below.
+segment. ``wall0`` is the stream's, by the rule below; the source's optional ``language``
+and ``task`` (what it asks of the workers) are copied from the latest input frame.
 
 A stream's time and ``wall0`` are fixed by its own frames (the gate's
 :class:`~asr_core.stream_clock.StreamClock`): a frame that does not continue
@@ -37,7 +38,7 @@ of audio processed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -58,6 +59,7 @@ class StreamGate:
     gate: SpeechGate
     last_seen: float = 0.0
     frames: int = 0
+    hints: dict = field(default_factory=dict)  # the source's language and task, passed on to the workers
 
     @property
     def wall0(self) -> float:
@@ -145,6 +147,7 @@ class VADActor(Actor):
             self.log.info("new stream %s at t=%.2f", msg.stream, msg.t)
         st.last_seen = now
         st.frames += 1
+        st.hints = {k: v for k, v in (("language", msg.language), ("task", msg.task)) if v is not None}
         c0 = time.process_time()
         before = dict(st.gate.clock.counts.__dict__)
         events = st.gate.push(n, np.frombuffer(msg.pcm, dtype="<i2"), msg.wall0, now)
@@ -164,7 +167,7 @@ class VADActor(Actor):
         for ev in events:
             if ev[0] == "audio":
                 self.publish(topic, m.Audio(stream=stream, seq=seq(topic), t=ev[1] / SR, sr=SR, wall0=st.wall0,
-                                            pcm=ev[2].tobytes()))
+                                            pcm=ev[2].tobytes(), **st.hints))
             elif ev[0] == "start":
                 self.counters["speech_segments"] += 1
                 self.publish(topic, m.SpeechStart(stream=stream, seq=seq(topic), t=ev[1] / SR, wall0=st.wall0))

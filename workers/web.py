@@ -145,7 +145,8 @@ class WebActor(Actor):
             topic = m.audio_topic(out.stream)
             seq = self.pub.seq(topic)
             if out.kind == "audio":
-                self.publish(topic, m.Audio(stream=out.stream, seq=seq, t=out.t, wall0=out.wall0, pcm=out.pcm))
+                self.publish(topic, m.Audio(stream=out.stream, seq=seq, t=out.t, wall0=out.wall0, pcm=out.pcm,
+                                            language=out.language, task=out.task))
             else:
                 self.publish(topic, m.EndOfStream(stream=out.stream, seq=seq, t=out.t))
                 self.pub.seq.forget(topic)

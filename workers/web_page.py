@@ -15,6 +15,10 @@
   they change (checked every :data:`REFRESH_S`), and keeps the worker and
   language menus in step with the workers' heartbeats. Language picks among workers: the worker menu lists
   the workers of the chosen language (each worker has one fixed language).
+* "Speaking" and "Task" say what the page's stream asks of the workers: the language spoken
+  (``auto``: detected per utterance) and ``transcribe`` or ``translate`` (into English). They
+  travel with every audio frame (``language``, ``task``); workers configured with
+  ``language: auto`` and a multilingual model follow them, the others keep their own.
 * Downloads (TXT, SRT, JSON) are plain routes, ``/voxpipe/download/...``,
   that need the stream's own secret key, which only its page has.
 
@@ -65,6 +69,8 @@ class Selection:
     webrtc_id: str | None = None
     worker: str | None = None
     language: str = "any"
+    spoken: str = "auto"  # what the stream asks of the workers
+    task: str = "transcribe"
 
 
 class Pages:
@@ -94,6 +100,11 @@ class Pages:
     def drop(self, key: str) -> None:
         with self._lock:
             self._pages.pop(key, None)
+
+
+# the languages offered first under "Speaking" (any other Whisper code may be typed)
+SPOKEN = ("auto", "en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "uk", "tr", "ar", "hi", "ja", "ko", "zh")
+TASKS = (("transcribe", "transcribe"), ("translate into English", "translate"))
 
 
 def stream_id(webrtc_id: str) -> str:
@@ -275,14 +286,20 @@ def render_status(v: View, token_required: bool) -> str:
                        True)
     else:
         worker = _pill(f"worker {v.worker.name} not ready yet (loading)", False)
+    spoken = ""
+    if v.language:
+        how = "given" if v.language_prob is None else (
+            f"{'uncertain' if v.language_uncertain else 'detected'} · p {v.language_prob:.2f}")
+        spoken = _pill(f"language {v.language} ({how})", False if v.language_uncertain else None)
     attrs = {
+        "data-language": v.language, "data-language-uncertain": int(v.language_uncertain),
         "data-state": state, "data-stream": v.stream or "", "data-listening": int(v.listening),
         "data-worker": v.worker.name if v.worker else "", "data-worker-ready": int(bool(v.worker and v.worker.ready)),
         "data-worker-behind": int(bool(v.worker and v.worker.behind)),
         "data-ended": int(v.ended), "data-seconds": f"{v.seconds:.1f}",
     }
     a = " ".join(f'{k}="{html.escape(str(val))}"' for k, val in attrs.items())
-    return f'<div id="voxpipe-status" {a}>{conn}{listen}{worker}</div>'
+    return f'<div id="voxpipe-status" {a}>{conn}{listen}{worker}{spoken}</div>'
 
 
 def render_transcript(v: View) -> str:
@@ -368,14 +385,26 @@ def build_app(hub: WebHub, settings: PageSettings):
             await asyncio.sleep(REFRESH_S)
             quiet += REFRESH_S
 
+    def ask(sel: Selection | None) -> None:
+        """The page's language and task, for its stream (also before the stream opens)."""
+        if sel is not None and sel.webrtc_id:
+            hub.set_hints(stream_id(sel.webrtc_id), sel.spoken, sel.task)
+
     def bind(mic_value, request: gr.Request):
         """The page's microphone connected: show that stream from now on."""
         log.debug("page %s shows stream %r", request.session_hash, mic_value)
         if isinstance(mic_value, str) and mic_value != "__webrtc_value__" and m.valid_id(stream_id(mic_value)):
             pages.update(request.session_hash, webrtc_id=mic_value)
+            ask(pages.get(request.session_hash))
 
     def select(worker_name, language_name, request: gr.Request):
         pages.update(request.session_hash, worker=worker_name, language=language_name or "any")
+
+    def choose(spoken, task, request: gr.Request):
+        spoken = (spoken or "auto").strip()
+        pages.update(request.session_hash, spoken=spoken if m.valid_language(spoken) else "auto",
+                     task=task if task in m.TASKS else "transcribe")
+        ask(pages.get(request.session_hash))
 
     def leave(request: gr.Request):
         """The tab was closed (or reloaded): end its stream now, not when WebRTC notices (~30 s)."""
@@ -404,8 +433,15 @@ def build_app(hub: WebHub, settings: PageSettings):
             with gr.Column(scale=2):
                 token = gr.Textbox(label="Access token", type="password", visible=token_required,
                                    elem_id="voxpipe-token", placeholder="given by whoever runs this server")
-                language = gr.Dropdown(label="Language", choices=["any"], value="any", allow_custom_value=True,
-                                       elem_id="voxpipe-language", info="shows the workers of this language")
+                with gr.Row():
+                    spoken = gr.Dropdown(label="Speaking", choices=list(SPOKEN), value="auto",
+                                         allow_custom_value=True, elem_id="voxpipe-spoken",
+                                         info="the language spoken (auto: detected)")
+                    task = gr.Dropdown(label="Task", choices=list(TASKS), value="transcribe",
+                                       elem_id="voxpipe-task", info="translate: English text")
+                language = gr.Dropdown(label="Worker language", choices=["any"], value="any",
+                                       allow_custom_value=True, elem_id="voxpipe-language",
+                                       info="shows the workers of this language")
                 worker = gr.Dropdown(label="Worker", choices=[], value=None, allow_custom_value=True,
                                      elem_id="voxpipe-worker", info="whose transcript to show")
         status = gr.HTML(render_status(hub.view(None), token_required), elem_classes=["vp-live"])
@@ -418,6 +454,8 @@ def build_app(hub: WebHub, settings: PageSettings):
         mic.tick(bind, inputs=[mic], outputs=None, **quiet)
         worker.input(select, inputs=[worker, language], outputs=None, **quiet)
         language.input(select, inputs=[worker, language], outputs=None, **quiet)
+        spoken.input(choose, inputs=[spoken, task], outputs=None, **quiet)
+        task.input(choose, inputs=[spoken, task], outputs=None, **quiet)
         blocks.load(live, inputs=None, outputs=[status, transcript, downloads, worker, language, token], **quiet)
         blocks.unload(leave)
 

@@ -99,6 +99,14 @@ def float_to_pcm16(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2")
 
 
+def _language_of(commit) -> dict:
+    """A commit's language fields for a :class:`View` (none for a commit that does not say)."""
+    if commit is None or not commit.language:
+        return {}
+    return {"language": commit.language, "language_prob": commit.language_prob,
+            "language_uncertain": bool(commit.language_uncertain)}
+
+
 # -- state ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Outgoing:
@@ -109,6 +117,8 @@ class Outgoing:
     t: float
     wall0: float = 0.0
     pcm: bytes = b""
+    language: str | None = None  # what the page asks of the workers: the language spoken (auto: detect)
+    task: str | None = None  # transcribe | translate
 
 
 @dataclass
@@ -135,6 +145,8 @@ class StreamSession:
     resampler: LinearResampler | None = None
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<i2"))
     transcripts: dict = field(default_factory=dict)  # worker -> WorkerTranscript
+    language: str | None = None  # the page's choice, sent with every frame (None: the workers' own)
+    task: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -176,6 +188,9 @@ class View:
     error: str = ""
     key: str = ""
     denied: str = ""
+    language: str = ""  # the language of the latest commit (given or detected), if it said
+    language_prob: float | None = None  # when detected: the model's probability of it
+    language_uncertain: bool = False
 
 
 class WebHub:
@@ -192,6 +207,7 @@ class WebHub:
         self._order = {name: i for i, name in enumerate(worker_order)}
         self._languages = dict(worker_languages or {})
         self._denied: OrderedDict[str, str] = OrderedDict()
+        self._hints: OrderedDict[str, tuple] = OrderedDict()  # stream -> (language, task), also before it opens
         self.closing = False
         self.counters = {"streams_total": 0, "audio_seconds": 0.0, "dropped_frames": 0, "denied": 0}
 
@@ -205,10 +221,25 @@ class WebHub:
             if stream in self._sessions:
                 raise SessionRefused(f"stream {stream} exists")
             s = StreamSession(stream, secrets.token_urlsafe(16), time.time())
+            s.language, s.task = self._hints.get(stream, (None, None))
             self._sessions[stream] = s
             self.counters["streams_total"] += 1
             self._forget_old()
             return s
+
+    def set_hints(self, stream: str, language: str | None, task: str | None) -> None:
+        """What the page asks of the workers for ``stream`` (open or about to open): the language
+        spoken (``auto``: detected) and the task (``transcribe`` | ``translate``); None: the workers' own."""
+        language = language if language and m.valid_language(language) else None
+        task = task if task in m.TASKS else None
+        with self._lock:
+            self._hints[stream] = (language, task)
+            self._hints.move_to_end(stream)
+            while len(self._hints) > 4 * KEEP_CLOSED:
+                self._hints.popitem(last=False)
+            s = self._sessions.get(stream)
+            if s is not None:
+                s.language, s.task = language, task
 
     def deny(self, stream: str, reason: str) -> None:
         """Remember that ``stream`` was refused (the page says why)."""
@@ -263,6 +294,7 @@ class WebHub:
                 seconds=s.seconds, worker=chosen, workers=offered, languages=languages,
                 committed=tr.text if tr else "", partial=tr.partial if tr and not tr.ended else "",
                 ended=bool(tr and tr.ended), error=tr.error if tr else "", key=s.key,
+                **_language_of(tr.commits[-1] if tr and tr.commits else None),
             )
 
     def export(self, stream: str, key: str, worker: str, fmt: str) -> tuple[str, str, str] | None:
@@ -370,7 +402,7 @@ class WebHub:
         return sorted(live, key=lambda w: (self._order.get(w.name, len(self._order)), w.name))
 
     def _emit_frame(self, s: StreamSession, pcm: np.ndarray) -> None:
-        self._queue(Outgoing("audio", s.stream, s.samples / SR, s.wall0 or 0.0, pcm.tobytes()))
+        self._queue(Outgoing("audio", s.stream, s.samples / SR, s.wall0 or 0.0, pcm.tobytes(), s.language, s.task))
         s.samples += len(pcm)
         self.counters["audio_seconds"] += len(pcm) / SR
 

@@ -1,4 +1,9 @@
-"""Word error rate after Whisper-style English normalisation, and latency percentiles."""
+"""Word error rate after Whisper-style normalisation, and latency percentiles.
+
+English text is normalised with Whisper's English normaliser (spellings, numbers, contractions);
+any other language with Whisper's basic one (case, punctuation and symbols only), since the
+English rules would rewrite words of other languages.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,16 @@ def _normalizer():
     return EnglishTextNormalizer()
 
 
-def normalize(text: str) -> str:
-    return _normalizer()(text)
+@lru_cache(maxsize=1)
+def _basic_normalizer():
+    from whisper_normalizer.basic import BasicTextNormalizer
+
+    return BasicTextNormalizer()
+
+
+def normalize(text: str, language: str | None = "en") -> str:
+    """``text`` normalised for scoring: English rules for ``en`` (and None), the basic ones otherwise."""
+    return _normalizer()(text) if language in (None, "en") else _basic_normalizer()(text)
 
 
 def edit_distance(ref: list[str], hyp: list[str]) -> int:
@@ -29,10 +42,10 @@ def edit_distance(ref: list[str], hyp: list[str]) -> int:
     return prev[-1]
 
 
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate of ``hypothesis`` against ``reference`` (both normalised)."""
-    ref = normalize(reference).split()
-    hyp = normalize(hypothesis).split()
+def wer(reference: str, hypothesis: str, language: str | None = "en") -> float:
+    """Word error rate of ``hypothesis`` against ``reference`` (both normalised for ``language``)."""
+    ref = normalize(reference, language).split()
+    hyp = normalize(hypothesis, language).split()
     if not ref:
         return 0.0 if not hyp else 1.0
     return edit_distance(ref, hyp) / len(ref)
@@ -51,3 +64,23 @@ def percentile(values: list[float], q: float) -> float:
 def reference_text(wav_path: str | Path) -> str:
     """The ``text`` of the JSON file beside a corpus clip."""
     return json.loads(Path(wav_path).with_suffix(".json").read_text())["text"]
+
+
+@lru_cache(maxsize=1)
+def _stop_words() -> frozenset:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(normalize(w) for w in ENGLISH_STOP_WORDS)
+
+
+def content_words(text: str) -> set[str]:
+    """The distinct English content words of ``text``: normalised, without stop words (scikit-learn's list)."""
+    return {w for w in normalize(text).split() if w not in _stop_words() and any(c.isalpha() for c in w)}
+
+
+def content_word_share(reference: str, hypothesis: str) -> float:
+    """The share of ``reference``'s distinct content words found in ``hypothesis`` (English; 1.0 for none)."""
+    want = content_words(reference)
+    if not want:
+        return 1.0
+    return len(want & set(normalize(hypothesis).split())) / len(want)

@@ -39,6 +39,7 @@ TOKENS_BASE = 12
 # audio left after the last segment that makes the decoder go on with a second window
 SEEK_MIN_S = 1.0
 NO_SPEECH_MAX = 0.6  # a second window the model itself calls non-speech is dropped
+DETECTED_KEPT = 5  # languages reported from a detection, likeliest first
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,12 @@ class WindowDecoder:
         return self.ct2.encode(x, to_cpu=False)
 
     # -- main entry -----------------------------------------------------------
-    def decode(self, audio: np.ndarray, prompt: str, language: str | None, task: str) -> list[Segment]:
+    def decode(self, audio: np.ndarray, prompt: str, language: str | None, task: str,
+               detect: bool = False) -> list[Segment]:
         """Segments (with words) of ``audio``, times relative to its start.
+
+        ``language`` None: detected (multilingual models). ``detect``: detect it even
+        when ``language`` is given (each segment then reports what the model heard).
 
         Whisper sometimes ends its transcript early, after a sentence that is
         followed by a pause, although more speech follows. Like Whisper's own
@@ -93,7 +98,7 @@ class WindowDecoder:
         segment with a second window over the rest (at most once more), so a
         hypothesis does not randomly lose everything after its first sentence.
         """
-        segments, language = self._decode_window(audio, prompt, language, task)
+        segments, language = self._decode_window(audio, prompt, language, task, detect)
         duration = len(audio) / SAMPLING_RATE
         # where the transcript stops: the last word's end (a segment left open
         # by an early end of text runs to the end of the audio on paper only)
@@ -111,7 +116,8 @@ class WindowDecoder:
             segments += more
         return segments
 
-    def _decode_window(self, audio: np.ndarray, prompt: str, language: str | None, task: str):
+    def _decode_window(self, audio: np.ndarray, prompt: str, language: str | None, task: str,
+                       detect: bool = False):
         """One window: (segments, language)."""
         from faster_whisper.tokenizer import Tokenizer
 
@@ -122,9 +128,10 @@ class WindowDecoder:
         enc = self._encode(feats)
 
         multilingual = self.ct2.is_multilingual
-        if multilingual and not language:
-            lang_token, _prob = self.ct2.detect_language(enc)[0][0]
-            language = lang_token[2:-2]
+        detected: tuple = ()
+        if multilingual and (detect or not language):
+            detected = tuple((tok[2:-2], float(p)) for tok, p in self.ct2.detect_language(enc)[0][:DETECTED_KEPT])
+            language = language or detected[0][0]
         tokenizer = Tokenizer(self.hf_tokenizer, multilingual, task=task, language=language or "en")
 
         prompt_tokens = self._prompt(tokenizer, prompt)
@@ -159,6 +166,8 @@ class WindowDecoder:
             s.no_speech_prob = float(result.no_speech_prob)
             s.avg_logprob = float(avg_logprob)
             s.compression_ratio = ratio
+            s.language = language or "en"
+            s.language_prob, s.language_probs = dict(detected).get(s.language), detected
         if o.word_timestamps:
             self._add_words(tokenizer, segments, enc, content_frames, duration)
         for s in segments:

@@ -48,7 +48,7 @@ def pick_device(device: str = "auto", compute_type: str = "auto") -> tuple[str, 
 class FasterWhisperASR(SegmentResults, ASRBase):
     backend_name = "faster-whisper"
     sep = ""  # words carry their own leading space
-    capabilities = Capabilities(quality_signals=True, concurrent=True)
+    capabilities = Capabilities(quality_signals=True, concurrent=True, per_call_settings=True)
     option_types = {"device": ("auto", "cpu", "cuda"), "compute_type": str, "beam_size": int, "cpu_threads": int,
                     "num_workers": int, "window": ("short", "full"), "max_initial_timestamp": float}
 
@@ -94,6 +94,7 @@ class FasterWhisperASR(SegmentResults, ASRBase):
                 max_initial_timestamp=float(opts.get("max_initial_timestamp", 1.0)),
             ),
         )
+        self.multilingual = bool(model.model.is_multilingual)  # other languages, and translation
         if not model.model.is_multilingual and self.original_language not in (None, "en"):
             raise ModelNotFound(
                 f"model {resolved.name!r} is English-only but language {self.original_language!r} was asked for"
@@ -104,17 +105,25 @@ class FasterWhisperASR(SegmentResults, ASRBase):
     def model_name(self) -> str:
         return str(self.resolved.name)
 
-    def transcribe(self, audio, init_prompt: str = "") -> list[Segment]:
-        audio = check_audio(audio)
-        task = self.transcribe_kargs.get("task", "transcribe")
-        if self.window == "short" and len(audio) <= 29 * 16000 and not self.transcribe_kargs.get("vad_filter"):
-            return self.decoder.decode(audio, init_prompt, self.original_language, task)
-        return self._transcribe_full(audio, init_prompt, task)
+    def transcribe(self, audio, init_prompt: str = "", language: str | None = None,
+                   task: str | None = None) -> list[Segment]:
+        """``language`` and ``task``: for this call only (the constructor's language wins).
 
-    def _transcribe_full(self, audio: np.ndarray, init_prompt: str, task: str) -> list[Segment]:
-        segments, _info = self.model.transcribe(
+        Where the language was not given to the constructor, a multilingual model
+        detects it in every window, also when ``language`` says what to decode in,
+        and each segment reports the detection (``language_probs``).
+        """
+        audio = check_audio(audio)
+        task = task or self.transcribe_kargs.get("task", "transcribe")
+        lang = self.original_language or language or None
+        if self.window == "short" and len(audio) <= 29 * 16000 and not self.transcribe_kargs.get("vad_filter"):
+            return self.decoder.decode(audio, init_prompt, lang, task, detect=self.original_language is None)
+        return self._transcribe_full(audio, init_prompt, task, lang)
+
+    def _transcribe_full(self, audio: np.ndarray, init_prompt: str, task: str, language: str | None) -> list[Segment]:
+        segments, info = self.model.transcribe(
             audio,
-            language=self.original_language,
+            language=language,
             task=task,
             initial_prompt=init_prompt or None,
             beam_size=self.beam_size,
@@ -122,6 +131,9 @@ class FasterWhisperASR(SegmentResults, ASRBase):
             condition_on_previous_text=True,
             vad_filter=bool(self.transcribe_kargs.get("vad_filter", False)),
         )
+        detected: tuple = ()
+        if language is None and self.model.model.is_multilingual and info.all_language_probs:
+            detected = tuple((code, float(p)) for code, p in info.all_language_probs[:5])
         out = []
         for s in segments:  # materialise: decoding happens here, not in the caller
             out.append(
@@ -134,6 +146,9 @@ class FasterWhisperASR(SegmentResults, ASRBase):
                     no_speech_prob=s.no_speech_prob,
                     avg_logprob=s.avg_logprob,
                     compression_ratio=s.compression_ratio,
+                    language=info.language,
+                    language_prob=detected[0][1] if detected else None,
+                    language_probs=detected,
                 )
             )
         return out
