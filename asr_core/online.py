@@ -25,6 +25,17 @@ from .language import Language, LanguageTracker
 log = logging.getLogger("voxpipe.online")
 
 SENTENCE_END = (".", "?", "!", "。", "？", "！")
+_CLOSERS = "\"')]}”’"
+
+
+def _capitalise(text: str) -> str:
+    """The first letter upper-cased (leading spaces and quotes kept)."""
+    for i, c in enumerate(text):
+        if c.isalpha():
+            return text[:i] + c.upper() + text[i + 1:] if c.islower() else text
+        if c.isalnum():
+            return text
+    return text
 
 
 @dataclass(frozen=True)
@@ -84,13 +95,20 @@ class StreamingOptions:
     # after a flush (a pause), the buffer is cut at the pause but keeps this
     # much of the speech before it as acoustic context for what comes next
     flush_keep_sec: float = 2.0
+    # the last word of a hypothesis that ends with a mark waits for the next hypothesis
+    # (or a pause) before it commits: its mark is often only the end of the audio
+    hold_marked_end: bool = True
+    # a committed word that begins a sentence (the stream's first word, or one after a
+    # committed "." "?" "!") starts with a capital, whatever the window that heard it wrote
+    sentence_case: bool = True
     prompt_chars: int = 200
     history_words: int = 400  # committed words remembered for the prompt
 
     @classmethod
     def la2(cls, **changes) -> StreamingOptions:
         """whisper_streaming's rule: LocalAgreement-2 only (no settling, no early commits)."""
-        return cls(**{"settle_sec": 0.0, "early_commit_sec": 0.0, **changes})
+        return cls(**{"settle_sec": 0.0, "early_commit_sec": 0.0, "hold_marked_end": False, "sentence_case": False,
+                      **changes})
 
     def __post_init__(self):
         if self.buffer_trimming not in ("segment", "sentence"):
@@ -260,7 +278,7 @@ class OnlineASRProcessor:
         settle = self.options.settle_sec if sure else 0.0
         early = self.options.early_commit_sec if sure else 0.0
         committed = self.hyp.flush(self.buffer_end - settle if settle else None,
-                                   self.buffer_end - early if early else None)
+                                   self.buffer_end - early if early else None, self.options.hold_marked_end)
         committed += self._bound_buffer()
         self._trim()
         return self._record(committed)
@@ -374,6 +392,22 @@ class OnlineASRProcessor:
         self.hyp.last_committed_time = max(self.hyp.last_committed_time, t)
 
     # -- output ---------------------------------------------------------------
+    def _sentence_case(self, committed: list) -> list:
+        """``committed`` with a capital on each word that begins a sentence.
+
+        A window that starts in the middle of the text (the context kept after a
+        pause, a fresh buffer after a long one) does not know that the sentence
+        before it ended, and writes "day, towns grew" for "day. Towns grew".
+        """
+        prev = self.history[-1][2] if self.history else None
+        out = []
+        for w in committed:
+            if prev is None or prev.strip().rstrip(_CLOSERS).endswith(SENTENCE_END):
+                w = (w[0], w[1], _capitalise(w[2]))
+            out.append(w)
+            prev = w[2]
+        return out
+
     def _span(self, words) -> Commit:
         if not words:
             return Commit()
@@ -382,6 +416,8 @@ class OnlineASRProcessor:
                       raw_text=raw, language=self.language.current)
 
     def _record(self, committed: list) -> Commit:
+        if self.options.sentence_case and committed:
+            committed = self._sentence_case(committed)
         self.history.extend(committed)
         self.stats.committed_words += len(committed)
         return self._span(committed)

@@ -7,7 +7,12 @@ simulate``, the VAC processor, the bench's decode replay, the commit-policy swee
 * audio and *marks* (a :data:`Mark.PAUSE` where the VAD heard a pause, :data:`Mark.END`
   at the end of the stream) go into an inbox, in stream order;
 * a **decode** (:data:`Step.DECODE`: the next hypothesis) is due once the processor holds
-  ``min_chunk_size`` seconds of audio it has not decoded;
+  a *chunk* of audio it has not decoded: ``min_chunk_size`` seconds while there is spare
+  capacity, more when the stream's decodes would keep its share of the decode threads
+  busier than ``max_load`` (the driver says what share it has: :meth:`StreamingSession.due`'s
+  ``share``; the chunk is then the stream's mean decode time over ``max_load x share``, at
+  most ``max_chunk_size``), so a busy worker decodes each stream less often instead of
+  falling behind;
 * at a pause, ``at_pause`` says what happens: ``flush`` (the worker's rule: the tail is
   decoded and every word before the pause committed at once, the audio stays as context),
   ``finish`` (whisper_streaming's VAC: commit everything and start a fresh buffer), or
@@ -76,14 +81,23 @@ PAUSE_ACTIONS = ("flush", "finish", "ignore")
 class Schedule:
     """When a session decodes. The defaults are the ASR worker's (and ``voxpipe simulate``'s)."""
 
-    min_chunk_size: float = 1.0  # seconds of new audio that make the next decode due
+    min_chunk_size: float = 1.0  # seconds of new audio that make the next decode due (with spare capacity)
     at_pause: str = "flush"  # flush | finish | ignore (see the module's docstring)
     utterance_gap: float = 1.0  # a pause longer than this starts a fresh audio buffer
     pause_hold: float = 0.0  # seconds a pause waits for audio that would show it was none (needs a clock)
+    # with a share of the decode threads given (due(share=...)): the chunk grows so that the
+    # stream's decodes keep that share at most this busy, up to max_chunk_size (never below
+    # min_chunk_size)
+    max_load: float = 0.8
+    max_chunk_size: float = 2.0
 
     def __post_init__(self):
         if self.min_chunk_size <= 0:
             raise ValueError("min_chunk_size must be positive")
+        if not 0 < self.max_load <= 1:
+            raise ValueError("max_load must be in (0, 1]")
+        if self.max_chunk_size <= 0:
+            raise ValueError("max_chunk_size must be positive")
         if self.at_pause not in PAUSE_ACTIONS:
             raise ValueError(f"at_pause must be one of {', '.join(PAUSE_ACTIONS)}, not {self.at_pause!r}")
         if self.utterance_gap <= 0:
@@ -127,6 +141,7 @@ class StreamingSession:
         self.ended = False
         self.started = False  # some audio was accepted
         self._audio_since_pause = False
+        self.decode_seconds = 0.0  # moving mean of the wall seconds a DECODE step took (0: none yet)
         self._start_at: float | None = None  # t of the latest speech_start, until the audio after it
 
     @property
@@ -203,16 +218,29 @@ class StreamingSession:
         return self.ended or self.ending or Mark.END in self.inbox
 
     # -- scheduling ----------------------------------------------------------------------
-    def due(self) -> Step | None:
-        """The step to run now, or None (one is running, nothing is due, or the session ended)."""
+    def due(self, share: float | None = None) -> Step | None:
+        """The step to run now, or None (one is running, nothing is due, or the session ended).
+
+        ``share``: the share of the driver's decode threads this stream may use (threads
+        over active streams, 1.0 for a stream with a thread to itself); None (the default,
+        and the deterministic replay's) decodes every ``min_chunk_size`` whatever decodes cost.
+        """
         if self.running is not None or self.ended:
             return None
         self._feed()
         if self.pending is not None:
             return self.pending
-        if self.processor.undecoded_seconds >= self.schedule.min_chunk_size:
+        if self.processor.undecoded_seconds >= self.chunk(share):
             return Step.DECODE
         return None
+
+    def chunk(self, share: float | None = None) -> float:
+        """Seconds of new audio the next decode waits for (see the module's docstring)."""
+        sch = self.schedule
+        if share is None or self.decode_seconds <= 0:
+            return sch.min_chunk_size
+        wanted = self.decode_seconds / (sch.max_load * min(1.0, max(share, 1e-3)))
+        return min(sch.max_chunk_size, max(sch.min_chunk_size, wanted))
 
     def priority(self) -> tuple:
         """Sort key among sessions with a due step: pending flushes/finishes first, then the oldest undecoded audio."""
@@ -243,6 +271,9 @@ class StreamingSession:
     def complete(self, result: StepResult) -> Commit:
         """Take a finished step's result back (the owner's thread); returns its commit."""
         self.running = None
+        if result.error is None and result.step is Step.DECODE and result.decodes:
+            took = result.decode_seconds / result.decodes
+            self.decode_seconds = took if self.decode_seconds <= 0 else 0.7 * self.decode_seconds + 0.3 * took
         if result.error is None and result.step is Step.FINISH and self.ending:
             self.ended = True
         self._feed()
@@ -268,10 +299,10 @@ class StreamingSession:
         """
         self.processor.continue_after(committed_until, words)
 
-    def run_due(self, on_commit=None) -> list[Commit]:
+    def run_due(self, on_commit=None, share: float | None = None) -> list[Commit]:
         """Run every step that is due, one after the other (single-threaded drivers); returns the commits."""
         commits = []
-        while (step := self.due()) is not None:
+        while (step := self.due(share)) is not None:
             self.start(step)
             result = self.run(step)
             if result.error is not None:

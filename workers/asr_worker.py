@@ -387,8 +387,10 @@ class ASRWorker(StreamAccounting, Actor):
     def _next_step(self) -> tuple[StreamState | None, Step | None]:
         """The stream whose step is most urgent: flushes and finishes first, then the oldest undecoded audio."""
         best, best_key, best_step = None, None, None
+        # each stream's share of the decode threads: with spare capacity its chunks stay small
+        share = self.runner.concurrency / max(1, len(self.streams))
         for st in self.streams.values():
-            step = st.session.due()
+            step = st.session.due(share)
             if step is None:
                 continue
             key = st.session.priority()

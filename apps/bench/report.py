@@ -31,6 +31,10 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return out + [""]
 
 
+def _marks(m: dict | None) -> str:
+    return "n/a" if not m else f"{m['kept']}/{m['offline']}"
+
+
 def _lat(lat: dict | None, key: str) -> str:
     return _f(lat.get(key) if lat else None, 2, " s")
 
@@ -61,20 +65,30 @@ def markdown(r: dict) -> str:
     rows = []
     for f in r.get("rounds", []):
         rows.append([f["clip"], _f(f["seconds"], 1, " s"), str(f["streams"]), _f(f["wer"], 3), _f(f["offline_wer"], 3),
-                     _f(f["wer_gap"], 3), _lat(f["latency"], "p50"), _lat(f["latency"], "p90"),
+                     _f(f["wer_gap"], 3), _f(f.get("formatted_wer"), 3), _f(f.get("offline_formatted_wer"), 3),
+                     _marks(f.get("sentence_marks")), _lat(f["latency"], "p50"), _lat(f["latency"], "p90"),
                      _lat(f["latency"], "max"),
                      _f(f["first_word_delay"], 2, " s"), _f(f["tail_lag_max"], 2, " s"),
                      str(sum(x["commits"] for x in f["per_stream"]))])
-    if o:
+    groups = o.get("groups") or {}
+    for name, g in groups.items():
+        lat, fw = g.get("latency"), g.get("first_word_delay") or {}
+        rows.append([f"**{name}**", "", "", _f(g["wer"], 3), _f(g["offline_wer"], 3), _f(g["wer_gap"], 3),
+                     _f(g["formatted_wer"], 3), _f(g["offline_formatted_wer"], 3), _marks(g["sentence_marks"]),
+                     _lat(lat, "p50"), _lat(lat, "p90"), _lat(lat, "max"),
+                     f"{_f(fw.get('median'), 2, ' s')} (median), {_f(fw.get('max'), 2, ' s')} (max)", "", ""])
+    if o and len(groups) != 1:
         lat, fw = o.get("latency"), o.get("first_word_delay") or {}
         rows.append(["**all**", _f(o["audio_s"], 1, " s"), "", _f(o["wer"], 3), _f(o["offline_wer"], 3),
-                     _f(o["wer_gap"], 3), _lat(lat, "p50"), _lat(lat, "p90"), _lat(lat, "max"),
+                     _f(o["wer_gap"], 3), "", "", "", _lat(lat, "p50"), _lat(lat, "p90"), _lat(lat, "max"),
                      _f(fw.get("median"), 2, " s") + " (median)", "", ""])
-    lines += _table(["clip", "audio", "streams", "WER", "offline WER", "gap", "p50", "p90", "max", "first word",
-                     "tail lag", "commits"], rows)
-    lines += ["WER after Whisper English normalisation; latency of each committed word = emitted - wall0 - word end; "
-              "first word = first commit's emission after the VAD's first speech_start; tail lag = worker's eos after "
-              "the audio ended.", ""]
+    lines += _table(["clip", "audio", "streams", "WER", "offline WER", "gap", "fWER", "offline fWER", "marks",
+                     "p50", "p90", "max", "first word", "tail lag", "commits"], rows)
+    lines += ["WER after Whisper English normalisation; fWER: the same on the words as written (case and punctuation "
+              "count); marks: the offline pass's sentence ends found at the same words; groups (bold) pool the clips "
+              "of each kind (the targets are judged on the clean ones); latency of each committed word = emitted - "
+              "wall0 - word end; first word = first commit's emission after the VAD's first speech_start; tail lag = "
+              "worker's eos after the audio ended.", ""]
     if any(f["streams"] > 1 for f in r.get("rounds", [])):
         lines += ["### Per stream", ""]
         lines += _table(["stream", "WER", "p50", "p90", "max", "first word", "tail lag"],
