@@ -30,25 +30,38 @@ COMMANDS = [
     "workers.asr_worker",
     "workers.capture",
     "workers.vad_actor",
+    "workers.dispatcher",
     "apps.listen",
     "workers.sink",
-    "workers.web",
+    "apps.web",  # workers.web's actor, and the whole pipeline behind it when no config is given
+    "workers.gateway.actor",
     "apps.launch",
     "apps.transcribe",
     "apps.export",
-    "pipeline.security",
+    "workers.metrics",
+    "apps.status",
+    "apps.top",
+    "apps.restart",
+    "apps.keys",
     "apps.bench.cli",
 ]
 
 
-def setup_logging(level: str | None = None) -> None:
+def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
+    """Log to stderr at ``level`` in ``fmt``: ``text`` (for people) or ``json`` (one object per line).
+
+    Defaults: ``VOXPIPE_LOG_LEVEL`` / ``VOXPIPE_LOG_FORMAT``, else INFO and text.
+    """
+    from pipeline.logformat import FORMATS, formatter
+
     level = (level or os.environ.get("VOXPIPE_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    fmt = (fmt or os.environ.get("VOXPIPE_LOG_FORMAT") or "text").lower()
+    fmt = fmt if fmt in FORMATS else "text"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(fmt))
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler])
+    if fmt == "json":
+        logging.captureWarnings(True)  # library warnings become JSON lines too
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "log_level", None))
+    setup_logging(getattr(args, "log_level", None), getattr(args, "log_format", None))
     return run_command(lambda: args.func(args), prog=f"voxpipe {args.command}")
 
 

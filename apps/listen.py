@@ -118,6 +118,7 @@ def run(args) -> int:
     except BrokenPipeError:  # e.g. piped into head
         return 0
     dup = f", {subscription.duplicates} already in the snapshot" if subscription.duplicates else ""
+    dup += f", {subscription.stale} stale (an older assignment epoch)" if subscription.stale else ""
     print(f"voxpipe listen: {shown} message(s), {subscription.rejected} rejected, {subscription.gaps} lost{dup}",
           file=sys.stderr)
     return 0

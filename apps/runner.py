@@ -6,7 +6,8 @@ in a session of its own, output merged and read line by line) and
 ``honcho start``:
 
 * processes can be started in groups (``start(names)``), so a caller can
-  wait for some actors to be ready before starting others;
+  wait for some actors to be ready before starting others, and one that
+  exited can be started again (``restart(name)``, :mod:`apps.restart`);
 * :meth:`ProcessRunner.stop` is staged: SIGTERM to one stage (e.g. the
   sources), wait until it has exited (up to ``timeout``, then SIGKILL), then
   the next, broker last (see :data:`apps.plan.STOP_STAGES`). honcho
@@ -79,20 +80,36 @@ class ProcessRunner:
         self.returncodes: dict[str, int] = {}
         self.started: set[str] = set()
         self._colours = get_colours()
+        self._assigned: dict = {}
         self._threads: list[threading.Thread] = []
 
     # -- starting --------------------------------------------------------------------------
-    def start(self, names: Iterable[str] | None = None) -> None:
+    def start(self, names: Iterable[str] | None = None, env: dict | None = None) -> None:
         for name in (list(self.procs) if names is None else names):
             if name in self.started:
                 continue
             p = self.procs[name]
             # exec: the actor replaces the shell, so signals and exit codes are its own
-            proc = Process(f"exec {p.cmd}", name=name, colour=next(self._colours), env=self.env, cwd=self.cwd)
+            proc = Process(f"exec {p.cmd}", name=name, colour=self._colour(name), env={**self.env, **(env or {})},
+                           cwd=self.cwd)
             t = threading.Thread(target=proc.run, args=(self.events, False), name=f"honcho-{name}", daemon=True)
             self.started.add(name)
             t.start()
             self._threads.append(t)
+
+    def restart(self, name: str, env: dict | None = None) -> None:
+        """Start ``name`` again after it exited (its output keeps its colour)."""
+        if name in self.started and name not in self.returncodes:
+            return  # still running
+        self.started.discard(name)
+        self.returncodes.pop(name, None)
+        self.pids.pop(name, None)
+        self.start([name], env=env)
+
+    def _colour(self, name: str):
+        if name not in self._assigned:
+            self._assigned[name] = next(self._colours)
+        return self._assigned[name]
 
     # -- events -------------------------------------------------------------------------------
     def say(self, text: str) -> None:

@@ -19,9 +19,18 @@ Clock modes:
 * default, computationally aware: audio "arrives" at wall-clock speed and decoding takes the
   time it takes, so a chunk is longer when the previous decode was slow;
 * ``--comp-unaware``: the clock stops while decoding (deterministic);
-* ``--offline``: the whole file in one pass.
+* ``--offline``: the whole file in one pass (with ``--comp-unaware`` too: emitted at the end
+  of the audio, as if decoding took no time).
 
-stdout gets one line per commit: ``EMIT_MS BEG_MS END_MS TEXT``; logs go to stderr.
+``--start-at SEC`` skips the audio before SEC; times stay on the file's clock.
+
+stdout gets one line per commit: ``EMIT_MS BEG_MS END_MS TEXT`` (``--format whisper_online``:
+whisper_online.py's ``%1.4f %1.0f %1.0f TEXT``, the text joined as the backend gave it); logs
+go to stderr.
+
+Every flag of whisper_streaming's ``whisper_online.py`` is accepted in its own spelling too
+(``--model_dir``, ``--model_cache_dir``, ``--buffer_trimming``, ``--buffer_trimming_sec``,
+``--comp_unaware``, ``--start_at``, ``-l``), so its command lines run unchanged.
 """
 
 from __future__ import annotations
@@ -35,22 +44,48 @@ import time
 log = logging.getLogger("voxpipe.simulate")
 
 POLICIES = ("pipeline", "la2")
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+FORMATS = ("voxpipe", "whisper_online")
+
+
+def add_model_arguments(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The backend, model and buffer flags of whisper_streaming's ``whisper_online.py``, in both spellings.
+
+    Shared by ``voxpipe simulate`` and ``voxpipe web`` (whose pipeline flags need to know what was
+    given, hence ``defaults=False``: every default is None and the worker config's applies).
+    """
+
+    def d(value):
+        return value if defaults else None
+
+    p.add_argument("--backend", default=d("faster-whisper"), help="ASR backend name or package.module:Class")
+    p.add_argument("--model", default=d("tiny.en"),
+                   help="model name (tiny.en and base resolve offline when bundled; default tiny.en)")
+    p.add_argument("--model-dir", "--model_dir", dest="model_dir", default=None,
+                   help="local model folder (overrides --model)")
+    p.add_argument("--model-cache-dir", "--model_cache_dir", dest="model_cache_dir", default=None,
+                   help="where downloaded or assembled models are kept")
+    p.add_argument("--lan", "--language", dest="lan", default=d("auto"),
+                   help="language code, or 'auto' to detect (default auto)")
+    p.add_argument("--task", default=d("transcribe"), choices=["transcribe", "translate"])
+    p.add_argument("--min-chunk-size", type=float, default=d(1.0),
+                   help="seconds of new audio per decode (minimum; default 1.0)")
+    p.add_argument("--buffer-trimming", "--buffer_trimming", dest="buffer_trimming", default=d("segment"),
+                   choices=["segment", "sentence"], help="cut the buffer at a segment or a sentence end")
+    p.add_argument("--buffer-trimming-sec", "--buffer_trimming_sec", dest="buffer_trimming_sec", type=float,
+                   default=d(15.0), help="buffer length (seconds) past which it is cut (default 15)")
+    p.add_argument(
+        "--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+        help="backend option, e.g. -o beam_size=5 -o cpu_threads=2 -o device=cuda",
+    )
 
 
 def add_asr_arguments(p: argparse.ArgumentParser) -> None:
     """Backend and streaming options shared by commands that build a processor."""
-    p.add_argument("--backend", default="faster-whisper", help="ASR backend name or package.module:Class")
-    p.add_argument("--model", default="tiny.en", help="model name (tiny.en and base resolve offline when bundled)")
-    p.add_argument("--model-dir", default=None, help="local model folder (overrides --model)")
-    p.add_argument("--model-cache-dir", default=None, help="where downloaded or assembled models are kept")
-    p.add_argument("--lan", "--language", dest="lan", default="auto", help="language code, or 'auto' to detect")
-    p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    add_model_arguments(p)
     p.add_argument("--policy", default="pipeline", choices=POLICIES,
                    help="pipeline: what voxpipe up does (VAD, pause flushes, the worker's commit options); "
                         "la2: whisper_online.py's LocalAgreement-2 (default %(default)s)")
-    p.add_argument("--min-chunk-size", type=float, default=1.0, help="seconds of new audio per decode (minimum)")
-    p.add_argument("--buffer-trimming", default="segment", choices=["segment", "sentence"])
-    p.add_argument("--buffer-trimming-sec", type=float, default=15.0)
     p.add_argument("--vac", action="store_true",
                    help="whisper_streaming's voice activity controller: decode speech only, finish each utterance")
     p.add_argument("--vac-chunk-size", type=float, default=0.04, help="seconds of audio per VAC step")
@@ -62,11 +97,7 @@ def add_asr_arguments(p: argparse.ArgumentParser) -> None:
                         "(0: off; default: the policy's)")
     p.add_argument("--early-commit-prob", type=float, default=None, metavar="P",
                    help="how sure: the word's probability at least P (default: the policy's)")
-    p.add_argument(
-        "--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-        help="backend option, e.g. -o beam_size=5 -o cpu_threads=2 -o device=cuda",
-    )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", "-l", dest="log_level", default="INFO", choices=LOG_LEVELS)
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -85,9 +116,15 @@ def register(sub) -> None:
     p = sub.add_parser("simulate", help="stream a file through one processor and print the commits")
     p.add_argument("audio", metavar="WAV", help="audio file (converted to 16 kHz mono if needed)")
     add_asr_arguments(p)
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--comp-unaware", action="store_true", help="stop the clock while decoding (deterministic)")
-    mode.add_argument("--offline", action="store_true", help="transcribe the whole file at once")
+    p.add_argument("--comp-unaware", "--comp_unaware", dest="comp_unaware", action="store_true",
+                   help="stop the clock while decoding (deterministic)")
+    p.add_argument("--offline", action="store_true",
+                   help="transcribe the whole file at once (with --comp-unaware: emitted at the end of the audio)")
+    p.add_argument("--start-at", "--start_at", dest="start_at", type=float, default=0.0, metavar="SEC",
+                   help="skip the audio before SEC (times stay on the file's clock)")
+    p.add_argument("--format", default="voxpipe", choices=FORMATS,
+                   help="voxpipe: 'EMIT_MS BEG_MS END_MS TEXT' with whole milliseconds; whisper_online: "
+                        "whisper_online.py's lines ('%%1.4f %%1.0f %%1.0f' and the text as the backend joined it)")
     p.set_defaults(func=run)
 
 
@@ -140,33 +177,61 @@ def load_backend(args):
 
 
 class Printer:
-    def __init__(self, out=sys.stdout):
+    """One stdout line per commit, in voxpipe's format or whisper_online.py's."""
+
+    def __init__(self, out=sys.stdout, fmt: str = "voxpipe"):
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         self.out = out
+        self.fmt = fmt
         self.lines: list[tuple[float, float, float, str]] = []
 
     def emit(self, commit, emit_s: float) -> None:
         if not commit or commit.beg is None:
             return
-        line = (emit_s * 1000, commit.beg * 1000, commit.end * 1000, commit.text)
+        emit_ms = emit_s * 1000
+        if self.fmt == "whisper_online":
+            text = commit.raw_text or commit.text
+            line = (emit_ms, commit.beg * 1000, commit.end * 1000, text)
+            # whisper_online.py's "%1.4f %1.0f %1.0f %s"
+            print("{:1.4f} {:1.0f} {:1.0f} {}".format(*line), file=self.out, flush=True)
+        else:
+            line = (emit_ms, commit.beg * 1000, commit.end * 1000, commit.text)
+            print("{:1.0f} {:1.0f} {:1.0f} {}".format(*line), file=self.out, flush=True)
         self.lines.append(line)
-        print("{:1.0f} {:1.0f} {:1.0f} {}".format(*line), file=self.out, flush=True)
 
 
 def simulate(asr, audio, args, printer: Printer) -> None:
+    """Stream ``audio`` (the whole file; ``--start-at`` is applied here) through ``asr``; commits to ``printer``."""
     from asr_core.base import SAMPLING_RATE
     from asr_core.online import Commit
     from asr_core.replay import stream_audio
 
+    start = max(0.0, float(getattr(args, "start_at", 0.0) or 0.0))
+    duration = len(audio) / SAMPLING_RATE
+    if start >= duration:
+        raise ValueError(f"--start-at {start:g} is at or past the end of the audio ({duration:.2f}s)")
+    audio = audio[int(round(start * SAMPLING_RATE)):]
     if args.offline:
         t0 = time.monotonic()
-        words = asr.ts_words(asr.transcribe(audio))
+        words = [(b + start, e + start, w) for b, e, w in asr.ts_words(asr.transcribe(audio))]
         if words:
-            text = getattr(asr, "sep", " ").join(w[2] for w in words).strip()
-            printer.emit(Commit(words[0][0], words[-1][1], text, tuple(words)), time.monotonic() - t0)
+            sep = getattr(asr, "sep", " ")
+            raw = sep.join(w[2] for w in words)
+            stripped = tuple((b, e, w.strip()) for b, e, w in words)
+            # with --comp-unaware the clock stops while decoding: the line is "emitted" at the end of the audio
+            at = duration - start if args.comp_unaware else time.monotonic() - t0
+            printer.emit(Commit(words[0][0], words[-1][1], raw.strip(), stripped, raw), at + start)
         return
     session, feed = build_session(asr, args)
-    log.info("policy %s%s: %.1fs of audio", args.policy, " + VAC" if args.vac else "", len(audio) / SAMPLING_RATE)
-    stream_audio(session, audio, feed, clock="unaware" if args.comp_unaware else "real", on_commit=printer.emit)
+    log.info("policy %s%s: %.1fs of audio%s", args.policy, " + VAC" if args.vac else "", len(audio) / SAMPLING_RATE,
+             f" from {start:g}s" if start else "")
+    # the unaware clock is stream time (on the file's clock); the real one counts wall seconds from
+    # the start of playback, which whisper_online.py starts at --start_at too
+    clock = "unaware" if args.comp_unaware else "real"
+    wall_shift = 0.0 if args.comp_unaware else start
+    stream_audio(session, audio, feed, clock=clock, offset=start,
+                 on_commit=lambda commit, at: printer.emit(commit, at + wall_shift))
 
 
 def run(args) -> int:
@@ -180,7 +245,7 @@ def run(args) -> int:
     except ValueError as exc:  # a bad -o option or value
         raise BackendError(str(exc)) from None
     log.info("audio %s: %.1fs; backend %s", args.audio, len(audio) / 16000, asr.describe())
-    printer = Printer()
+    printer = Printer(fmt=args.format)
     try:
         asr.transcribe(audio[:16000])  # warm-up, so the first chunk is not slower than the rest
         simulate(asr, audio, args, printer)

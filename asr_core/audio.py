@@ -34,6 +34,24 @@ def _read_plain_wav(path: Path) -> np.ndarray | None:
         return None
 
 
+def wav_truncation(path: str | Path) -> tuple[float, float] | None:
+    """(seconds the WAV header promises, seconds the file holds) when it holds less (a cut-off file); else None."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            promised, rate = w.getnframes(), w.getframerate()
+            held = 0
+            while True:
+                block = w.readframes(1 << 16)
+                if not block:
+                    break
+                held += len(block) // (w.getsampwidth() * w.getnchannels())
+    except (wave.Error, EOFError, OSError):
+        return None
+    if rate <= 0 or held >= promised:
+        return None
+    return promised / rate, held / rate
+
+
 def load_audio(path: str | Path) -> np.ndarray:
     """Load any audio file as float32 mono 16 kHz (converted when needed)."""
     path = Path(path)

@@ -16,10 +16,15 @@ Contract:
 * ``segments_end_ts(result)`` returns the end times of the engine's segments,
   also relative to the start of that audio.
 * ``lan="auto"`` means: detect the language.
+* Optionally (``Capabilities.per_call_settings``), ``transcribe`` also takes
+  ``language=`` and ``task=`` for one call: the streaming processor then keeps
+  one detected language per utterance, and each stream may ask for its own
+  language and task. A language given to the constructor always wins.
 * Heavy loading happens once, in the constructor via ``load_model``.
-* Optional: ``transcribe_batch(audios, prompts)`` decodes several independent buffers
-  (of different streams) at once and returns one result per buffer, in order, where an
-  item the engine failed on is that item's exception. The default calls ``transcribe``
+* Optional: ``transcribe_batch(audios, prompts, languages, tasks)`` decodes several
+  independent buffers (of different streams, each with its own prompt and, with
+  ``per_call_settings``, its own language and task) at once and returns one result per
+  buffer, in order, where an item the engine failed on is that item's exception. The default calls ``transcribe``
   once per item. A backend whose own implementation really batches says so with
   ``Capabilities(batch=True)``; the worker then decodes streams that are due together in
   one call (engines written for the interface above need not know about it).
@@ -67,9 +72,24 @@ class Capabilities:
     # worker then decodes several streams in parallel, passing the backend
     # option num_workers=<threads>).
     concurrent: bool = False
+    # True when transcribe() also takes language=<code> and task=<transcribe|translate> for
+    # one call (the backend's own language, when it was given one, still wins).
+    per_call_settings: bool = False
     # True when transcribe_batch() decodes several streams' buffers in one call (cheaper
     # than one transcribe() each); the worker then batches decodes that are due together.
     batch: bool = False
+
+
+def batch_items(audios: list, prompts=None, languages=None, tasks=None) -> tuple[list, list, list]:
+    """The per-item prompts, languages and tasks of a ``transcribe_batch`` call (defaults filled in, checked)."""
+    n = len(audios)
+    prompts = list(prompts) if prompts is not None else [""] * n
+    languages = list(languages) if languages is not None else [None] * n
+    tasks = list(tasks) if tasks is not None else [None] * n
+    for name, items in (("prompts", prompts), ("languages", languages), ("tasks", tasks)):
+        if len(items) != n:
+            raise ValueError(f"{n} buffers but {len(items)} {name}")
+    return prompts, languages, tasks
 
 
 class ASRBase:
@@ -85,6 +105,38 @@ class ASRBase:
     #: registry name; set by each backend
     backend_name = "custom"
     capabilities = Capabilities()
+    #: for engines voxpipe does not ship: give load_model() the local folder of a bundled
+    #: model name (tiny.en, base: CTranslate2 folders) as ``model_dir``, so a faster-whisper
+    #: based engine loads it offline. An engine that loads its own model names sets False.
+    resolve_bundled_models = True
+    #: the model that really loaded, when the registry knows it better than ``modelsize``
+    #: (a ``model_dir`` was given); shown by :attr:`model_name`
+    model_label: str | None = None
+    #: the options the backend takes, for config validation: option -> ``int``, ``float``, ``str``, ``bool``
+    #: or a tuple of the allowed values. Options not listed are passed on unchecked.
+    option_types: dict[str, Any] = {}
+
+    @classmethod
+    def check_options(cls, options: dict) -> list[tuple[str, str]]:
+        """(option, what is wrong) for each value of ``options`` that does not fit :attr:`option_types`."""
+        problems = []
+        for key, value in options.items():
+            want = cls.option_types.get(key)
+            if want is None:
+                continue
+            if isinstance(want, tuple):
+                if value not in want:
+                    problems.append((key, f"{value!r} is not one of {', '.join(map(str, want))}"))
+            elif want is bool:
+                if not isinstance(value, bool):
+                    problems.append((key, f"{value!r} is not true or false"))
+            elif want in (int, float):
+                ok = isinstance(value, (int, float) if want is float else int) and not isinstance(value, bool)
+                if not ok or value <= 0:
+                    problems.append((key, f"{value!r} is not a positive {'number' if want is float else 'integer'}"))
+            elif not isinstance(value, want):
+                problems.append((key, f"{value!r} is not a {want.__name__}"))
+        return problems
 
     def __init__(
         self,
@@ -100,6 +152,7 @@ class ASRBase:
         self.transcribe_kargs: dict[str, Any] = {}
         self.original_language = None if lan in (None, "", "auto") else lan
         self.modelsize = modelsize
+        self.model_dir = model_dir
         self.options = dict(kwargs)
         self.model = self.load_model(modelsize, cache_dir, model_dir)
 
@@ -117,21 +170,22 @@ class ASRBase:
         raise NotImplementedError("a backend must implement segments_end_ts()")
 
     # -- defaults ----------------------------------------------------------
-    def transcribe_batch(self, audios: list, prompts: list[str] | None = None) -> list:
-        """One result per buffer of ``audios`` (each with its own prompt), in order.
+    def transcribe_batch(self, audios: list, prompts: list[str] | None = None,
+                         languages: list[str | None] | None = None, tasks: list[str | None] | None = None) -> list:
+        """One result per buffer of ``audios`` (each with its own prompt, language and task), in order.
 
-        Each item is what ``transcribe(audios[i], init_prompt=prompts[i])`` returns, or the
-        exception it raised: one item failing fails only that item. This default decodes
-        the items one after the other; backends with ``Capabilities(batch=True)`` override
-        it with one batched call.
+        Each item is what ``transcribe(audios[i], init_prompt=prompts[i], language=languages[i],
+        task=tasks[i])`` returns (``language``/``task`` passed only where set: None is the
+        backend's own), or the exception it raised: one item failing fails only that item.
+        This default decodes the items one after the other; backends with
+        ``Capabilities(batch=True)`` override it with one batched call.
         """
-        prompts = list(prompts) if prompts is not None else [""] * len(audios)
-        if len(prompts) != len(audios):
-            raise ValueError(f"{len(audios)} buffers but {len(prompts)} prompts")
+        prompts, languages, tasks = batch_items(audios, prompts, languages, tasks)
         out: list = []
-        for audio, prompt in zip(audios, prompts, strict=True):
+        for audio, prompt, language, task in zip(audios, prompts, languages, tasks, strict=True):
+            settings = {k: v for k, v in (("language", language), ("task", task)) if v}
             try:
-                out.append(self.transcribe(audio, init_prompt=prompt))
+                out.append(self.transcribe(audio, init_prompt=prompt, **settings))
             except Exception as exc:  # noqa: BLE001 - MemoryError too: it belongs to this item
                 out.append(exc)
         return out
@@ -145,6 +199,16 @@ class ASRBase:
         """
         return None
 
+    def language_of(self, result) -> tuple[str | None, tuple]:
+        """The language ``result`` was decoded in, and what the model detected.
+
+        ``(code, ((code, probability), ...))``: the second item lists the
+        likeliest languages when the model detected the language (empty when
+        it was given, or unknown). Default: the constructor's language, nothing
+        detected.
+        """
+        return self.original_language, ()
+
     def use_vad(self) -> None:
         """Ask the engine to skip non-speech internally, where it can."""
         self.transcribe_kargs["vad_filter"] = True
@@ -155,7 +219,7 @@ class ASRBase:
 
     @property
     def model_name(self) -> str:
-        return str(self.modelsize or "custom")
+        return str(self.model_label or self.modelsize or "custom")
 
     def describe(self) -> dict:
         """A short record for heartbeats and logs."""

@@ -4,9 +4,9 @@ Two rules live here, once, for every driver and backend:
 
 * :func:`run_steps`: the steps (:class:`asr_core.streaming.StepRun`) of several sessions
   that are due together are decoded with ``asr.transcribe_batch`` until each is done. Each
-  step gets the result for its own buffer and prompt back, exactly what it would have got
-  from ``transcribe`` alone, so its commit policy sees the same hypothesis. One item
-  failing fails only its own step; if the whole batched call fails, every item is decoded
+  step gets the result for its own buffer, prompt, language and task back, exactly what it
+  would have got from ``transcribe`` alone, so its commit policy sees the same hypothesis.
+  One item failing fails only its own step; if the whole batched call fails, every item is decoded
   again on its own, so that only the items the engine really fails on fail.
 * :func:`group_windows`: how a batching backend splits one call's buffers into groups that
   run as one padded batch: buffers of similar window lengths (a group is padded to its
@@ -53,14 +53,15 @@ def run_steps(asr, runs: Sequence, stats: BatchStats | None = None) -> BatchStat
         requests = [r.request for r in waiting]
         audios = [q.audio for q in requests]
         prompts = [q.prompt for q in requests]
+        settings = per_item_settings(requests)
         t0 = time.perf_counter()
         try:
-            results = asr.transcribe_batch(audios, prompts)
+            results = asr.transcribe_batch(audios, prompts, **settings)
             if len(results) != len(requests):
                 raise RuntimeError(f"transcribe_batch returned {len(results)} results for {len(requests)} buffers")
         except Exception:  # noqa: BLE001 - one bad item must not fail the others: decode each alone
             stats.fallbacks += 1
-            results = ASRBase.transcribe_batch(asr, audios, prompts)
+            results = ASRBase.transcribe_batch(asr, audios, prompts, **settings)
         wall = time.perf_counter() - t0
         stats.calls += 1
         stats.items += len(requests)
@@ -72,6 +73,22 @@ def run_steps(asr, runs: Sequence, stats: BatchStats | None = None) -> BatchStat
                 run.fail(result)
             else:
                 run.resume(result, wall * len(audio) / total)
+
+
+def per_item_settings(requests: Sequence) -> dict:
+    """``languages=``/``tasks=`` of a ``transcribe_batch`` call: each request's own, where any is set.
+
+    Left out when no request has one (a backend without per-call settings gets the
+    two-argument call it was written for).
+    """
+    settings = {}
+    languages = [q.language for q in requests]
+    tasks = [q.task for q in requests]
+    if any(languages):
+        settings["languages"] = languages
+    if any(tasks):
+        settings["tasks"] = tasks
+    return settings
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 A step of :class:`asr_core.online.OnlineASRProcessor` (the next hypothesis, a pause flush,
 a finish) is written once, as a generator that *yields* a :class:`DecodeRequest` (the audio
-buffer and the prompt: what ``ASRBase.transcribe`` gets) and is sent the backend's result
-back. Whoever drives it decides how the request is decoded: alone
+buffer, the prompt and the stream's language and task: what ``ASRBase.transcribe`` gets) and
+is sent the backend's result back. Whoever drives it decides how the request is decoded: alone
 (``OnlineASRProcessor.process_iter``: one ``transcribe`` call) or together with other
 streams' requests in one batched call (:mod:`asr_core.batching`). The step does the same
-either way: it sees the result for its own buffer and prompt.
+either way: it sees the result for its own buffer, prompt, language and task.
 """
 
 from __future__ import annotations
@@ -20,10 +20,26 @@ import numpy as np
 
 @dataclass(frozen=True)
 class DecodeRequest:
-    """One decode a step needs: what ``transcribe(audio, init_prompt=prompt)`` gets."""
+    """One decode a step needs: what ``transcribe(audio, init_prompt=prompt, **settings())`` gets.
+
+    ``language`` and ``task`` are the stream's per-call settings (the utterance's language,
+    the stream's task), set only for a backend with ``Capabilities.per_call_settings``; None:
+    the backend's own.
+    """
 
     audio: np.ndarray
     prompt: str = ""
+    language: str | None = None
+    task: str | None = None
+
+    def settings(self) -> dict:
+        """The keyword arguments of ``transcribe`` beside the audio and prompt (only those set)."""
+        out = {}
+        if self.language:
+            out["language"] = self.language
+        if self.task:
+            out["task"] = self.task
+        return out
 
 
 #: a step as a coroutine: yields requests, is sent ``(result, wall_seconds)``, returns its commit

@@ -36,6 +36,12 @@ def word_key(text: str) -> str:
     return t
 
 
+def ends_with_mark(text: str) -> bool:
+    """Does a word end with a punctuation mark (``day.``, ``well,``, ``"stop"``)?"""
+    t = text.strip()
+    return bool(t) and not (t[-1].isalnum() or t[-1] == "'")
+
+
 def find_loop(words: list[Word], min_repeats: int = 3, max_n: int = 8) -> int | None:
     """Index where a looping repetition starts to repeat, or None.
 
@@ -129,8 +135,15 @@ class HypothesisBuffer:
                     return new[n:]
         return new
 
-    def flush(self, settled_before: float | None = None, sure_before: float | None = None) -> list[Word]:
+    def flush(self, settled_before: float | None = None, sure_before: float | None = None,
+              hold_marked_end: bool = False) -> list[Word]:
         """Commit the agreed prefix of the new and previous hypotheses.
+
+        With ``hold_marked_end``, the last word of the new hypothesis is not committed
+        (by any rule) when it ends with a punctuation mark: Whisper ends what it heard
+        with a mark ("changed.") because the audio ends there, and the next hypothesis,
+        which hears what follows, often writes it otherwise ("changed, because");
+        the word waits for that hypothesis, or for :meth:`commit_all` at a pause.
 
         With ``settled_before``, leading words of the new hypothesis that end
         before that time are committed too, agreed or not (but never on the
@@ -145,6 +158,9 @@ class HypothesisBuffer:
         """
         commit: list[Word] = []
         had_previous = bool(self.previous)
+        held = self.new[-1:] if hold_marked_end and self.new and ends_with_mark(self.new[-1][2]) else []
+        if held:
+            self.new = self.new[:-1]
         while self.new and self.previous:
             cand = self.new[0]
             if word_key(cand[2]) != word_key(self.previous[0][2]) or not word_key(cand[2]):
@@ -165,7 +181,7 @@ class HypothesisBuffer:
                 cand = self.new.pop(0)
                 commit.append(cand)
                 self.last_committed_time = cand[1]
-        self.previous = self.new
+        self.previous = self.new + held
         self.new = []
         self.committed_in_buffer.extend(commit)
         return commit

@@ -111,7 +111,8 @@ def resolve_ct2_model(
         if not (path / "model.bin").is_file():
             raise ModelNotFound(
                 f"model_dir {str(path)!r} has no model.bin (expected a CTranslate2 Whisper model folder)")
-        return ResolvedModel(name or path.name, str(path), "model_dir")
+        # the folder is what loads, whatever --model says (its default is tiny.en)
+        return ResolvedModel(model_label(name, str(path), cache_dir), str(path), "model_dir")
     if not name:
         raise ModelNotFound("no model given: set model (e.g. tiny.en) or model_dir")
     local = Path(name).expanduser()
@@ -128,6 +129,47 @@ def resolve_ct2_model(
             return ResolvedModel(name, str(path), f"package:{dist}")
         log.info("model %r: package %s not installed, falling back to a hub download", name, dist)
     return ResolvedModel(name, name, "hub")
+
+
+def bundled_location(name: str | None, cache_dir: str | None = None) -> str | None:
+    """The local folder of a bundled model name (``tiny.en``, ``base``) when its package is installed, else None.
+
+    For backends that load CTranslate2 folders themselves (a custom engine written for
+    whisper_streaming): handing them this folder as ``model_dir`` keeps them off the hub.
+    """
+    bundled = BUNDLED.get(name or "")
+    if bundled is None:
+        return None
+    _dist, finder = bundled
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = finder(cache) if finder is _base else finder()
+    return str(path) if path is not None else None
+
+
+def model_label(name: str | None, model_dir: str | None, cache_dir: str | None = None) -> str:
+    """The name of the model that really loads, for logs, heartbeats and commits.
+
+    ``model_dir`` wins over ``name`` (as it does when loading): a bundled model's own folder is
+    called by its name (``tiny.en``), any other folder by its folder name.
+    """
+    if not model_dir:
+        return str(name or "")
+    path = Path(model_dir).expanduser()
+    if _same_folder(path, _tiny_en()):
+        return "tiny.en"
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if _same_folder(path, cache / "models" / "base-ct2"):
+        return "base"
+    return path.name or str(path)
+
+
+def _same_folder(a: Path, b: Path | None) -> bool:
+    if b is None:
+        return False
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def bundled_hint(name: str) -> str:

@@ -29,20 +29,39 @@ import numpy as np
 from .base import SAMPLING_RATE, check_audio
 from .decode_step import DecodeRequest, ProcessorStep, StepCoroutine
 from .hypothesis import HypothesisBuffer
+from .language import Language, LanguageTracker
 
 log = logging.getLogger("voxpipe.online")
 
 SENTENCE_END = (".", "?", "!", "。", "？", "！")
+_CLOSERS = "\"')]}”’"
+
+
+def _capitalise(text: str) -> str:
+    """The first letter upper-cased (leading spaces and quotes kept)."""
+    for i, c in enumerate(text):
+        if c.isalpha():
+            return text[:i] + c.upper() + text[i + 1:] if c.islower() else text
+        if c.isalnum():
+            return text
+    return text
 
 
 @dataclass(frozen=True)
 class Commit:
-    """A committed span; unpacks as ``beg, end, text`` like the classic tuple."""
+    """A committed span; unpacks as ``beg, end, text`` like the classic tuple.
+
+    ``text`` is trimmed and ``words`` hold trimmed word texts; ``raw_text`` is the words
+    joined with the backend's ``sep`` exactly as the backend gave them (leading spaces
+    included), as whisper_streaming prints it.
+    """
 
     beg: float | None = None
     end: float | None = None
     text: str = ""
     words: tuple = ()
+    raw_text: str = ""
+    language: Language | None = None  # the language it was decoded in (given or detected)
 
     def __iter__(self):
         return iter((self.beg, self.end, self.text))
@@ -85,13 +104,20 @@ class StreamingOptions:
     # after a flush (a pause), the buffer is cut at the pause but keeps this
     # much of the speech before it as acoustic context for what comes next
     flush_keep_sec: float = 2.0
+    # the last word of a hypothesis that ends with a mark waits for the next hypothesis
+    # (or a pause) before it commits: its mark is often only the end of the audio
+    hold_marked_end: bool = True
+    # a committed word that begins a sentence (the stream's first word, or one after a
+    # committed "." "?" "!") starts with a capital, whatever the window that heard it wrote
+    sentence_case: bool = True
     prompt_chars: int = 200
     history_words: int = 400  # committed words remembered for the prompt
 
     @classmethod
     def la2(cls, **changes) -> StreamingOptions:
         """whisper_streaming's rule: LocalAgreement-2 only (no settling, no early commits)."""
-        return cls(**{"settle_sec": 0.0, "early_commit_sec": 0.0, **changes})
+        return cls(**{"settle_sec": 0.0, "early_commit_sec": 0.0, "hold_marked_end": False, "sentence_case": False,
+                      **changes})
 
     def __post_init__(self):
         if self.buffer_trimming not in ("segment", "sentence"):
@@ -141,6 +167,9 @@ class OnlineASRProcessor:
         self.sep = getattr(asr, "sep", " ")
         self.stats = ProcessorStats()
         self.history: deque = deque(maxlen=options.history_words)
+        # one language per utterance (asr_core/language.py); the task: None, the backend's
+        self.language = LanguageTracker(getattr(asr, "original_language", None))
+        self.task: str | None = None
         self.init()
 
     # -- state ----------------------------------------------------------------
@@ -152,6 +181,7 @@ class OnlineASRProcessor:
         self.hyp = HypothesisBuffer()
         self.hyp.last_committed_time = self.buffer_time_offset
         self.last_segment_ends: list[float] = []
+        self.language.reset()  # a fresh buffer is a new utterance: its language is detected again
 
     @property
     def buffer_duration(self) -> float:
@@ -221,19 +251,33 @@ class OnlineASRProcessor:
         while step.request is not None:
             req = step.request
             t0 = time.perf_counter()
-            result = self.asr.transcribe(req.audio, init_prompt=req.prompt)
+            result = self.asr.transcribe(req.audio, init_prompt=req.prompt, **req.settings())
             step.resume(result, time.perf_counter() - t0)
         return step.commit if step.commit is not None else Commit()
 
     # -- one iteration --------------------------------------------------------
+    def _settings(self) -> dict:
+        """A decode's per-call settings: the utterance's language and the stream's task (where the backend can)."""
+        settings = {}
+        if getattr(getattr(self.asr, "capabilities", None), "per_call_settings", False):
+            language = self.language.choice()
+            if language:
+                settings["language"] = language
+            if self.task:
+                settings["task"] = self.task
+        return settings
+
     def _decode(self) -> Generator[DecodeRequest, tuple, list]:
         prompt, _ = self.prompt()
-        result, seconds = yield DecodeRequest(self.audio_buffer, prompt)
+        result, seconds = yield DecodeRequest(self.audio_buffer, prompt, **self._settings())
         self.stats.decode_seconds += seconds
         self.stats.decodes += 1
         self.stats.decoded_audio_seconds += self.buffer_duration
         self.decoded_until = self.buffer_end
         words = self.asr.ts_words(result)
+        if hasattr(self.asr, "language_of"):
+            code, detected = self.asr.language_of(result)
+            self.language.update(code, detected, self.buffer_duration)
         # on the same millisecond grid as the word times (HypothesisBuffer.insert), so a
         # word ending at a segment end is "before" a buffer cut there, not straddling it
         self.last_segment_ends = [round(self.buffer_time_offset + e, 3) for e in self.asr.segments_end_ts(result)]
@@ -258,10 +302,12 @@ class OnlineASRProcessor:
         if len(self.audio_buffer) == 0 or self.undecoded_seconds <= 0:
             return Commit()
         yield from self._decode()
-        settle = self.options.settle_sec
-        early = self.options.early_commit_sec
+        # while the model is unsure of the utterance's language, only agreement commits
+        sure = self.language.sure
+        settle = self.options.settle_sec if sure else 0.0
+        early = self.options.early_commit_sec if sure else 0.0
         committed = self.hyp.flush(self.buffer_end - settle if settle else None,
-                                   self.buffer_end - early if early else None)
+                                   self.buffer_end - early if early else None, self.options.hold_marked_end)
         committed += self._bound_buffer()
         self._trim()
         return self._record(committed)
@@ -272,8 +318,9 @@ class OnlineASRProcessor:
 
     def _finish(self) -> StepCoroutine:
         committed = yield from self._decode_tail_and_commit_all()
+        commit = self._record(committed)  # in this utterance's language
         self.init(self.buffer_end)
-        return self._record(committed)
+        return commit
 
     def flush(self) -> Commit:
         """Decode what has not been decoded yet and commit everything, keeping some audio.
@@ -381,13 +428,47 @@ class OnlineASRProcessor:
         self.hyp.last_committed_time = max(self.hyp.last_committed_time, t)
 
     # -- output ---------------------------------------------------------------
+    def _sentence_case(self, committed: list) -> list:
+        """``committed`` with a capital on each word that begins a sentence.
+
+        A window that starts in the middle of the text (the context kept after a
+        pause, a fresh buffer after a long one) does not know that the sentence
+        before it ended, and writes "day, towns grew" for "day. Towns grew".
+        """
+        prev = self.history[-1][2] if self.history else None
+        out = []
+        for w in committed:
+            if prev is None or prev.strip().rstrip(_CLOSERS).endswith(SENTENCE_END):
+                w = (w[0], w[1], _capitalise(w[2]))
+            out.append(w)
+            prev = w[2]
+        return out
+
     def _span(self, words) -> Commit:
         if not words:
             return Commit()
-        text = self.sep.join(w[2] for w in words).strip()
-        return Commit(words[0][0], words[-1][1], text, tuple((w[0], w[1], w[2].strip()) for w in words))
+        raw = self.sep.join(w[2] for w in words)
+        return Commit(words[0][0], words[-1][1], raw.strip(), tuple((w[0], w[1], w[2].strip()) for w in words),
+                      raw_text=raw, language=self.language.current)
 
     def _record(self, committed: list) -> Commit:
+        if self.options.sentence_case and committed:
+            committed = self._sentence_case(committed)
         self.history.extend(committed)
         self.stats.committed_words += len(committed)
         return self._span(committed)
+
+    # -- taking over ------------------------------------------------------------
+    def continue_after(self, committed_until: float | None, words=()) -> None:
+        """Go on with a stream that another processor has committed up to ``committed_until``.
+
+        ``words``: the last words committed there (``(beg, end, word)``, as in commits), the
+        prompt and the duplicate check of the next hypotheses. Audio from before
+        ``committed_until`` may come next as context: only words after it are committed.
+        """
+        lead = " " if self.sep == "" else ""  # words on the wire are stripped; the backend's have a leading space
+        known = [(float(b), float(e), lead + str(w).strip()) for b, e, w in words]
+        self.history.extend(known)
+        if committed_until is not None:
+            self.hyp.last_committed_time = max(self.hyp.last_committed_time, float(committed_until))
+            self.hyp.committed_in_buffer = [w for w in known if w[1] > float(committed_until) - 5.0]

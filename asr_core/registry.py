@@ -12,10 +12,13 @@ Three ways to name a backend:
 from __future__ import annotations
 
 import importlib
+import logging
 from importlib import metadata
 from typing import Any
 
 from .base import ASRBase, BackendError
+
+log = logging.getLogger("voxpipe.registry")
 
 ENTRY_POINT_GROUP = "voxpipe.asr_backends"
 
@@ -104,6 +107,10 @@ def backend_class(name: str) -> type[ASRBase]:
     return cls
 
 
+def _is_builtin(cls: type) -> bool:
+    return any(cls.__module__ == path.partition(":")[0] for path in BUILTIN_BACKENDS.values())
+
+
 def create_backend(
     name: str,
     lan: str = "en",
@@ -115,9 +122,36 @@ def create_backend(
     vad: bool = False,
     **options: Any,
 ) -> ASRBase:
-    """Build and load a backend by name (the heavy model load happens here)."""
+    """Build and load a backend by name (the heavy model load happens here).
+
+    For a backend voxpipe does not ship (an entry point or ``module:Class``), a bundled model
+    name (``tiny.en``, ``base``) without a ``model_dir`` is resolved to its local folder and
+    passed as ``model_dir`` (unless the class sets ``resolve_bundled_models = False``), and
+    whatever its constructor raises becomes one :class:`BackendError` line (the traceback
+    goes to the debug log). Its :attr:`~asr_core.base.ASRBase.model_name` then names the
+    model that loaded: the bundled name, or the ``model_dir`` folder's.
+    """
+    from .models import bundled_location, model_label
+
     cls = backend_class(name)
-    asr = cls(lan, modelsize=model, cache_dir=cache_dir, model_dir=model_dir, **options)
+    custom = not _is_builtin(cls)
+    if custom and model_dir is None and getattr(cls, "resolve_bundled_models", True):
+        model_dir = bundled_location(model, cache_dir)
+        if model_dir is not None:
+            log.info("model %r: the bundled folder %s, passed to %s as model_dir", model, model_dir, cls.__name__)
+    try:
+        asr = cls(lan, modelsize=model, cache_dir=cache_dir, model_dir=model_dir, **options)
+    except (BackendError, ValueError):
+        raise
+    except Exception as exc:
+        if not custom:
+            raise
+        log.debug("backend %s failed to load", name, exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise BackendError(f"backend {name!r} failed to load model {model_label(model, model_dir, cache_dir)!r}: "
+                           f"{type(exc).__name__}: {first[:300]}") from exc
+    if custom and model_dir and getattr(asr, "model_label", None) is None:
+        asr.model_label = model_label(model, model_dir, cache_dir)
     if task == "translate":
         asr.set_translate_task()
     if vad:

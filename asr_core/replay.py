@@ -6,7 +6,9 @@ audio into ``frame_s`` frames; the VAD actor's :class:`~asr_core.speech_gate.Spe
 forwards only speech, with a pause mark at each speech end; the worker's session decodes.
 :func:`speech_events` does the first two offline, :func:`push_events` hands their output to
 a session, and :func:`stream_audio` runs a whole clip with the clock stopped while decoding
-(``clock="unaware"``, deterministic) or at wall-clock speed (``clock="real"``).
+(``clock="unaware"``, deterministic), on a virtual clock that each step moves on by the CPU
+time it took (``clock="aware"``: a one-stream worker on a core of its own, faster than real
+time and not disturbed by other programs), or at wall-clock speed (``clock="real"``).
 
 Events are ``("audio", t, samples)``, ``("pause", t)`` and ``("end", t)`` with ``t`` in
 stream seconds.
@@ -57,9 +59,16 @@ def gate_events(events: Iterable[tuple]) -> list[Event]:
     return out
 
 
-def speech_events(audio: np.ndarray, feed: Feed,
-                  make_segmenter: Callable[[float], object] | None = None) -> Iterator[tuple[float, list[Event]]]:
-    """Per input frame: the stream time at its end and the events it causes; the last item has the ``end``."""
+def speech_events(audio: np.ndarray, feed: Feed, make_segmenter: Callable[[float], object] | None = None,
+                  offset: float = 0.0) -> Iterator[tuple[float, list[Event]]]:
+    """Per input frame: the stream time at its end and the events it causes; the last item has the ``end``.
+
+    ``offset``: the stream time of ``audio``'s first sample (e.g. a clip played from its middle).
+    """
+    if offset:
+        for frame_end, events in speech_events(audio, feed, make_segmenter):
+            yield frame_end + offset, [(ev[0], ev[1] + offset, *ev[2:]) for ev in events]
+        return
     step = max(1, int(round(feed.frame_s * SR)))
     duration = len(audio) / SR
     if feed.vad is None:
@@ -87,17 +96,45 @@ def push_events(session: StreamingSession, events: Iterable[Event]) -> None:
             session.push_end()
 
 
+def _virtual_clock(session: StreamingSession, frames: list) -> Iterator[tuple[float, Commit]]:
+    """Frames arrive at their stream time; each step takes the CPU seconds it used (one core)."""
+    now = 0.0
+    i = 0
+    while True:
+        while i < len(frames) and frames[i][0] <= now + 1e-9:
+            push_events(session, frames[i][1])
+            i += 1
+        step = session.due(share=1.0)
+        if step is None:
+            if i >= len(frames):
+                return
+            now = max(now, frames[i][0])  # idle until the next frame
+            continue
+        session.start(step)
+        c0 = time.process_time()
+        result = session.run(step)
+        now += time.process_time() - c0
+        if result.error is not None:
+            raise result.error
+        commit = session.complete(result)
+        if commit:
+            yield now, commit
+
+
 def stream_audio(session: StreamingSession, audio: np.ndarray, feed: Feed, clock: str = "unaware",
                  on_commit: Callable[[Commit, float], None] | None = None,
-                 make_segmenter: Callable[[float], object] | None = None) -> list[tuple[float, Commit]]:
+                 make_segmenter: Callable[[float], object] | None = None,
+                 offset: float = 0.0) -> list[tuple[float, Commit]]:
     """Run a whole clip through ``session``; returns ``(emit_time, commit)`` pairs.
 
     ``clock="unaware"``: the emit time is the stream time of the audio received when the
     commit came out (decoding takes no time). ``clock="real"``: audio arrives at wall-clock
     speed and decoding takes the time it takes; the emit time is wall seconds since the start.
+    ``offset``: the stream time of the clip's first sample (commit and unaware emit times
+    include it; the real clock still starts at 0).
     """
-    if clock not in ("unaware", "real"):
-        raise ValueError(f"clock must be 'unaware' or 'real', not {clock!r}")
+    if clock not in ("unaware", "aware", "real"):
+        raise ValueError(f"clock must be 'unaware', 'aware' or 'real', not {clock!r}")
     out: list[tuple[float, Commit]] = []
 
     def emit(commit: Commit, at: float) -> None:
@@ -106,14 +143,18 @@ def stream_audio(session: StreamingSession, audio: np.ndarray, feed: Feed, clock
             on_commit(commit, at)
 
     if clock == "unaware":
-        for frame_end, events in speech_events(audio, feed, make_segmenter):
+        for frame_end, events in speech_events(audio, feed, make_segmenter, offset):
             push_events(session, events)
             for commit in session.run_due():
                 emit(commit, frame_end)
         return out
+    if clock == "aware":
+        for at, commit in _virtual_clock(session, list(speech_events(audio, feed, make_segmenter))):
+            emit(commit, at)
+        return out
     # real time: every frame that has arrived by now goes in before the next decode,
     # as frames that arrive while a worker decodes wait in its inbox
-    frames = list(speech_events(audio, feed, make_segmenter))
+    frames = [(end - offset, events) for end, events in speech_events(audio, feed, make_segmenter, offset)]
     start = time.monotonic()
     i = 0
     while i < len(frames):
@@ -124,6 +165,6 @@ def stream_audio(session: StreamingSession, audio: np.ndarray, feed: Feed, clock
         while i < len(frames) and frames[i][0] <= now + 1e-6:
             push_events(session, frames[i][1])
             i += 1
-        for commit in session.run_due():
+        for commit in session.run_due(share=1.0):
             emit(commit, time.monotonic() - start)
     return out

@@ -17,10 +17,14 @@ what the VAD actor forwards: ``("start", n)``, ``("audio", n, samples)``,
 * Segments never overlap: a start is never before the previous end.
 * Samples are int16 PCM (the bus's audio) or float32 in [-1, 1]; they are forwarded as
   they came.
-* Input frames must be contiguous: a frame that goes backwards is refused
-  (:meth:`push` returns None), a forward gap up to ``max_fill`` seconds is
-  filled with silence, a longer one ends any open segment and restarts the
-  segmenter at the new position.
+* Input frames must be contiguous; the stream's time is its
+  :class:`~asr_core.stream_clock.StreamClock`'s (``gate.clock``): a frame that does
+  not continue it (back in time, or more than ``max_jump`` ahead) is set aside and
+  produces nothing, and when the stream switches to a timeline of set-aside frames
+  (a restarted source) any open segment ends and the segmenter restarts there. A
+  forward gap up to ``max_fill`` seconds is filled with silence, a longer one ends
+  any open segment and restarts the segmenter at the new position. ``wall0`` is the
+  clock's too (``gate.wall0``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+from .stream_clock import StreamClock, Verdict
 
 SR = 16000
 TOLERANCE = 16  # samples (1 ms) of timestamp jitter treated as contiguous
@@ -48,6 +54,7 @@ class SpeechGate:
         self.max_fill = int(max_fill * SR)
         self.max_chunk = int(max_chunk)
         self.segments = 0
+        self.clock = StreamClock()
         self._restart(first_sample)
         self._last_end = 0
 
@@ -62,13 +69,32 @@ class SpeechGate:
         """Stream sample index just after the last received sample."""
         return self.buf0 + len(self.buf)
 
+    @property
+    def wall0(self) -> float:
+        return self.clock.wall0 or 0.0
+
     # -- input -----------------------------------------------------------------------
-    def push(self, n: int, samples: np.ndarray) -> list[Event] | None:
-        """Audio starting at sample ``n``; the events it causes, or None if it goes backwards."""
+    def push(self, n: int, samples: np.ndarray, wall0: float | None = None, now: float = 0.0) -> list[Event]:
+        """Audio starting at sample ``n``; the events it causes (none for a frame set aside)."""
+        offer = self.clock.offer(n / SR, len(samples) / SR, (n, samples), wall0, now)
+        if offer.verdict is Verdict.HOLD:
+            return []
+        if offer.verdict is Verdict.SWITCH:
+            events = self.close()
+            first = offer.items[0][0]
+            self._restart(first)
+            self._last_end = min(self._last_end, first)
+            for k, held in offer.items:
+                events += self._take(k, held)
+            return events
+        return self._take(n, samples)
+
+    def _take(self, n: int, samples: np.ndarray) -> list[Event]:
         events: list[Event] = []
         expected = self.received
-        if n < expected - TOLERANCE:
-            return None
+        if n < expected - TOLERANCE:  # the clock let it through only within its tolerance
+            samples = samples[expected - n:]
+            n = expected
         if n > expected + TOLERANCE:
             if n - expected <= self.max_fill:
                 self._feed(np.zeros(n - expected, dtype=self.dtype), events)

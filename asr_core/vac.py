@@ -30,7 +30,8 @@ def merge_commits(commits: list[Commit]) -> Commit:
     if not words:
         return Commit()
     text = " ".join(c.text for c in commits if c.text).strip()
-    return Commit(words[0][0], words[-1][1], text, tuple(words))
+    language = next((c.language for c in reversed(commits) if c.language is not None), None)
+    return Commit(words[0][0], words[-1][1], text, tuple(words), language)
 
 
 class VACOnlineASRProcessor:

@@ -38,6 +38,23 @@ def apply_options(sock: zmq.Socket, bus) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
 
 
+def prepare_bind(endpoint: str) -> None:
+    """Before binding ``endpoint``: an ``ipc://`` socket's folder is made, private (0700), if it is missing.
+
+    A bus on ``ipc://`` endpoints in such a folder admits only programs of the pipeline's user (and
+    root): the safe single-host choice where other local users are not to be trusted (Linux, macOS).
+    """
+    import os
+    from pathlib import Path
+
+    scheme, _, path = endpoint.partition("://")
+    if scheme == "ipc" and path and not path.startswith("@"):  # "@name": Linux's abstract namespace
+        folder = Path(path).parent
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+
+
 def _apply_common(sock: zmq.Socket, bus) -> None:
     apply_options(sock, bus)
     security = getattr(bus, "security", None)
@@ -48,10 +65,17 @@ def _apply_common(sock: zmq.Socket, bus) -> None:
 
 
 class Publisher:
-    """PUB socket connected to the broker's XSUB; counts what it could not send."""
+    """PUB socket connected to the broker's XSUB; counts what it could not send.
 
-    def __init__(self, ctx: zmq.Context, bus) -> None:
-        self.sock = ctx.socket(zmq.PUB)
+    With ``watch_subscriptions`` it is an XPUB instead, which also tells its owner which
+    subscriptions have reached it (:meth:`subscription_changes`): a sender that must not
+    publish into the void before a given subscriber listens (the pool dispatcher) waits for them.
+    """
+
+    def __init__(self, ctx: zmq.Context, bus, watch_subscriptions: bool = False) -> None:
+        self.sock = ctx.socket(zmq.XPUB if watch_subscriptions else zmq.PUB)
+        if watch_subscriptions:
+            self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.sock.setsockopt(zmq.SNDHWM, int(bus.hwm))
         _apply_common(self.sock, bus)
         self.sock.connect(bus.xsub)
@@ -67,6 +91,18 @@ class Publisher:
             return False
         self.sent += 1
         return True
+
+    def subscription_changes(self, limit: int = 1000) -> list[tuple[bool, str]]:
+        """(subscribed, prefix) for each (un)subscription that has arrived (``watch_subscriptions`` only)."""
+        out = []
+        for _ in range(limit):
+            try:
+                frame = self.sock.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if frame[:1] in (b"\x00", b"\x01"):
+                out.append((frame[:1] == b"\x01", frame[1:].decode("utf-8", "replace")))
+        return out
 
     def close(self) -> None:
         self.sock.close()

@@ -22,6 +22,17 @@ serves snapshots (``snapshot:`` in its config section, or ``snapshot=`` an
 endpoint), then the live messages, without gaps or duplicates
 (:mod:`pipeline.snapshot`); ``duplicates`` counts the live messages skipped
 because the snapshot had them.
+
+What is delivered is what the workers vouch for (``verify=True``, the default;
+:mod:`pipeline.roster`): the subscription also listens to heartbeats, delivers a
+transcript or partial only while its worker's heartbeat lists the stream, an
+``eos`` only once the heartbeat of whoever served the stream lists it as ended,
+and no commit with more text than its span can hold. ``ignored`` counts what was
+not delivered (by reason: ``ignored_by``). Heartbeats themselves are delivered only
+when a prefix asks for them.
+
+Late messages of a pool worker that was presumed dead (an older ``epoch`` than one already
+seen for the stream, :mod:`pipeline.epochs`) are skipped and counted (``stale``).
 """
 
 from __future__ import annotations
@@ -38,6 +49,8 @@ import zmq
 from . import messages as m
 from .bus import Publisher, Subscriber, handshake
 from .config import BusConfig, Config, ConfigError, load_config
+from .epochs import EpochFilter
+from .roster import Believer
 from .sequence import GapCounter
 from .snapshot import Merger, SnapshotError, fetch
 
@@ -72,9 +85,11 @@ class Subscription:
     def __init__(self, prefixes: str | Iterable[str] = "transcript.", *, config=None, xpub: str | None = None,
                  xsub: str | None = None, timeout: float | None = None, stop_after_eos: bool | int | None = None,
                  on_reject: Callable[[m.ProtocolError, list], None] | None = None,
-                 context: zmq.Context | None = None, from_start: bool = False, snapshot: str | None = None):
+                 context: zmq.Context | None = None, from_start: bool = False, snapshot: str | None = None,
+                 verify: bool = True):
         self.prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
         self.bus = bus_config(config, xpub, xsub)
+        self._believer = Believer(self.bus.heartbeat_interval) if verify else None
         self.timeout = timeout
         self.stop_after_eos = stop_after_eos
         self.on_reject = on_reject
@@ -87,9 +102,13 @@ class Subscription:
         self._gap_counter = GapCounter()
         self._open: set[str] = set()  # topics that have not sent eos
         self.duplicates = 0  # live messages skipped because the snapshot had them (from_start)
+        self._epochs = EpochFilter()
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
-        self._sub: Subscriber | None = Subscriber(self._ctx, self.bus, self.prefixes)
+        wants_status = any("status.".startswith(p) or p.startswith("status.") for p in self.prefixes)
+        extra = ["status."] if verify and not any("status.".startswith(p) for p in self.prefixes) else []
+        self._deliver_status = wants_status
+        self._sub: Subscriber | None = Subscriber(self._ctx, self.bus, self.prefixes + extra)
         self._pending: deque = deque()  # (topic, message) to deliver before reading the socket
         self._backlog: list = []  # frames that arrived during the sync
         self._merger: Merger | None = None
@@ -145,13 +164,18 @@ class Subscription:
         if self._sub is None or self._finished():
             self.close()
             raise StopIteration
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             if self._pending:
-                return self._deliver(*self._pending.popleft())
+                got = self._deliver(*self._pending.popleft())
+                if got is not None:
+                    return got
+                continue
             if self._backlog:
                 frames = self._backlog.pop(0)
             else:
-                timeout_ms = None if self.timeout is None else max(0, int(self.timeout * 1000))
+                # heartbeats (read for the believer) do not count as messages for the timeout
+                timeout_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
                 try:
                     frames = self._sub.recv_frames(timeout_ms)
                 except zmq.ZMQError:
@@ -169,6 +193,14 @@ class Subscription:
                 continue
             if isinstance(msg, m.Heartbeat) and msg.role == "probe":
                 continue  # bus-internal handshake traffic
+            if self._believer is not None:
+                now = time.monotonic()
+                if isinstance(msg, m.Heartbeat):
+                    self._pending.extend(self._believer.heartbeat(msg, now))
+                    if self._deliver_status and topic.startswith(tuple(self.prefixes)):
+                        return self._deliver(topic, msg)
+                    continue
+                self._pending.extend(self._believer.expire(now))
             if self._merger is not None:
                 verdict = self._merger.check(topic, msg)
                 if verdict == "dup":
@@ -176,11 +208,35 @@ class Subscription:
                     continue
                 if isinstance(verdict, int):  # the snapshot stopped short of this one: fill the hole
                     self._pending.extend(self._refill(topic, verdict, msg.seq))
-                    self._pending.append((topic, msg))
+                    self._pending.extend(self._believe(topic, msg))
                     continue
-            return self._deliver(topic, msg)
+            self._pending.extend(self._believe(topic, msg))
 
-    def _deliver(self, topic: str, msg: m.Message) -> tuple[str, m.Message]:
+    def _believe(self, topic: str, msg: m.Message) -> list:
+        if self._believer is None:
+            return [(topic, msg)]
+        return self._believer.offer(topic, msg, time.monotonic())
+
+    @property
+    def ignored_by(self) -> dict[str, int]:
+        """What was not delivered because nobody vouched for it, by reason (see :mod:`pipeline.roster`)."""
+        if self._believer is None:
+            return {}
+        c = self._believer.counts
+        return {"unserved": c.unserved, "unconfirmed_eos": c.unconfirmed_eos, "oversized": c.oversized}
+
+    @property
+    def ignored(self) -> int:
+        return sum(self.ignored_by.values())
+
+    @property
+    def stale(self) -> int:
+        """Messages skipped because a newer assignment epoch of their stream had been seen."""
+        return self._epochs.stale
+
+    def _deliver(self, topic: str, msg: m.Message) -> tuple[str, m.Message] | None:
+        if not self._epochs.admit(topic, msg):
+            return None
         self._track(topic, msg)
         self.received += 1
         self.last_topic = topic

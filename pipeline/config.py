@@ -30,6 +30,11 @@ from .config_schema import (  # noqa: F401 - the sections are part of this modul
     BrokerConfig,
     BusConfig,
     Config,
+    DispatcherConfig,
+    GatewayConfig,
+    HealthConfig,
+    MetricsConfig,
+    RestartConfig,
     SectionError,
     SecurityConfig,
     SinkConfig,
@@ -42,9 +47,11 @@ from .errors import ConfigError
 from .yaml_typed import build, expand_env, expand_tree  # noqa: F401 (expand_env: part of this module's API)
 
 __all__ = ["ConfigError", "Config", "Override", "load_config", "BusConfig", "WorkerConfig", "SourceConfig",
-           "SinkConfig", "VADConfig", "WebConfig", "BrokerConfig", "SecurityConfig"]
+           "SinkConfig", "VADConfig", "WebConfig", "GatewayConfig", "BrokerConfig", "SecurityConfig", "HealthConfig",
+           "MetricsConfig", "DispatcherConfig", "RestartConfig"]
 
-SECTIONS = ("bus", "broker", "vad", "web")  # the mapping sections; LIST_ITEMS has the list ones
+# the mapping sections; LIST_ITEMS has the list ones
+SECTIONS = ("bus", "broker", "vad", "web", "gateway", "health", "metrics", "dispatcher", "restart")
 
 
 @dataclass(frozen=True)
@@ -140,14 +147,35 @@ def read_yaml(path: str | os.PathLike | None) -> tuple[dict, str]:
 
 
 def load_config(path: str | os.PathLike | None, check_files: bool = True,
-                overrides: Sequence[Override] = ()) -> Config:
-    """Read, expand, override, type-check and validate a YAML config (None: the defaults)."""
+                overrides: Sequence[Override] = (), check_backends: bool = False) -> Config:
+    """Read, expand, override, type-check and validate a YAML config (None: the defaults).
+
+    ``check_backends``: also load each worker's backend class (not its model) and check its
+    ``options`` against what the backend takes (``voxpipe up``, ``transcribe`` and the worker do).
+    """
     data, file = read_yaml(path)
     data = apply_overrides(data, overrides, file)
     cfg = build(Config, data, "", file, ConfigError, lists={"Config": LIST_ITEMS})
     if path is not None:
         cfg = dataclasses.replace(cfg, path=str(Path(file).resolve()))
-    return validate(cfg, file, check_files)
+    cfg = validate(cfg, file, check_files)
+    if check_backends:
+        check_backend_options(cfg, file)
+    return cfg
+
+
+def check_backend_options(cfg: Config, file: str) -> None:
+    """Each worker's backend can be loaded and takes its ``options`` (one ConfigError line otherwise)."""
+    from asr_core.base import BackendError
+    from asr_core.registry import backend_class
+
+    for i, w in enumerate(cfg.workers):
+        try:
+            cls = backend_class(w.backend)
+        except BackendError as exc:
+            raise ConfigError(f"{file}: workers[{i}].backend: {exc}") from None
+        for key, problem in cls.check_options(dict(w.options)):
+            raise ConfigError(f"{file}: workers[{i}].options.{key}: {problem}")
 
 
 def _resolve_path(p: str) -> str:
@@ -168,10 +196,13 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     def fail(msg: str):
         raise ConfigError(f"{file}: {msg}")
 
-    for key in ("bus", "broker", "vad"):
+    for key in ("bus", "broker", "vad", "dispatcher", "restart"):
         _check_section(getattr(cfg, key), key, file)
     if cfg.web.enabled:
         _check_section(cfg.web, "web", file)
+    for key in ("health", "metrics"):
+        if getattr(cfg, key).enabled:
+            _check_section(getattr(cfg, key), key, file)
     for section in LIST_ITEMS:
         for i, item in enumerate(getattr(cfg, section)):
             _check_section(item, f"{section}[{i}]", file)
@@ -182,6 +213,24 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     ports = {_port(cfg.bus.xsub): "bus.xsub", _port(cfg.bus.xpub): "bus.xpub"}
     if cfg.web.enabled and cfg.web.port in ports:
         fail(f"web.port {cfg.web.port} clashes with {ports[cfg.web.port]}")
+    _check_http_ports(cfg, ports, fail)
+    if cfg.gateway.enabled:
+        _check_section(cfg.gateway, "gateway", file)
+        taken = dict(ports)
+        for on, key, port in ((cfg.web.enabled, "web.port", cfg.web.port),
+                              (cfg.metrics.enabled, "metrics.port", cfg.metrics.port)):
+            if on:
+                taken.setdefault(port, key)
+        for name in cfg.actor_names():
+            health = cfg.health.port_for(name, cfg.actor_names())
+            if health is not None:
+                taken.setdefault(health, f"the health port of {name!r}")
+        for key, gport in (("port", cfg.gateway.port), ("tcp_port", cfg.gateway.tcp_port)):
+            if gport and gport in taken:
+                fail(f"gateway.{key} {gport} clashes with {taken[gport]}")
+            if gport:
+                taken[gport] = f"gateway.{key}"
+        cfg = dataclasses.replace(cfg, gateway=cfg.gateway.resolved(cfg.workers))
     sources = []
     streams: set[str] = set()
     for i, s in enumerate(cfg.sources):
@@ -198,15 +247,16 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
                 fail(f"workers[{i}].model_dir: {w.model_dir!r} does not exist")
             w = dataclasses.replace(w, model_dir=_resolve_path(w.model_dir))
         workers.append(w)
-    worker_names = {w.name for w in workers}
+    _check_pools(cfg, fail)
+    worker_names = {w.name for w in workers} | set(cfg.pools())
     sinks = []
     outputs: set[str] = set()
     for i, s in enumerate(cfg.sinks):
         kind, _, arg = s.output.partition(":")
         if kind != "console":
-            parent = Path(arg).expanduser().resolve().parent
-            if check_files and parent.exists() and not os.access(parent, os.W_OK):
-                fail(f"sinks[{i}].output: cannot write into {str(parent)!r}")
+            problem = output_problem(arg) if check_files else None
+            if problem:
+                fail(f"sinks[{i}].output: {problem}")
             s = dataclasses.replace(s, output=f"{kind}:{_resolve_path(arg)}")
             if s.output in outputs:
                 fail(f"sinks[{i}].output: {arg!r} is written by two sinks")
@@ -230,6 +280,97 @@ def validate(cfg: Config, file: str, check_files: bool = True) -> Config:
     except ValueError as exc:
         fail(str(exc))
     return dataclasses.replace(cfg, sources=tuple(sources), workers=tuple(workers))
+
+
+def _check_http_ports(cfg: Config, ports: dict, fail) -> None:
+    """The web page, the metrics endpoint and the health endpoints each need a port of their own."""
+    http: dict[int, str] = {}
+    if cfg.web.enabled:
+        http[cfg.web.port] = "web.port"
+    if cfg.metrics.enabled:
+        http.setdefault(cfg.metrics.port, "metrics.port")
+        if http[cfg.metrics.port] != "metrics.port":
+            fail(f"metrics.port {cfg.metrics.port} clashes with {http[cfg.metrics.port]}")
+    if cfg.health.enabled and cfg.health.consecutive:
+        names = cfg.actor_names()
+        for name in names:
+            if name == cfg.metrics.name and cfg.metrics.enabled:
+                continue  # the metrics actor answers /healthz and /readyz on its metrics port
+            port = cfg.health.port_for(name, names)
+            if port is None:
+                continue
+            if port in http or port in ports:
+                fail(f"health: port {port} of actor {name!r} clashes with {http.get(port) or ports.get(port)}")
+            http[port] = f"the health port of {name!r}"
+    for port, what in http.items():
+        if port in ports:
+            fail(f"{what} ({port}) clashes with {ports[port]}")
+
+
+def _check_pools(cfg: Config, fail) -> None:
+    """Workers of one pool take the same input; several workers share a pool only through the dispatcher."""
+    first: dict[str, tuple[int, str]] = {}
+    for i, w in enumerate(cfg.workers):
+        pool = w.pool_name
+        if pool in first and first[pool][1] != w.input:
+            fail(f"workers[{i}].input: pool {pool!r} mixes input {first[pool][1]!r} and {w.input!r}")
+        first.setdefault(pool, (i, w.input))
+    crowded = [p for p, names in cfg.pools().items() if len(names) > 1]
+    if crowded and not cfg.dispatched:
+        fail(f"dispatcher.enabled is false but pool {crowded[0]!r} has {len(cfg.pools()[crowded[0]])} workers "
+             "(each would transcribe every stream on one topic): enable the dispatcher")
+
+
+def output_problem(path: str) -> str | None:
+    """Why an output file could not be written at ``path`` (None: it can, as far as can be told now)."""
+    p = Path(path).expanduser().resolve()
+    if p.is_dir():
+        return f"{str(p)!r} is a folder"
+    if p.exists():
+        return None if os.access(p, os.W_OK) else f"cannot write {str(p)!r} (read-only?)"
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write into {str(parent)!r} (read-only?)"
+    return None
+
+
+def bound_endpoints(cfg: Config) -> list[tuple[str, str]]:
+    """(config key, endpoint) of everything an actor of ``cfg`` binds on this host: the bus, snapshots,
+    the web page, the gateway, the metrics endpoint and the health listeners.
+
+    ``voxpipe up`` and ``voxpipe transcribe`` check these are free before starting anything.
+    """
+    out = [("bus.xsub", cfg.bus.xsub), ("bus.xpub", cfg.bus.xpub)]
+    out += [(f"sinks[{i}].snapshot", s.snapshot) for i, s in enumerate(cfg.sinks) if s.snapshot]
+    if cfg.web.enabled and cfg.web.port:
+        out.append(("web.port", _endpoint(f"{cfg.web.host}:{cfg.web.port}")))
+    if cfg.gateway.enabled:
+        out.append(("gateway.port", _endpoint(f"{cfg.gateway.host}:{cfg.gateway.port}")))
+        if cfg.gateway.tcp_port:
+            out.append(("gateway.tcp_port", _endpoint(f"{cfg.gateway.host}:{cfg.gateway.tcp_port}")))
+    if cfg.metrics.enabled:
+        out.append(("metrics.port", _endpoint(f"{cfg.metrics.host}:{cfg.metrics.port}")))
+    if cfg.health.enabled:  # one listener per actor of the plan (all on one port only across hosts)
+        names = cfg.actor_names()
+        for name in names:
+            if name == cfg.metrics.name and cfg.metrics.enabled:
+                continue  # it answers on its metrics port
+            port = cfg.health.port_for(name, names)
+            if port and (cfg.health.consecutive or name in cfg.health.ports):
+                out.append((f"health ({name})", _endpoint(f"{cfg.health.host}:{port}")))
+    return out
+
+
+def _endpoint(value) -> str:
+    """A port number or ``host:port`` as a TCP endpoint (an endpoint as it is)."""
+    if isinstance(value, int):
+        return f"tcp://127.0.0.1:{value}"
+    text = str(value)
+    return text if "://" in text else f"tcp://{text}"
 
 
 def _resolve_input(s: SourceConfig, where: str, check_files: bool, fail) -> SourceConfig:

@@ -32,7 +32,9 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_TOPIC_BYTES = 256  # the longest valid topic, partial.<64>.<64>, has 137
 MAX_TEXT_CHARS = 20000
 MAX_WORDS = 5000
+TASKS = ("transcribe", "translate")
 _ID = re.compile(r"^[A-Za-z0-9_\-:@]{1,64}$")
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8})*$")
 
 
 class ProtocolError(ValueError):
@@ -69,8 +71,20 @@ def status_topic(actor: str) -> str:
     return f"status.{actor}"
 
 
-# ids after the family in a topic: audio.<stream>, transcript.<worker>.<stream>, status.<actor>, ...
-_TOPIC_IDS = {"audio": 1, "speech": 1, "status": 1, "transcript": 2, "partial": 2}
+def dispatch_topic(worker: str, stream: str) -> str:
+    """A pool worker's own input: the streams the dispatcher assigned to it (docs/protocol.md, section 11)."""
+    return f"dispatch.{worker}.{stream}"
+
+
+# ids after the family in a topic: audio.<stream>, transcript.<pool>.<stream>, status.<actor>, ...
+_TOPIC_IDS = {"audio": 1, "speech": 1, "status": 1, "transcript": 2, "partial": 2, "dispatch": 2}
+
+# reason codes of ``error`` messages (the ``code`` field)
+POOL_FULL = "pool_full"  # every worker of the pool is full: the stream was refused (by the dispatcher)
+STREAMS_FULL = "streams_full"  # a worker outside a pool holds max_streams: the stream was refused
+FAILOVER = "failover"  # the stream's worker stopped heartbeating; another one goes on from its last commit
+BACKEND_FAILED = "backend_failed"  # the backend failed on the stream; the worker goes on from scratch
+ERROR_CODES = (POOL_FULL, STREAMS_FULL, FAILOVER, BACKEND_FAILED)
 
 
 @dataclass(frozen=True)
@@ -107,18 +121,25 @@ class Message:
         h = {"v": VERSION, "kind": self.kind}
         for f in fields(self):
             if f.name != "pcm":
-                h[f.name] = getattr(self, f.name)
+                value = getattr(self, f.name)
+                if value is None and f.name in _OMIT_UNSET:
+                    continue
+                h[f.name] = value
         return h
 
 
 @dataclass(frozen=True)
 class Audio(Message):
     kind: ClassVar[str] = "audio"
-    families: ClassVar[tuple[str, ...]] = ("audio", "speech")
+    families: ClassVar[tuple[str, ...]] = ("audio", "speech", "dispatch")
     t: float = 0.0  # stream seconds of the first sample
     sr: int = SAMPLE_RATE
     wall0: float = 0.0  # Unix time at which stream time 0 was captured
     pcm: bytes = b""  # travels as the third frame
+    # what the source asks of the workers (optional): the language spoken ("auto": detect it)
+    # and the task; a worker configured with language auto follows them
+    language: str | None = None
+    task: str | None = None
 
     @property
     def duration(self) -> float:
@@ -128,23 +149,30 @@ class Audio(Message):
 @dataclass(frozen=True)
 class EndOfStream(Message):
     kind: ClassVar[str] = "eos"
-    families: ClassVar[tuple[str, ...]] = ("audio", "speech", "transcript")
+    families: ClassVar[tuple[str, ...]] = ("audio", "speech", "transcript", "dispatch")
     t: float | None = None  # stream seconds at which the stream ended, when known
     worker: str | None = None  # set on transcript topics
+    epoch: int | None = None  # transcript topics of a dispatched pool: the assignment it belongs to
+    moved: bool | None = None  # dispatch topics: the stream moves to another worker (it does not end)
 
 
 @dataclass(frozen=True)
 class SpeechStart(Message):
     kind: ClassVar[str] = "speech_start"
-    families: ClassVar[tuple[str, ...]] = ("speech",)
+    families: ClassVar[tuple[str, ...]] = ("speech", "dispatch")
     t: float = 0.0
     wall0: float | None = None
+    # dispatch topics: an assignment (its epoch), and where the stream's transcript stands
+    epoch: int | None = None
+    committed_until: float | None = None  # stream seconds up to which the pool has committed
+    committed: list | None = None  # the last committed words, [[beg, end, word], ...]
+    next_seq: int | None = None  # the transcript topic's next seq
 
 
 @dataclass(frozen=True)
 class SpeechEnd(Message):
     kind: ClassVar[str] = "speech_end"
-    families: ClassVar[tuple[str, ...]] = ("speech",)
+    families: ClassVar[tuple[str, ...]] = ("speech", "dispatch")
     t: float = 0.0
     wall0: float | None = None
 
@@ -162,11 +190,22 @@ class Commit(Message):
     model: str = ""
     emitted: float = 0.0  # Unix time the commit was published
     wall0: float = 0.0  # copied from the stream
+    epoch: int | None = None  # a dispatched pool's assignment epoch (late commits of an older one are stale)
+    language: str | None = None  # the language spoken: given, or detected by the model
+    language_prob: float | None = None  # the model's probability of that language, when it detected it
+    language_uncertain: bool | None = None  # detected, but the model is not sure of it
 
     @property
     def latency(self) -> float:
         """Seconds from the end of the span being spoken to its publication."""
         return self.emitted - self.wall0 - self.end
+
+    def word_latencies(self) -> list[float]:
+        """Per committed word: seconds from the end of its being spoken to its publication
+        (``emitted - wall0 - word end``, the bench's latency); [] when the stream's ``wall0`` is unknown."""
+        if not self.wall0:
+            return []
+        return [self.emitted - self.wall0 - float(w[1]) for w in self.words]
 
 
 @dataclass(frozen=True)
@@ -179,6 +218,7 @@ class Partial(Message):
     worker: str = ""
     emitted: float = 0.0
     wall0: float = 0.0
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +227,8 @@ class Error(Message):
     families: ClassVar[tuple[str, ...]] = ("transcript",)
     message: str = ""
     worker: str = ""
+    epoch: int | None = None
+    code: str | None = None  # why (ERROR_CODES; receivers must accept others)
 
 
 @dataclass(frozen=True)
@@ -240,6 +282,15 @@ def _name(x) -> bool:
     return x == "" or valid_id(x)
 
 
+def _count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def valid_language(x: object) -> bool:
+    """A language code (``en``, ``de``, ``haw``, ``yue``, ``zh-Hant`` ...; ``auto`` passes too)."""
+    return isinstance(x, str) and bool(_LANGUAGE.match(x))
+
+
 _CHECKS: dict[str, Any] = {
     "t": _nonneg,
     "sr": lambda x: isinstance(x, int) and not isinstance(x, bool),
@@ -260,12 +311,31 @@ _CHECKS: dict[str, Any] = {
     "time": _finite,
     "counters": lambda x: isinstance(x, dict),
     "info": lambda x: isinstance(x, dict),
+    "epoch": _count,
+    "next_seq": _count,
+    "committed_until": _nonneg,
+    "committed": _words,
+    "moved": lambda x: isinstance(x, bool),
+    "code": valid_id,
+    "language": valid_language,
+    "language_prob": lambda x: _finite(x) and 0 <= x <= 1,
+    "language_uncertain": lambda x: isinstance(x, bool),
+    "task": lambda x: x in TASKS,
 }
 _OPTIONAL = {
     ("eos", "t"), ("eos", "worker"), ("speech_start", "wall0"), ("speech_end", "wall0"),
     ("partial", "beg"), ("partial", "end"), ("heartbeat", "info"), ("heartbeat", "pid"),
     ("heartbeat", "time"), ("heartbeat", "ready"), ("partial", "emitted"), ("partial", "wall0"),
+    ("eos", "epoch"), ("eos", "moved"), ("commit", "epoch"), ("partial", "epoch"), ("error", "epoch"),
+    ("error", "code"), ("speech_start", "epoch"), ("speech_start", "committed_until"),
+    ("speech_start", "committed"), ("speech_start", "next_seq"),
+    ("commit", "language"), ("commit", "language_prob"), ("commit", "language_uncertain"),
+    ("audio", "language"), ("audio", "task"),
 }
+# optional fields added to version 1 later: left out of the header when not set, so that
+# messages without them are byte for byte what they were
+_OMIT_UNSET = {"epoch", "moved", "committed_until", "committed", "next_seq", "code", "language", "language_prob",
+               "language_uncertain", "task"}
 
 
 # -- encoding --------------------------------------------------------------------
@@ -354,5 +424,8 @@ def as_dict(msg: Message) -> dict[str, Any]:
     """A JSON-friendly record of a message (without the PCM payload)."""
     d = asdict(msg)
     d.pop("pcm", None)
+    for key in _OMIT_UNSET:
+        if d.get(key, 0) is None:
+            del d[key]
     d["kind"] = msg.kind
     return d

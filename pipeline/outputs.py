@@ -12,10 +12,18 @@ topic's worker and stream and the message, then ``close`` once.
   each time cues complete, and once more at eos and at close with the cue in
   progress. Each (worker, stream) pair has its own cue file: when the sink
   expects a single pair, ``PATH`` itself; when it expects several (or meets
-  an unexpected second one), ``STEM.<worker>.<stream>.EXT`` beside ``PATH``.
+  an unexpected second one), ``STEM.<pool>.<stream>.EXT`` beside ``PATH`` (the
+  "worker" of these calls is the topic's middle: the pool, whichever replica made it).
 * **txt** rewrites its file atomically at each commit: one paragraph (one
   line) per (worker, stream), labelled ``[worker/stream]`` when there are
   several.
+* A cue or text file that got nothing is still written, empty, when the output
+  closes (for each ``expected`` pair), so an empty transcript is an empty file.
+
+Memory is bounded (:class:`Budget`): cue and text outputs keep at most
+``max_stream_bytes`` of text per (worker, stream) and ``max_streams`` pairs' worth in
+all (a cue output forgets ended pairs beyond that; their files stay); what does not
+fit is not taken, and counted (``refused``).
 """
 
 from __future__ import annotations
@@ -49,8 +57,33 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+DEFAULT_MAX_STREAMS = 64  # (worker, stream) pairs a sink keeps in memory
+DEFAULT_MAX_STREAM_BYTES = 1_000_000  # bytes of transcript a sink keeps per pair (~ 10 h of speech as text)
+
+
+class Budget:
+    """How much a sink may keep: ``max_streams`` pairs, ``max_stream_bytes`` per pair."""
+
+    def __init__(self, max_streams: int = DEFAULT_MAX_STREAMS, max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES):
+        self.max_streams, self.max_stream_bytes = max_streams, max_stream_bytes
+        self.used: dict = {}  # pair -> bytes kept
+
+    def take(self, pair, n: int) -> bool:
+        """Room for ``n`` more bytes of ``pair``? (taken when there is)"""
+        used = self.used.get(pair)
+        if used is None and len(self.used) >= self.max_streams:
+            return False
+        if (used or 0) + n > self.max_stream_bytes:
+            return False
+        self.used[pair] = (used or 0) + n
+        return True
+
+    def release(self, pair) -> None:
+        self.used.pop(pair, None)
+
+
 def pair_path(path: Path, worker: str, stream: str) -> Path:
-    """``talk.srt`` -> ``talk.<worker>.<stream>.srt``."""
+    """``talk.srt`` -> ``talk.<pool>.<stream>.srt`` (``worker``: the topic's middle, the pool)."""
     return path.with_name(f"{path.stem}.{worker}.{stream}{path.suffix}")
 
 
@@ -59,9 +92,12 @@ class FileOutput:
 
     kind = ""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, budget: Budget | None = None, expected=()):
         self.path = Path(path)
         self.written = 0  # records (jsonl) or file rewrites (others)
+        self.refused = 0  # commits not taken: over the memory budget
+        self.budget = budget or Budget()
+        self.expected = list(expected)  # (worker, stream) pairs whose file is written even if empty
 
     def files(self) -> list[str]:
         return [str(self.path)]
@@ -85,8 +121,8 @@ class FileOutput:
 class JsonlOutput(FileOutput):
     kind = "jsonl"
 
-    def __init__(self, path):
-        super().__init__(path)
+    def __init__(self, path, budget: Budget | None = None, expected=()):
+        super().__init__(path, budget, expected)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8")
 
@@ -113,8 +149,8 @@ class JsonlOutput(FileOutput):
 class CueOutput(FileOutput):
     """SRT or WebVTT cues, one file per (worker, stream)."""
 
-    def __init__(self, path, kind: str, several: bool = False):
-        super().__init__(path)
+    def __init__(self, path, kind: str, several: bool = False, budget: Budget | None = None, expected=()):
+        super().__init__(path, budget, expected)
         if kind not in ("srt", "vtt"):
             raise ValueError(f"not a cue format: {kind!r}")
         self.kind = kind
@@ -122,6 +158,7 @@ class CueOutput(FileOutput):
         self.builders: dict[tuple[str, str], f.CueBuilder] = {}
         self.cues: dict[tuple[str, str], list[f.Cue]] = {}
         self.paths: dict[tuple[str, str], Path] = {}
+        self.ended: list[tuple[str, str]] = []  # pairs that got their eos, oldest first
 
     def files(self):
         return [str(p) for p in self.paths.values()]
@@ -144,6 +181,13 @@ class CueOutput(FileOutput):
 
     def commit(self, worker, stream, topic, msg):
         pair = (worker, stream)
+        if pair not in self.builders:
+            self._forget_ended()
+        if not self.budget.take(pair, len(msg.text.encode("utf-8")) + 32):
+            self.refused += 1
+            return
+        if pair in self.ended:
+            self.ended.remove(pair)
         builder = self.builders.setdefault(pair, f.CueBuilder())
         self.cues.setdefault(pair, [])
         self._path_for(pair)
@@ -160,11 +204,26 @@ class CueOutput(FileOutput):
         self._rewrite(pair)
 
     def eos(self, worker, stream, topic, msg):
-        self._finish((worker, stream))
+        pair = (worker, stream)
+        self._finish(pair)
+        if pair in self.builders and pair not in self.ended:
+            self.ended.append(pair)
+
+    def _forget_ended(self) -> None:
+        """Make room for a new pair: forget the oldest ended pairs beyond the budget (their files stay)."""
+        while self.ended and len(self.builders) >= self.budget.max_streams:
+            pair = self.ended.pop(0)
+            self.builders.pop(pair, None)
+            self.cues.pop(pair, None)
+            self.budget.release(pair)
 
     def close(self):
         for pair in list(self.builders):
             self._finish(pair)
+        for pair in self.expected:  # an empty transcript is an empty file
+            if pair not in self.paths:
+                self.cues[pair] = []
+                self._rewrite(pair)
 
 
 class TextOutput(FileOutput):
@@ -172,17 +231,24 @@ class TextOutput(FileOutput):
 
     kind = "txt"
 
-    def __init__(self, path, several: bool = False):
-        super().__init__(path)
+    def __init__(self, path, several: bool = False, budget: Budget | None = None, expected=()):
+        super().__init__(path, budget, expected)
         self.several = several
         self.paragraphs: list[tuple[tuple[str, str], list[str]]] = []
         self._open: dict[tuple[str, str], list[str]] = {}
+        self._index: dict[tuple[str, str], int] = {}  # open pair -> its paragraph's number
 
     def commit(self, worker, stream, topic, msg):
         pair = (worker, stream)
         texts = self._open.get(pair)
+        # every paragraph stays in the file, so the budget counts them all (a stream id used again included)
+        index = self._index.get(pair, len(self.paragraphs))
+        if not self.budget.take(index, len(msg.text.encode("utf-8"))):
+            self.refused += 1
+            return
         if texts is None:
             texts = self._open[pair] = []
+            self._index[pair] = index
             self.paragraphs.append((pair, texts))
         texts.append(msg.text)
         self._rewrite()
@@ -190,6 +256,11 @@ class TextOutput(FileOutput):
     def eos(self, worker, stream, topic, msg):
         # the next commit on this pair (a new stream with the same id) starts a new paragraph
         self._open.pop((worker, stream), None)
+        self._index.pop((worker, stream), None)
+
+    def close(self):
+        if not self.written:  # an empty transcript is an empty file
+            self._rewrite()
 
     def _rewrite(self) -> None:
         labelled = self.several or len({pair for pair, _ in self.paragraphs}) > 1
@@ -212,11 +283,13 @@ def parse_output(spec: str) -> tuple[str, str]:
     return kind, str(Path(arg).expanduser().resolve())
 
 
-def open_file_output(kind: str, path: str, several: bool = False) -> FileOutput:
+def open_file_output(kind: str, path: str, several: bool = False, budget: Budget | None = None,
+                     expected=()) -> FileOutput:
+    """The output for ``kind:path``; ``expected``: the (worker, stream) pairs it should end up with."""
     if kind == "jsonl":
-        return JsonlOutput(path)
+        return JsonlOutput(path, budget, expected)
     if kind in ("srt", "vtt"):
-        return CueOutput(path, kind, several)
+        return CueOutput(path, kind, several, budget, expected)
     if kind == "txt":
-        return TextOutput(path, several)
+        return TextOutput(path, several, budget, expected)
     raise ValueError(f"no file output of kind {kind!r}")

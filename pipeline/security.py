@@ -9,19 +9,30 @@ Without CURVE every endpoint (``bus.xsub``, ``bus.xpub``, a sink's
   the bus's keypair and runs a ZAP authenticator that lets in only the client
   public keys found in ``DIR/authorized/`` (read at start: restart the broker
   after adding a key);
-* every actor and client program connects with its own client keypair
-  (``bus.security.client``, default ``client``) and the bus's public key.
+* every actor connects with the keypair named after it (``DIR/<actor>.key_secret``, made by
+  ``voxpipe keys DIR --config C``) when there is one, and every other program with the
+  client keypair ``bus.security.client`` (default ``client``), plus the bus's public key.
 
 A program without an authorized key cannot complete the handshake: it can
 neither publish (inject audio) nor subscribe (read transcripts). Traffic is
-encrypted.
+encrypted. The key's name (its file name in ``authorized/``) is the connection's
+identity: the broker lets each identity publish only its own topics
+(:mod:`pipeline.permissions`): a capture's key cannot publish a transcript.
 
-``voxpipe keys DIR [--client NAME ...]`` makes the files (pyzmq's
+Without CURVE, the bus is loopback (or ``ipc://``) only and **every local user is
+trusted**: any program on the machine may publish anything. The broker still tells its
+connections apart (:class:`BusAuthenticator` gives each one an identity ``conn:<n>``), so
+per-publisher quotas hold, and receivers believe ends of streams and transcripts only when
+heartbeats vouch for them (:mod:`pipeline.roster`); but a local program can forge any
+actor's messages. Use CURVE where local users are not to be trusted, or an ``ipc://`` bus
+in a directory only the pipeline's user can enter (``chmod 700``; not on Windows).
+
+``voxpipe keys DIR [--client NAME ...] [--config C]`` makes the files (pyzmq's
 ``zmq.auth.create_certificates``)::
 
     DIR/server.key              the bus's public key (every client needs it)
     DIR/server.key_secret       the bus's secret key (broker, snapshot sinks)
-    DIR/<name>.key, .key_secret a client keypair (default name: client)
+    DIR/<name>.key, .key_secret a client keypair (default name: client; with --config one per actor too)
     DIR/authorized/<name>.key   the client public keys the bus lets in
 
 Copy ``server.key`` and one client keypair to another machine to let it in.
@@ -30,15 +41,15 @@ Copy ``server.key`` and one client keypair to another machine to let it in.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import re
 import shutil
-import sys
 from functools import cache
 from pathlib import Path
 
-from .errors import ConfigError, RuntimeFailure, UsageError
+from .errors import ConfigError
 
 SERVER = "server"
 AUTHORIZED = "authorized"
@@ -85,6 +96,11 @@ def secure_config(cfg, check_files: bool = True):
     return dataclasses.replace(cfg, bus=dataclasses.replace(cfg.bus, security=sec))
 
 
+def is_key_name(name: str) -> bool:
+    """Can ``name`` name a client keypair (letters, digits, '_', '-'; not the server's)?"""
+    return bool(_NAME.match(name)) and name != SERVER
+
+
 # -- key files ----------------------------------------------------------------------------------
 def key_paths(sec) -> dict[str, Path]:
     d = Path(sec.keys_dir).expanduser()
@@ -128,6 +144,15 @@ def _require(path: Path, what: str, secret: bool) -> bytes:
     return key
 
 
+def for_actor(sec, name: str):
+    """``sec`` with the keypair named after actor ``name`` when ``KEYS_DIR/<name>.key_secret`` exists."""
+    if not sec.enabled or sec.client == name or not _NAME.match(name) or name == SERVER:
+        return sec
+    if (Path(sec.keys_dir).expanduser() / f"{name}.key_secret").is_file():
+        return dataclasses.replace(sec, client=name)
+    return sec
+
+
 def apply_client_keys(sock, sec) -> None:
     """Make ``sock`` a CURVE client with this program's keypair, trusting the bus's public key."""
     p = key_paths(sec)
@@ -146,18 +171,71 @@ def apply_server_keys(sock, sec) -> None:
     sock.curve_server = True
 
 
-def start_authenticator(ctx, sec):
-    """A ZAP handler on ``ctx`` admitting only the keys in ``KEYS_DIR/authorized`` (stop it before ctx.term())."""
-    from zmq.auth.thread import ThreadAuthenticator
+ZAP_DOMAIN = b"voxpipe"  # set on a socket without CURVE so that its connections get an identity
 
+
+def _bus_authenticator_class():
+    from zmq.auth.thread import ThreadAuthenticator
+    from zmq.utils import z85
+
+    class BusAuthenticator(ThreadAuthenticator):
+        """ZAP for the bus: CURVE keys are known by their file names; plain connections get ``conn:<n>``.
+
+        Every message a socket receives carries its connection's identity as the ZeroMQ
+        ``User-Id`` property (``frame.get("User-Id")``).
+        """
+
+        def __init__(self, ctx, names: dict[bytes, str] | None = None):
+            super().__init__(ctx, log=logging.getLogger("voxpipe.auth"))
+            self.names = dict(names or {})
+            self._connections = itertools.count(1)
+
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            key = z85.encode(client_public_key)
+            return self.names.get(key, key.decode("ascii"))
+
+        def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous") -> None:
+            if status_code == b"200" and user_id == "anonymous":
+                user_id = f"conn:{next(self._connections)}"
+            super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+    return BusAuthenticator
+
+
+def key_names(folder: Path) -> dict[bytes, str]:
+    """z85 public key -> the key's name (its file name), for every key in ``folder``."""
+    import zmq.auth
+
+    names = {}
+    for path in sorted(folder.glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(str(path))
+        except (OSError, ValueError):
+            log.warning("cannot read the key %s: skipped", path)
+            continue
+        names[public] = path.stem
+    return names
+
+
+def start_authenticator(ctx, sec=None):
+    """A ZAP handler on ``ctx`` (stop it before ctx.term()).
+
+    With CURVE (``sec`` enabled) it admits only the keys in ``KEYS_DIR/authorized`` and names
+    each connection after its key; without, it admits every plain connection of a socket that
+    has ``ZAP_DOMAIN`` set and names it ``conn:<n>``.
+    """
+    auth_class = _bus_authenticator_class()
+    if sec is None or not sec.enabled:
+        auth = auth_class(ctx)
+        auth.start()
+        return auth
     folder = key_paths(sec)["authorized"]
     if not folder.is_dir():
         raise ConfigError(f"bus.security: no folder {folder} of authorized client keys (voxpipe keys {sec.keys_dir})")
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("voxpipe.auth"))
+    auth = auth_class(ctx, key_names(folder))
     auth.start()
     auth.configure_curve(domain="*", location=str(folder))
-    n = len(list(folder.glob("*.key")))
-    log.info("CURVE on: %d authorized client key(s) in %s", n, folder)
+    log.info("CURVE on: %d authorized client key(s) in %s", len(auth.names), folder)
     return auth
 
 
@@ -184,29 +262,3 @@ def create_keys(keys_dir: str | os.PathLike, clients=("client",), force: bool = 
             shutil.copyfile(public, target)
             written.append(target)
     return written
-
-
-# -- command line ---------------------------------------------------------------------------------
-def register(sub) -> None:
-    p = sub.add_parser("keys", help="make CURVE keys for the bus (server keypair, client keypairs)")
-    p.add_argument("dir", help="folder for the keys (bus.security.keys_dir)")
-    p.add_argument("--client", action="append", default=None, metavar="NAME",
-                   help="client keypair to make and authorize (repeatable; default: client)")
-    p.add_argument("--no-authorize", action="store_true", help="do not add the client keys to authorized/")
-    p.add_argument("--force", action="store_true",
-                   help="replace existing keypairs (every client must get the new server.key)")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    try:
-        files = create_keys(args.dir, args.client or ["client"], force=args.force, authorize=not args.no_authorize)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot write keys into {args.dir}: {exc}") from None
-    for f in files:
-        print(f)
-    if not files:
-        print(f"voxpipe keys: the keys in {args.dir} exist already (--force replaces them)", file=sys.stderr)
-    return 0

@@ -22,6 +22,11 @@ The client side follows ZeroMQ's "clone" pattern (:class:`Merger`, used by
 ``seq`` restarts at 0 when a worker restarts or a stream id is used again;
 records of a topic form *epochs* (each starts where ``seq`` does not grow),
 and only the last epoch is matched against live messages.
+
+Memory is bounded: a history keeps its records as the frames they travel in, at most
+``max_bytes_per_topic`` of them per topic (the oldest go first) for at most ``max_topics``
+topics (the least recently active goes first); a reply is made of those same frames (sent
+without copying them), so answering a request does not grow the sink.
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ import msgpack
 import zmq
 
 from . import messages as m
+from .outputs import DEFAULT_MAX_STREAM_BYTES, DEFAULT_MAX_STREAMS
 
 VERSION = 1
-MAX_TOPICS = 1024  # topics a history keeps (the least recently active is forgotten first)
+MAX_TOPICS = DEFAULT_MAX_STREAMS  # topics a history keeps (the least recently active is forgotten first)
 MAX_PER_TOPIC = 10000  # messages kept per topic (the oldest are forgotten first)
+MAX_BYTES_PER_TOPIC = DEFAULT_MAX_STREAM_BYTES  # bytes of frames kept per topic (the oldest are forgotten first)
 MAX_REQUEST_BYTES = 4096
 MAX_PREFIXES = 32
 REQUESTS_PER_TICK = 8
@@ -53,27 +60,52 @@ class SnapshotError(RuntimeError):
 
 
 # -- server side ---------------------------------------------------------------------------------
-class History:
-    """Transcript messages per topic, in arrival order, bounded."""
+class _Records:
+    """One topic's records: their wire frames, oldest first, and how many bytes they hold."""
 
-    def __init__(self, max_topics: int = MAX_TOPICS, max_per_topic: int = MAX_PER_TOPIC):
-        self.max_topics, self.max_per_topic = max_topics, max_per_topic
-        self.topics: OrderedDict[str, deque] = OrderedDict()
+    def __init__(self) -> None:
+        self.frames: deque[list[bytes]] = deque()
+        self.bytes = 0
+
+
+class History:
+    """Transcript messages per topic, in arrival order, bounded in count and bytes."""
+
+    def __init__(self, max_topics: int = MAX_TOPICS, max_per_topic: int = MAX_PER_TOPIC,
+                 max_bytes_per_topic: int = MAX_BYTES_PER_TOPIC):
+        self.max_topics, self.max_per_topic, self.max_bytes_per_topic = max_topics, max_per_topic, max_bytes_per_topic
+        self.topics: OrderedDict[str, _Records] = OrderedDict()
+        self.forgotten = 0  # records let go to stay within the bounds
 
     def add(self, topic: str, msg: m.Message) -> None:
         if m.parse_topic(topic).family not in FAMILIES or isinstance(msg, m.Partial):
             return
-        records = self.topics.pop(topic, None)
-        if records is None:
-            records = deque(maxlen=self.max_per_topic)
-        records.append(msg)
+        frames = m.encode(topic, msg)
+        size = sum(len(f) for f in frames)
+        if size > self.max_bytes_per_topic:
+            self.forgotten += 1
+            return
+        records = self.topics.pop(topic, None) or _Records()
+        records.frames.append(frames)
+        records.bytes += size
+        while len(records.frames) > self.max_per_topic or records.bytes > self.max_bytes_per_topic:
+            records.bytes -= sum(len(f) for f in records.frames.popleft())
+            self.forgotten += 1
         self.topics[topic] = records
         while len(self.topics) > self.max_topics:
-            self.topics.popitem(last=False)
+            self.forgotten += len(self.topics.popitem(last=False)[1].frames)
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.topics.values())
+
+    def frames(self, prefixes) -> list[list[bytes]]:
+        """The wire frames of every kept message whose topic starts with one of ``prefixes``, topic by topic."""
+        return [f for t, records in self.topics.items() if t.startswith(tuple(prefixes)) for f in records.frames]
 
     def select(self, prefixes) -> list[tuple[str, m.Message]]:
         """Every kept message whose topic starts with one of ``prefixes``, topic by topic in arrival order."""
-        return [(t, msg) for t, records in self.topics.items() if t.startswith(tuple(prefixes)) for msg in records]
+        return [m.decode(f) for f in self.frames(prefixes)]
 
     def load_jsonl(self, path) -> int:
         """Refill from a sink's JSONL file (after a restart); returns the messages taken. Bad lines are skipped."""
@@ -98,8 +130,8 @@ class History:
 
 def _reply(header: dict, records=()) -> list[bytes]:
     frames = [msgpack.packb({"v": VERSION, **header}, use_bin_type=True)]
-    for topic, msg in records:
-        frames += m.encode(topic, msg)
+    for record in records:
+        frames += record
     return frames
 
 
@@ -113,7 +145,7 @@ def answer(history: History, request: bytes) -> list[bytes]:
     if not (isinstance(prefixes, list) and 0 < len(prefixes) <= MAX_PREFIXES
             and all(isinstance(p, str) for p in prefixes)):
         return _reply({"kind": "error", "message": "bad snapshot request"})
-    records = history.select(prefixes)
+    records = history.frames(prefixes)
     return _reply({"kind": "snapshot", "records": len(records), "time": time.time()}, records)
 
 
@@ -121,7 +153,7 @@ class SnapshotServer:
     """A ROUTER socket answering snapshot requests from a :class:`History` (call :meth:`serve` often)."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, bus, history: History):
-        from .bus import apply_options
+        from .bus import apply_options, prepare_bind
         from .security import apply_server_keys, start_authenticator
 
         self.history = history
@@ -130,10 +162,11 @@ class SnapshotServer:
         try:
             apply_options(self.sock, bus)
             self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-            self.sock.setsockopt(zmq.SNDHWM, 16)
+            self.sock.setsockopt(zmq.SNDHWM, 4)  # replies share the history's frames: a few in flight at most
             if bus.security.enabled:
                 self.auth = start_authenticator(ctx, bus.security)
                 apply_server_keys(self.sock, bus.security)
+            prepare_bind(endpoint)
             self.sock.bind(endpoint)
         except BaseException:
             self.close()
@@ -160,7 +193,7 @@ class SnapshotServer:
             else:
                 self.served += 1
             try:
-                self.sock.send_multipart(envelope + reply, flags=zmq.NOBLOCK)
+                self.sock.send_multipart(envelope + reply, flags=zmq.NOBLOCK, copy=False)
             except zmq.ZMQError:  # the client is gone or not reading
                 self.refused += 1
         return n

@@ -4,13 +4,14 @@
 For each clip of a corpus (WAV + .json with ``text``) this measures, with the
 real tiny.en model on this machine:
 
-* simulate: the computationally aware simulation (``--min-chunk-size 1.0``),
+* simulate: ``voxpipe simulate --min-chunk-size 1.0`` with its defaults (the
+  pipeline's policy), computationally aware (or ``--comp-unaware``),
   its WER and the latency of each commit (``EMIT_MS - END_MS``), and the
   offline WER (``--offline``) of the same model on the same clip;
 * up: the whole process pipeline (broker, capture, VAD, worker, JSONL sink),
   its WER and the latency of each commit (``emitted - wall0 - end``).
 
-Usage: scripts/compare_simulate_and_up.py [CORPUS_DIR] [--clips a,b] [--no-up]
+Usage: scripts/compare_simulate_and_up.py [CORPUS_DIR] [--clips a,b] [--no-up] [--comp-unaware]
 Prints a Markdown table; the figures are the same kind as the closing notes quote.
 """
 
@@ -75,6 +76,8 @@ def main() -> int:
     ap.add_argument("corpus", nargs="?", default=str(ROOT / "tests" / "data"))
     ap.add_argument("--clips", default=None)
     ap.add_argument("--no-up", action="store_true")
+    ap.add_argument("--comp-unaware", action="store_true",
+                    help="simulate with the clock stopped while decoding (deterministic) instead of real time")
     args = ap.parse_args()
     corpus = Path(args.corpus)
     names = args.clips.split(",") if args.clips else sorted(p.stem for p in corpus.glob("*.wav"))
@@ -85,7 +88,7 @@ def main() -> int:
         clip = corpus / f"{name}.wav"
         ref = reference_text(clip)
         off = simulate(clip, "--offline")
-        sim = simulate(clip)
+        sim = simulate(clip, *(["--comp-unaware"] if args.comp_unaware else []))
         sim_lat = [e - end for e, _b, end, _t in sim]
         row = {
             "clip": name,

@@ -2,8 +2,8 @@
 # Set up everything the test suite needs, lint and type-check, then run it (arguments go to pytest).
 #
 # * system packages (Debian/Ubuntu, as root): Chromium and its driver for the
-#   browser test, OpenBLAS for mlx on Linux CPUs;
-# * .venv with voxpipe and its test, web, bench and bundled-model extras;
+#   browser test, OpenBLAS for mlx on Linux CPUs, tmux for the `voxpipe top` test;
+# * .venv with voxpipe and its test, web, serve, bench and bundled-model extras;
 # * the torch-based backends (whisper_timestamped, mlx-whisper) with a CPU
 #   torch; set VOXPIPE_SKIP_TORCH=1 to leave them out (their tests then skip).
 set -euo pipefail
@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   need=()
-  for pkg in chromium chromium-driver libopenblas0-pthread; do
+  for pkg in chromium chromium-driver libopenblas0-pthread tmux; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then
@@ -25,7 +25,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
-"${PIP[@]}" -e '.[test,web,bench,base-model]'
+"${PIP[@]}" -e '.[test,web,serve,bench,base-model]'
 if [ "${VOXPIPE_SKIP_TORCH:-0}" != 1 ]; then
   # a CPU torch first, so nothing below pulls a CUDA build; then the torch
   # backends without their CUDA-only extras (triton)

@@ -54,3 +54,12 @@ def mark(src: Path, dst: Path, value: int, every: float = 0.04, seconds: float |
         w.setframerate(rate)
         w.writeframes(x.tobytes())
     return dst
+
+
+class NoModel(FasterWhisperASR):
+    """A backend whose model never loads: a worker with it exits (code 4) at once, every time it starts."""
+
+    def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
+        from asr_core.base import ModelNotFound
+
+        raise ModelNotFound("this test backend has no model")

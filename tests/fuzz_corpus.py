@@ -9,10 +9,17 @@ Every case is checked against :func:`pipeline.messages.decode` as it is made.
 :func:`hostile` yields *valid* messages meant to hurt: thousands of stream
 ids, absurd and jumping times, forged ends of streams, huge ``seq`` values.
 They must not be rejected, and must not hurt the other streams.
+Messages of :func:`hostile` never use the stream ids in ``protect``.
 
-Messages never use the stream ids in ``protect`` for hostile (valid) input:
-nothing can tell a forged frame of a stream from a real one without keys
-(that is what CURVE is for).
+:func:`lying` yields valid messages that lie about a *live* stream (the one under
+test): a frame far ahead with a wall0 from another century, a forged ``eos`` on
+each of its topics, ends of 2,000 streams that never existed, oversized commits,
+forged commits for streams nobody serves, a forged ``seq``. Each must be bounded,
+ignored or rejected by a rule, and counted (the expected counters are with each
+family); the stream's own frames after them are still transcribed. Lies that need
+the stream's live position (pause marks at its end, every 100 ms) are made by
+:class:`MarkForger`. A forged commit that fits a served stream exactly cannot be
+told from a real one without keys (that is what CURVE is for): none is sent.
 """
 
 from __future__ import annotations
@@ -180,6 +187,103 @@ def hostile(seed: int = 2, flood: int = 1500, protect=("real",)):
             m.Heartbeat(stream="", seq=i, name=f"ghost{i}", role="worker"))
     rng.shuffle(out)
     return out
+
+
+def lying(stream: str = "real", worker: str = "asr", seed: int = 3, ghosts: int = 2000, oversized: int = 300,
+          strangers: int = 1000):
+    """Valid messages that lie about the live ``stream`` (see the module's docstring): (family, case, frames)."""
+    rng = random.Random(seed)
+    noise = pcm(rng, 0.1)
+    out = []
+
+    def add(family, case, topic, msg):
+        out.append((family, case, m.encode(topic, msg)))
+
+    tr = f"transcript.{worker}.{stream}"
+    add("audio", "time jump", f"audio.{stream}", m.Audio(stream=stream, seq=2**40, t=1e6, wall0=1e15, pcm=noise))
+    add("speech", "time jump", f"speech.{stream}", m.Audio(stream=stream, seq=2**40, t=1e6, wall0=1e15, pcm=noise))
+    add("audio", "time back", f"audio.{stream}", m.Audio(stream=stream, seq=0, t=0.0, wall0=-1e9, pcm=noise))
+    add("audio", "forged eos", f"audio.{stream}", m.EndOfStream(stream=stream, seq=1, t=0.5))
+    add("speech", "forged eos", f"speech.{stream}", m.EndOfStream(stream=stream, seq=2, t=0.5))
+    add("transcript", "forged eos", tr, m.EndOfStream(stream=stream, seq=141_999_107, t=0.5, worker=worker))
+    for i in range(ghosts):  # ends of streams that never existed, at every hop
+        s = f"ghost{i}"
+        family = ("transcript", "speech", "audio")[i % 3]
+        topic = f"transcript.{worker}.{s}" if family == "transcript" else f"{family}.{s}"
+        add(family, "ghost eos", topic, m.EndOfStream(stream=s, seq=0, t=1.0, worker=worker))
+    big = "x" * (m.MAX_TEXT_CHARS - 10)
+    for i in range(oversized):  # ~62 KB commits: the protocol's maximum, on the real stream and elsewhere
+        s = stream if i % 2 == 0 else f"big{i}"
+        add("transcript", "oversized commit", f"transcript.{worker}.{s}", m.Commit(
+            stream=s, seq=10_000 + i, beg=1.0, end=2.0, text=big, words=[[1.0, 2.0, " w"]] * 2000, worker=worker,
+            emitted=1.7e9, wall0=1.7e9))
+    for i in range(strangers):  # commits for streams the worker does not serve
+        s = f"unserved{i % 50}"
+        add("transcript", "unserved commit", f"transcript.{worker}.{s}", m.Commit(
+            stream=s, seq=i // 50, beg=0.0, end=1.0, text=" forged", words=[], worker=worker, emitted=1.7e9,
+            wall0=1.7e9))
+    rng.shuffle(out)
+    return out
+
+
+class MarkForger:
+    """Lies that need a live stream's position, for ``seconds``: pause marks on ``speech.<stream>`` every
+    ``period`` seconds at the stream's end (every other one a ``speech_start``), and now and then the next frame
+    of ``audio.<stream>`` ahead of the capture, a copy of the last one at the right time, with a ``wall0`` from
+    another century (the capture's own frame then comes second: the same samples, so nothing is lost).
+
+    It reads the stream like any subscriber, so each mark has the time where the stream's audio ends and the
+    next ``seq`` (the strongest forgery without keys). Run :meth:`run` in a thread; ``sent`` counts the marks,
+    ``wall0_lies`` the frames.
+    """
+
+    def __init__(self, bus, stream: str, period: float = 0.1, seconds: float = 10.0, wall0_every: float = 3.0):
+        self.bus, self.stream, self.period, self.seconds, self.wall0_every = bus, stream, period, seconds, wall0_every
+        self.sent = 0
+        self.wall0_lies = 0
+
+    def run(self) -> None:
+        import time
+
+        import zmq
+
+        from pipeline.bus import Publisher, Subscriber
+
+        ctx = zmq.Context()
+        speech, audio = f"speech.{self.stream}", f"audio.{self.stream}"
+        sub, pub = Subscriber(ctx, self.bus, [speech, audio]), Publisher(ctx, self.bus)
+        end, seq, frame = None, 0, None
+        try:
+            t0 = time.monotonic()
+            next_mark = next_lie = t0
+            while time.monotonic() - t0 < self.seconds:
+                try:
+                    got = sub.recv(timeout_ms=10)
+                except m.ProtocolError:  # the garbage sent meanwhile
+                    continue
+                if got is not None:
+                    topic, msg = got
+                    if topic == speech:
+                        seq = msg.seq + 1
+                        if isinstance(msg, m.Audio):
+                            end = msg.t + msg.duration
+                    elif isinstance(msg, m.Audio) and msg.wall0 < 1e12:
+                        frame = msg
+                now = time.monotonic()
+                if end is not None and now >= next_mark:
+                    kind = m.SpeechEnd if self.sent % 2 == 0 else m.SpeechStart
+                    pub.send(speech, kind(stream=self.stream, seq=seq, t=end, wall0=1.7e9))
+                    self.sent += 1
+                    next_mark += self.period
+                if frame is not None and now >= next_lie:
+                    pub.send(audio, m.Audio(stream=self.stream, seq=frame.seq + 1, t=frame.t + frame.duration,
+                                            wall0=1e15, pcm=frame.pcm))
+                    self.wall0_lies += 1
+                    next_lie = now + self.wall0_every
+        finally:
+            sub.close()
+            pub.close()
+            ctx.term()
 
 
 def expected_rejections(corpus) -> Counter:

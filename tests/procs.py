@@ -206,9 +206,11 @@ class Pipeline:
     """A broker on two free ports plus any ``voxpipe`` commands; all stopped on exit."""
 
     def __init__(self, workdir: str | Path | None = None, env: dict | None = None, broker: bool = True,
-                 ready_timeout: float = 20.0, curve_keys: str | Path | None = None):
+                 ready_timeout: float = 20.0, curve_keys: str | Path | None = None, actors: str = ""):
         """``curve_keys``: a ``voxpipe keys`` folder; the bus then runs with CURVE (every ``start`` gets
-        ``--config`` with the bus section, and the pipeline's own sockets use the client keys)."""
+        ``--config`` with the bus section, and the pipeline's own sockets use the client keys).
+        ``actors``: YAML of the pipeline's actors (sources, workers, sinks) for the broker's config: with
+        CURVE, the broker lets each actor's key publish only that actor's topics."""
         from pipeline.config import SecurityConfig
 
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="voxpipe-test-"))
@@ -220,6 +222,10 @@ class Pipeline:
         if self.security is not None:
             self.bus_config_path = self.dir / "bus.yaml"
             self.bus_config_path.write_text(self.bus.yaml(self.security))
+        self.broker_config: Path | None = None
+        if actors:
+            self.broker_config = self.dir / "broker.yaml"
+            self.broker_config.write_text(self.bus.yaml(self.security) + actors)
         self.procs: dict[str, Proc] = {}
         self.ready_timeout = ready_timeout
         self._subs: list = []
@@ -228,7 +234,7 @@ class Pipeline:
     def __enter__(self) -> Pipeline:
         try:
             if self._want_broker:
-                self.start("broker", ["broker"])
+                self.start("broker", ["broker"] + (["--config", str(self.broker_config)] if self.broker_config else []))
                 self.wait_ready("broker")
         except BaseException:
             self.stop_all()
@@ -374,6 +380,40 @@ class Session:
         self._log.close()
 
 
+class Vouching:
+    """Heartbeats as the workers whose topics a test publishes on, the way a real worker does.
+
+    Receivers believe a transcript only while its worker's heartbeat lists the stream, and an
+    eos only once the worker's next heartbeat lists it as ended (pipeline.roster). Call
+    :meth:`before` and :meth:`after` around each message sent (``send(topic, msg)`` does the rest).
+    """
+
+    def __init__(self, send):
+        self.send = send
+        self.served: dict[str, set] = {}
+        self.seq = 0
+
+    def beat(self, worker: str, ended=()) -> None:
+        info = {"streams": sorted(self.served.get(worker, ())), **({"ended": list(ended)} if ended else {})}
+        self.send(m.status_topic(worker), m.Heartbeat(stream="", seq=self.seq, name=worker, role="worker",
+                                                      ready=True, pid=os.getpid(), time=time.time(), info=info))
+        self.seq += 1
+
+    def before(self, topic: str, msg: m.Message) -> None:
+        parts = m.parse_topic(topic)
+        if parts.family in ("transcript", "partial") and not isinstance(msg, m.EndOfStream):
+            served = self.served.setdefault(parts.worker, set())
+            if parts.id not in served:
+                served.add(parts.id)
+                self.beat(parts.worker)
+
+    def after(self, topic: str, msg: m.Message) -> None:
+        parts = m.parse_topic(topic)
+        if parts.family == "transcript" and isinstance(msg, m.EndOfStream):
+            self.served.setdefault(parts.worker, set()).discard(parts.id)
+            self.beat(parts.worker, ended=[parts.id])
+
+
 class BusPublisher:
     """A publisher for tests that can tell when a subscription has reached it.
 
@@ -384,13 +424,15 @@ class BusPublisher:
     subscriber you wait for its own prefix.
     """
 
-    def __init__(self, bus: Bus):
+    def __init__(self, bus: Bus, vouch: bool = False):
+        """``vouch``: heartbeat as the workers whose transcripts it sends (:class:`Vouching`)."""
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.sock.connect(bus.xsub)
         self.seen: set[bytes] = set()
+        self.vouching = Vouching(self._send) if vouch else None
 
     def wait_subscribed(self, prefix: str, timeout: float = 10.0) -> None:
         want = prefix.encode()
@@ -404,8 +446,15 @@ class BusPublisher:
                 if frame[:1] == b"\x01":
                     self.seen.add(frame[1:])
 
-    def send(self, topic: str, msg: m.Message) -> None:
+    def _send(self, topic: str, msg: m.Message) -> None:
         self.sock.send_multipart(m.encode(topic, msg))
+
+    def send(self, topic: str, msg: m.Message) -> None:
+        if self.vouching is not None:
+            self.vouching.before(topic, msg)
+        self._send(topic, msg)
+        if self.vouching is not None:
+            self.vouching.after(topic, msg)
 
     def send_raw(self, frames: list[bytes]) -> None:
         self.sock.send_multipart(frames)

@@ -70,7 +70,8 @@ def test_a_worker_commits_each_word_once_through_speech_pause_gap_and_eos():
 
     sent = worker.pub.sent
     commits = [msg for topic, msg in sent if isinstance(msg, m.Commit)]
-    assert [w[2].strip() for c in commits for w in c.words] == [w[2].strip() for w in FIRST + SECOND]
+    # (the first word of the stream gets a capital: sentence case)
+    assert [w[2].strip().lower() for c in commits for w in c.words] == [w[2].strip() for w in FIRST + SECOND]
     assert all(c.worker == "asr" and c.backend == "scripted" and c.wall0 == 1000.0 for c in commits)
     assert [c.seq for c in commits] == sorted(c.seq for c in commits)
     # the pause committed the first four words before any audio after it arrived
@@ -85,10 +86,32 @@ def test_a_worker_commits_each_word_once_through_speech_pause_gap_and_eos():
     assert all(not (c.start is not None and c.start < 2.0 and c.end > 4.0) for c in worker.asr.calls)
 
 
-def test_eos_for_a_stream_without_speech_is_answered_with_eos():
+def vad_heartbeat(worker, seq, streams=(), ended=()):
+    hb = m.Heartbeat(stream="", seq=seq, name="vad", role="vad", ready=True, pid=1,
+                     info={"streams": list(streams), **({"ended": list(ended)} if ended else {})})
+    send(worker, "status.vad", hb, 0.0)
+
+
+def test_eos_for_a_stream_without_speech_is_answered_with_eos_once_its_vad_confirms_it():
     worker = make_worker()
+    vad_heartbeat(worker, 0, streams=["quiet"])
     send(worker, "speech.quiet", m.EndOfStream(stream="quiet", seq=0, t=3.0), 0.0)
+    assert worker.pub.sent == []  # held: anyone may publish an eos
+    vad_heartbeat(worker, 1, ended=["quiet"])
     assert [(t, type(msg).__name__) for t, msg in worker.pub.sent] == [("transcript.asr.quiet", "EndOfStream")]
+
+
+def test_an_eos_nobody_vouches_for_changes_nothing():
+    worker = make_worker()
+    vad_heartbeat(worker, 0, streams=["s"])
+    seq = speech(worker, 0.0, 0.5, 0, 0.0)
+    send(worker, "speech.s", m.EndOfStream(stream="s", seq=seq, t=0.5), 0.0)  # forged: the VAD still serves s
+    send(worker, "speech.ghost", m.EndOfStream(stream="ghost", seq=0, t=0.5), 0.0)  # a stream nobody announced
+    vad_heartbeat(worker, 1, streams=["s"])
+    worker.believer.hold = 0.0
+    worker.tick(1.0)
+    assert "s" in worker.streams and not worker.streams["s"].session.end_requested
+    assert worker.pub.sent == [] and worker.counters["unconfirmed_eos"] == 1
 
 
 def test_a_frame_that_goes_back_in_time_is_dropped_and_counted():
@@ -96,5 +119,5 @@ def test_a_frame_that_goes_back_in_time_is_dropped_and_counted():
     speech(worker, 0.0, 0.5, 0, 0.0)
     pcm = np.zeros(1600, dtype="<i2").tobytes()
     send(worker, "speech.s", m.Audio(stream="s", seq=5, t=0.2, pcm=pcm), 0.5)
-    assert worker.counters["dropped"] == 1
+    assert worker.counters["out_of_step"] == 1
     assert worker.streams["s"].session.received_until == 0.5

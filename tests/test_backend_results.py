@@ -1,6 +1,9 @@
 """What the built-in backends make of their engines' raw results (no model needed).
 
-* words the model itself calls non-speech are left out of ``ts_words``;
+* words the model itself calls non-speech are left out of ``ts_words``: Whisper's rule
+  (no-speech probability over 0.6 with an average log-probability under -1), a no-speech
+  probability over 0.8 whatever the text's probability ("Thank you." on silence), a loop
+  the model half takes for silence, and text without a letter or a digit (". . .");
 * each word's probability, where the engine gives one, is passed on
   (``word_probabilities``, one per word of ``ts_words``), so that sure words
   can commit early; where it gives none, the probability is unknown (None);
@@ -14,7 +17,7 @@ import importlib
 import pytest
 
 from asr_core.base import BackendUnavailable
-from asr_core.result import Segment, speech_word_probs, speech_words
+from asr_core.result import Segment, is_speech, speech_word_probs, speech_words
 
 
 def test_non_speech_segments_give_no_words_and_no_probabilities():
@@ -23,6 +26,23 @@ def test_non_speech_segments_give_no_words_and_no_probabilities():
                     no_speech_prob=0.95, avg_logprob=-1.5)
     assert speech_words([speech, noise]) == [(0.0, 0.5, " hello")]
     assert speech_word_probs([speech, noise]) == [0.9]
+
+
+@pytest.mark.parametrize("text, nsp, lp, cr, speech", [
+    ("hello there", 0.05, -0.3, 1.0, True),
+    ("die auf die Durchsagen am Bahnsteig", 0.78, -0.9, 0.9, True),  # base on a synthetic German voice
+    ("Thank you.", 0.97, -0.86, 0.6, False),  # tiny.en on silence: fluent, and sure there is no speech
+    ("I don't know what I'm going to do.", 0.9, -1.2, 0.8, False),  # Whisper's own rule
+    ("I'm not sure what to do.", 0.71, -1.3, 0.8, False),
+    ("don't know what don't know what don't know what", 0.6, -0.2, 6.9, False),  # a loop on noise
+    ("and the the the the the", 0.1, -0.2, 3.0, True),  # a loop on speech: the streaming policy cuts it
+    (". . . .", 0.05, -0.6, 0.7, False),
+    ("____", 0.4, -0.5, 1.9, False),
+    ("ご視聴ありがとうございました", 0.3, -0.5, 0.9, True),  # letters of any script count
+])
+def test_what_the_model_itself_calls_non_speech(text, nsp, lp, cr, speech):
+    seg = Segment(0.0, 1.0, text, no_speech_prob=nsp, avg_logprob=lp, compression_ratio=cr)
+    assert is_speech(seg) is speech
 
 
 def test_a_segment_without_probabilities_has_unknown_ones():

@@ -33,7 +33,7 @@ def pipe(tmp_path_factory):
 
 def test_subscribe_yields_typed_messages_and_counts_rejects_and_gaps(pipe):
     sub = subscribe("transcript.", xpub=pipe.bus.xpub, timeout=10, stop_after_eos=True)
-    with BusPublisher(pipe.bus) as pub:
+    with BusPublisher(pipe.bus, vouch=True) as pub:
         pub.wait_subscribed("transcript.")
         pub.send("transcript.asr.s1", commit(0, 0.0, 1.0, " one"))
         pub.send("transcript.asr.s1", commit(1, 1.0, 2.0, " two"))
@@ -52,7 +52,7 @@ def test_subscribe_yields_typed_messages_and_counts_rejects_and_gaps(pipe):
 
 def test_restarted_sender_is_not_a_gap_and_timeout_ends_iteration(pipe):
     sub = subscribe("transcript.asr.", xpub=pipe.bus.xpub, timeout=0.5)
-    with BusPublisher(pipe.bus) as pub:
+    with BusPublisher(pipe.bus, vouch=True) as pub:
         pub.wait_subscribed("transcript.asr.")
         for seq in (0, 1, 2, 0, 1):  # the worker restarted after seq 2
             pub.send("transcript.asr.s1", commit(seq, seq, seq + 1.0, f" {seq}"))
@@ -66,7 +66,7 @@ def test_sync_then_stop_after_n_eos(pipe):
     with subscribe(["transcript.", "speech."], xpub=pipe.bus.xpub, stop_after_eos=2, timeout=10,
                    xsub=pipe.bus.xsub) as sub:
         assert sub.sync(5)
-        with BusPublisher(pipe.bus) as pub:
+        with BusPublisher(pipe.bus, vouch=True) as pub:
             pub.wait_subscribed("speech.")
             pub.send("speech.a", m.EndOfStream(stream="a", seq=0))
             pub.send("transcript.asr.b", eos(0, "b"))
@@ -85,7 +85,7 @@ def test_listen_prints_readable_lines_and_json(pipe):
     readable = run(vox + ["speech.s1", "transcript.", "--xpub", pipe.bus.xpub, "--count", "3"])
     js = run(vox + ["speech.", "--json", "--xpub", pipe.bus.xpub, "--count", "2"])
     try:
-        with BusPublisher(pipe.bus) as pub:
+        with BusPublisher(pipe.bus, vouch=True) as pub:
             for prefix in ("transcript.", "speech.s1", "speech."):
                 pub.wait_subscribed(prefix)
             pub.send("speech.s1", m.Audio(stream="s1", seq=0, t=1.5, wall0=WALL0, pcm=b"\x00\x01" * 1600))
@@ -112,12 +112,18 @@ def test_listen_from_start_needs_a_snapshot_endpoint(pipe):
     assert p.returncode == 3 and "serves snapshots" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_example_prints_commits_with_latency_until_eos(pipe):
+def test_example_prints_commits_with_latency_until_eos(tmp_path):
+    with Pipeline(tmp_path) as pipe:  # a broker of its own: the example's are the first subscriptions there
+        example_prints_commits_with_latency_until_eos(pipe)
+
+
+def example_prints_commits_with_latency_until_eos(pipe):
     ex = run([sys.executable, str(ROOT / "examples" / "subscribe_transcripts.py"), "--xpub", pipe.bus.xpub,
               "--timeout", "20"])
     try:
-        with BusPublisher(pipe.bus) as pub:
+        with BusPublisher(pipe.bus, vouch=True) as pub:
             pub.wait_subscribed("transcript.")
+            pub.wait_subscribed("status.")  # the heartbeats that vouch for the transcripts reach it too
             pub.send("transcript.asr.s1", commit(0, 0.0, 1.2, " the weather report", emitted=WALL0 + 1.2 + 0.75))
             pub.send("transcript.w2.s1", m.Commit(**{**commit(0, 0.0, 1.0, " other").__dict__, "worker": "w2"}))
             pub.send("transcript.asr.s1", eos(1))

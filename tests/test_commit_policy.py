@@ -29,6 +29,11 @@ from tests.fakes import ScriptedASR, TimelineASR, ramp, words
 SR = 16000
 
 
+def rules(**changes) -> StreamingOptions:
+    """The pipeline's options without sentence case (the scripted words here are lower-case on purpose)."""
+    return StreamingOptions(sentence_case=False, **changes)
+
+
 def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(round(seconds * SR)), dtype=np.float32)
 
@@ -144,7 +149,7 @@ def test_flush_at_a_pause_commits_the_tail_and_keeps_the_audio_as_context():
 def test_flush_cuts_the_buffer_at_a_committed_word_keeping_flush_keep_sec_of_context():
     said = "one two three four five six seven eight"  # a word every 0.5 s, the last ends at 3.9 s
     asr = ScriptedASR([said])
-    proc = OnlineASRProcessor(asr, options=StreamingOptions(flush_keep_sec=2.0))
+    proc = OnlineASRProcessor(asr, options=rules(flush_keep_sec=2.0))
     proc.insert_audio_chunk(silence(5.0))
     assert proc.flush().text == said
     # cut at the end of the last word that ends at least 2 s before the buffer's end (5.0 s)
@@ -244,7 +249,7 @@ def all_words(commits) -> list[str]:
 def test_segment_mode_trims_the_buffer_at_a_committed_segment_end():
     timeline = sentence_timeline()
     asr = TimelineASR(timeline, segment_marks=".")
-    proc = OnlineASRProcessor(asr, options=StreamingOptions(buffer_trimming="segment", buffer_trimming_sec=4.0))
+    proc = OnlineASRProcessor(asr, options=rules(buffer_trimming="segment", buffer_trimming_sec=4.0))
     cuts = spy_on_cuts(proc)
     commits = run_stream(proc, timeline[-1][1] + 1.0)
 
@@ -269,7 +274,7 @@ def test_segment_mode_trims_the_buffer_at_a_committed_segment_end():
 def test_text_that_scrolls_out_of_the_buffer_becomes_the_prompt():
     timeline = sentence_timeline()
     asr = TimelineASR(timeline, segment_marks=".")
-    proc = OnlineASRProcessor(asr, options=StreamingOptions(buffer_trimming="segment", buffer_trimming_sec=4.0))
+    proc = OnlineASRProcessor(asr, options=rules(buffer_trimming="segment", buffer_trimming_sec=4.0))
     run_stream(proc, timeline[-1][1] + 1.0)
     trimmed = [c for c in asr.calls if c.start > 0]
     assert trimmed, "the buffer was never trimmed"
@@ -286,7 +291,7 @@ def test_sentence_mode_trims_at_the_end_of_the_second_to_last_committed_sentence
     timeline = sentence_timeline()
     # one segment per hypothesis: segment mode could never trim this stream
     asr = TimelineASR(timeline, segment_marks="")
-    proc = OnlineASRProcessor(asr, options=StreamingOptions(buffer_trimming="sentence", buffer_trimming_sec=6.0))
+    proc = OnlineASRProcessor(asr, options=rules(buffer_trimming="sentence", buffer_trimming_sec=6.0))
     cuts = spy_on_cuts(proc)
     commits = run_stream(proc, timeline[-1][1] + 1.0)
 
@@ -304,7 +309,7 @@ def test_sentence_mode_trims_at_the_end_of_the_second_to_last_committed_sentence
 def test_segment_mode_does_not_trim_below_buffer_trimming_sec():
     timeline = sentence_timeline()[:15]  # 3 sentences, 7.2 s
     asr = TimelineASR(timeline, segment_marks=".")
-    proc = OnlineASRProcessor(asr, options=StreamingOptions(buffer_trimming="segment", buffer_trimming_sec=15.0))
+    proc = OnlineASRProcessor(asr, options=rules(buffer_trimming="segment", buffer_trimming_sec=15.0))
     cuts = spy_on_cuts(proc)
     commits = run_stream(proc, 8.0)
     assert cuts == []
@@ -323,7 +328,7 @@ def test_invalid_trimming_mode_is_rejected():
 def test_sure_words_well_before_the_end_commit_from_the_first_hypothesis():
     # "the" (ends 0.4 s) is sure; "cat" is not, so it and every word after it wait
     asr = SureOfSomeWords(["the cat sat"], probs=[0.95, 0.4, 0.95])
-    proc = OnlineASRProcessor(asr, options=StreamingOptions(early_commit_sec=0.3, early_commit_prob=0.6))
+    proc = OnlineASRProcessor(asr, options=rules(early_commit_sec=0.3, early_commit_prob=0.6))
     commit = step(proc, 2.0)
     assert texts(commit) == ["the"]
     assert proc.partial().text == "cat sat"
@@ -332,7 +337,7 @@ def test_sure_words_well_before_the_end_commit_from_the_first_hypothesis():
 def test_a_sure_word_too_close_to_the_end_of_the_audio_waits_for_agreement():
     # "sat" ends at 1.4 s, the audio at 1.5 s: 0.1 s < early_commit_sec
     asr = SureOfSomeWords(["the cat sat"], probs=[0.95, 0.95, 0.95])
-    proc = OnlineASRProcessor(asr, options=StreamingOptions(early_commit_sec=0.3, early_commit_prob=0.6))
+    proc = OnlineASRProcessor(asr, options=rules(early_commit_sec=0.3, early_commit_prob=0.6))
     commit = step(proc, 1.5)
     assert texts(commit) == ["the", "cat"]
     # the next hypothesis agrees on "sat": it commits then, once

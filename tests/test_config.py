@@ -189,3 +189,55 @@ def test_up_refuses_a_bad_config_before_starting_anything(tmp_path):
     assert _port_free(7791) and _port_free(7792)
     assert time.monotonic() - t0 < 30
     assert not (tmp_path / "t.jsonl").exists()
+
+
+# -- pools ---------------------------------------------------------------------------------------------
+def test_a_worker_is_a_pool_of_its_own_and_replicas_share_one(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.pools() == {"asr": ["asr"]} and not cfg.dispatched  # today's configs: unchanged
+    text = GOOD.replace("    model: tiny.en", "    model: tiny.en\n    replicas: 2\n  - name: gpu\n    pool: asr")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.pools() == {"asr": ["asr-1", "asr-2", "gpu"]} and cfg.dispatched
+    assert cfg.actor_names() == ["broker", "capture", "vad", "dispatcher", "asr-1", "asr-2", "gpu", "out"]
+
+
+def test_a_crowded_pool_needs_the_dispatcher(tmp_path):
+    text = GOOD.replace("    model: tiny.en", "    model: tiny.en\n    replicas: 2") + "dispatcher:\n  enabled: false\n"
+    assert "dispatcher.enabled is false but pool 'asr' has 2 workers" in error_of(tmp_path, text)
+
+
+def test_a_pool_takes_one_input(tmp_path):
+    text = GOOD.replace("    model: tiny.en", "    model: tiny.en\n  - name: raw\n    pool: asr\n    input: audio")
+    assert "workers[1].input: pool 'asr' mixes input 'speech' and 'audio'" in error_of(tmp_path, text)
+
+
+@pytest.mark.parametrize("line,message", [
+    ("    replicas: 0", "workers[0].replicas: must be between 1 and 64"),
+    ("    slots: -1", "workers[0].slots: must be >= 0"),
+    ("    pool: a.b", "workers[0].pool: 'a.b' must be"),
+])
+def test_bad_pool_settings(tmp_path, line, message):
+    assert message in error_of(tmp_path, GOOD.replace("    model: tiny.en", f"    model: tiny.en\n{line}"))
+
+
+def test_the_dispatcher_section_is_checked(tmp_path):
+    assert "dispatcher.dead_after: must be positive" in error_of(tmp_path, GOOD + "dispatcher:\n  dead_after: 0\n")
+
+
+def test_an_english_only_model_is_refused_another_language_or_translation(tmp_path):
+    """tiny.en cannot transcribe German or translate: said before anything starts, not by a worker that fails."""
+    def worker(model, extra):
+        return GOOD.replace("    model: tiny.en\n", f"    model: {model}\n{extra}")
+
+    assert "English-only" in error_of(tmp_path, worker("tiny.en", "    language: de\n"))
+    assert "cannot translate" in error_of(tmp_path, worker("tiny.en", "    task: translate\n"))
+    for ok in ("    language: auto\n", "    language: en\n"):
+        assert load_config(write(tmp_path, worker("tiny.en", ok))).workers[0].model == "tiny.en"
+    base = load_config(write(tmp_path, worker("base", "    language: de\n    task: translate\n")))
+    assert (base.workers[0].language, base.workers[0].task) == ("de", "translate")
+
+
+def test_the_multilingual_web_config_is_valid(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(ROOT / "configs" / "web-multilingual.yaml")
+    assert cfg.web.enabled and (cfg.workers[0].model, cfg.workers[0].language) == ("base", "auto")

@@ -184,3 +184,148 @@ def test_broken_entry_point_gives_a_clear_error(tmp_path, monkeypatch):
     assert "broken-engine" in available_backends()
     with pytest.raises(UnknownBackend, match=r"'broken-engine'.*no_such_module_xyz:Engine.*cannot be loaded"):
         backend_class("broken-engine")
+
+
+# -- an engine written for whisper_online.py ------------------------------------------------
+PORT = "tests.whisper_online_port:PortedFasterWhisperASR"
+
+
+def importable_env() -> dict[str, str]:
+    """The console script's ``sys.path`` starts at ``.venv/bin``: the repository goes on ``PYTHONPATH``, no hub."""
+    return dict(os.environ, HF_HUB_OFFLINE="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory):
+    """The first sentence of meeting_gaps.wav ("Thank you all for joining the meeting."), 3 s."""
+    import wave
+
+    from asr_core.audio import float_to_pcm16, load_audio
+
+    path = tmp_path_factory.mktemp("clips") / "first_sentence.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(float_to_pcm16(load_audio(DATA / "meeting_gaps.wav")[: 3 * 16000]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def renamed_tiny(tmp_path_factory):
+    """The bundled tiny.en files in a folder of another name (links, no copy)."""
+    from asr_core.models import bundled_location
+
+    folder = tmp_path_factory.mktemp("models") / "my-tiny-ct2"
+    folder.mkdir()
+    for f in Path(bundled_location("tiny.en")).iterdir():
+        (folder / f.name).symlink_to(f)
+    return folder
+
+
+def test_a_bundled_name_is_resolved_for_custom_backends_only():
+    """create_backend hands a custom engine the bundled folder as model_dir; built-ins resolve names themselves."""
+    from asr_core import registry
+    from asr_core.models import bundled_location
+
+    seen = {}
+
+    class Probe(ASRBase):
+        def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
+            seen.update(modelsize=modelsize, model_dir=model_dir)
+
+    class OwnNames(Probe):
+        resolve_bundled_models = False
+
+    def make(cls, model, model_dir=None):
+        seen.clear()
+        orig = registry.backend_class
+        registry.backend_class = lambda name: cls
+        try:
+            return registry.create_backend("probe", "en", model, model_dir=model_dir)
+        finally:
+            registry.backend_class = orig
+
+    asr = make(Probe, "tiny.en")
+    assert seen == {"modelsize": "tiny.en", "model_dir": bundled_location("tiny.en")}
+    assert asr.describe()["model"] == "tiny.en"  # the bundled model, by its name
+    make(Probe, "small")  # not bundled: left to the engine
+    assert seen == {"modelsize": "small", "model_dir": None}
+    make(OwnNames, "tiny.en")
+    assert seen == {"modelsize": "tiny.en", "model_dir": None}
+    asr = make(Probe, "tiny.en", model_dir="/models/whisper-small-ct2")  # a folder wins, and names the model
+    assert seen["model_dir"] == "/models/whisper-small-ct2" and asr.describe()["model"] == "whisper-small-ct2"
+
+
+def test_an_engine_that_fails_to_load_is_one_line_not_a_traceback():
+    from asr_core import registry
+    from asr_core.base import BackendError
+
+    class Broken(ASRBase):
+        def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
+            raise OSError("Repository Not Found for url: https://huggingface.co/Systran/faster-whisper-nope\n"
+                          "and forty more lines")
+
+    orig = registry.backend_class
+    registry.backend_class = lambda name: Broken
+    try:
+        with pytest.raises(BackendError) as info:
+            registry.create_backend("mine:Broken", "en", "nope")
+    finally:
+        registry.backend_class = orig
+    msg = str(info.value)
+    assert msg == ("backend 'mine:Broken' failed to load model 'nope': OSError: Repository Not Found for url: "
+                   "https://huggingface.co/Systran/faster-whisper-nope")
+    assert isinstance(info.value.__cause__, OSError)
+
+
+@pytest.mark.model
+def test_a_whisper_online_engine_given_a_bundled_name_runs_offline(short_clip):
+    """The ported engine with ``--model tiny.en`` and no network: the bundled folder, not the hub."""
+    proc = subprocess.run(
+        voxpipe_cmd() + ["simulate", str(short_clip), "--backend", PORT, "--model", "tiny.en", "--lan", "en",
+                         "--comp_unaware"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT, env=importable_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from apps.bench.evaluation import wer
+
+    text = " ".join(line.split(" ", 3)[3] for line in proc.stdout.splitlines())
+    assert wer("Thank you all for joining the meeting.", text) <= 0.25, proc.stdout
+    assert "'model': 'tiny.en'" in proc.stderr and "passed to PortedFasterWhisperASR as model_dir" in proc.stderr
+
+
+@pytest.mark.model
+def test_a_whisper_online_engine_with_a_name_nobody_has_fails_in_one_line(short_clip):
+    proc = subprocess.run(
+        voxpipe_cmd() + ["simulate", str(short_clip), "--backend", PORT, "--model", "large-v2", "--comp_unaware"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT, env=importable_env(),
+    )
+    assert proc.returncode == 4 and proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"voxpipe simulate: backend '{PORT}' failed to load model 'large-v2': "), proc.stderr
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("backend", ["faster-whisper", PORT])
+def test_commits_and_heartbeats_name_the_model_that_really_loaded(tmp_path, renamed_tiny, short_clip, backend):
+    """Only ``model_dir`` given (``model`` keeps its default, tiny.en): the folder is what loads, and is named."""
+    from pipeline import messages as m
+    from tests.procs import Pipeline
+
+    with Pipeline(tmp_path, ready_timeout=90) as p:
+        p.start("asr", ["worker", "--name", "asr", "--backend", backend, "--model-dir", str(renamed_tiny),
+                        "--language", "en", "--input", "audio"], env={"HF_HUB_OFFLINE": "1"})
+        ready = p.wait_ready("asr")["asr"]
+        sub = p.subscribe("transcript.asr.")
+        p.start("cap", ["capture", f"file:{short_clip}", "--stream", "named", "--speed", "0"])
+        commits = []
+        for msg in sub:
+            if isinstance(msg, m.Commit):
+                commits.append(msg)
+            elif isinstance(msg, m.EndOfStream):
+                break
+    assert ready.info["model"] == "my-tiny-ct2", ready.info
+    assert commits and {c.model for c in commits} == {"my-tiny-ct2"}, commits

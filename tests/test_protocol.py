@@ -85,6 +85,16 @@ def test_optional_fields_may_be_absent_or_nil():
     assert msg.ready is False and msg.info == {}
 
 
+def test_a_commit_may_say_its_language_and_how_sure_the_model_is():
+    """Optional fields (protocol 4.4): an old commit without them still decodes, with None."""
+    _, old = m.decode([b"transcript.asr.s1", header(**commit_header())])
+    assert (old.language, old.language_prob, old.language_uncertain) == (None, None, None)
+    frames = [b"transcript.asr.s1", header(**commit_header(language="de", language_prob=0.31,
+                                                           language_uncertain=True))]
+    _, msg = m.decode(frames)
+    assert (msg.language, msg.language_prob, msg.language_uncertain) == ("de", 0.31, True)
+
+
 def reason(frames) -> str:
     with pytest.raises(m.ProtocolError) as err:
         m.decode(frames)
@@ -125,6 +135,10 @@ REJECTED = [
     ("malformed words", [b"transcript.asr.s1", header(**commit_header(words=[[1.0, " hi"]]))], "field"),
     ("word time as text", [b"transcript.asr.s1", header(**commit_header(words=[["1", 2.0, "x"]]))], "field"),
     ("bad worker id", [b"transcript.asr.s1", header(**commit_header(worker="a.b"))], "field"),
+    ("language not a code", [b"transcript.asr.s1", header(**commit_header(language="de!"))], "field"),
+    ("language_prob above 1", [b"transcript.asr.s1", header(**commit_header(language_prob=1.5))], "field"),
+    ("language_uncertain not boolean", [b"transcript.asr.s1", header(**commit_header(language_uncertain=1))],
+     "field"),
     ("text too long", [b"partial.asr.s1", header(v=1, kind="partial", stream="s1", seq=0, text="x" * 20001,
                                                  worker="asr")], "field"),
     ("ready not boolean", [b"status.x", header(v=1, kind="heartbeat", stream="", seq=0, name="x", role="r",

@@ -96,11 +96,14 @@ def test_a_failing_stream_leaves_its_neighbour_complete(pipe):
 def test_the_broker_killed_and_restarted_mid_stream(pipe):
     sub = pipe.subscribe("transcript.asr.steady", timeout=60)
     pipe.start("cap-steady", ["capture", "--config", str(pipe.cfg), "--name", "steady"])
-    commits, arrivals = [], []
+    commits, arrivals, reports = [], [], []
     restarted = None
     for _topic, msg in sub.items():
         if isinstance(msg, m.EndOfStream):
             break
+        if isinstance(msg, m.Error):  # what was lost, said on the stream's transcript
+            reports.append(msg.message)
+            continue
         commits.append(msg)
         arrivals.append(time.monotonic())
         if len(commits) == 2 and restarted is None:
@@ -117,8 +120,10 @@ def test_the_broker_killed_and_restarted_mid_stream(pipe):
     print(f"\nbroker kill -9 at {killed - arrivals[0]:.1f}s after the first commit, restarted 1.0s later: "
           f"commits resumed {resumed:.2f}s after the restart ({len(after)} more, up to {commits[-1].end:.1f}s); "
           f"lost on the way in: vad {hbs['vad'].counters['gaps']} audio frame(s), "
-          f"asr {hbs['asr'].counters['gaps']} speech message(s); WER {wer_of(text):.3f}")
+          f"asr {hbs['asr'].counters['gaps']} speech message(s); WER {wer_of(text):.3f}; reported: {reports}")
     assert after and resumed < 10.0
+    if hbs["asr"].counters["gaps"]:
+        assert any("lost on the way" in r for r in reports), reports
     assert [c.seq for c in commits] == sorted(c.seq for c in commits)  # the worker went on (no restart)
     assert commits[-1].end > CLIP_S - 2.0  # the stream went on to its end
     assert all(pipe.procs[n].alive() for n in ("vad", "asr", "out", "broker2"))

@@ -15,7 +15,7 @@ from pipeline import messages as m
 from pipeline.bus import Publisher, Subscriber, handshake
 from pipeline.client import subscribe
 from pipeline.snapshot import History, Merger, answer, fetch
-from tests.procs import ROOT, Pipeline, free_port
+from tests.procs import ROOT, Pipeline, Vouching, free_port
 
 WALL0 = 1_700_000_000.0
 
@@ -76,7 +76,8 @@ def test_merger_skips_duplicates_and_finds_holes_and_restarts():
 
 # -- with a real sink ---------------------------------------------------------------------------------------
 class FakeWorker(threading.Thread):
-    """Publishes commits on several topics at a steady rate, then eos on each, as a worker would."""
+    """Publishes commits on several topics at a steady rate, then eos on each, as a worker would
+    (with heartbeats listing its streams, several times a second)."""
 
     def __init__(self, bus, streams=("s1", "s2"), n: int = 400, rate: float = 400.0):
         super().__init__(daemon=True)
@@ -88,18 +89,26 @@ class FakeWorker(threading.Thread):
         self.streams, self.n, self.rate = streams, n, rate
         self.published = 0
         self.halfway = threading.Event()
+        self.vouching = Vouching(self.pub.send)
+
+    def send(self, topic, msg):
+        self.vouching.before(topic, msg)
+        self.pub.send(topic, msg)
+        self.vouching.after(topic, msg)
 
     def run(self):
         t0 = time.monotonic()
         for i in range(self.n):
             for s in self.streams:
-                self.pub.send(m.transcript_topic("asr", s), commit(i, s))
+                self.send(m.transcript_topic("asr", s), commit(i, s))
+            if i % 20 == 19:
+                self.vouching.beat("asr")
             self.published = i + 1
             if i == self.n // 3:
                 self.halfway.set()
             time.sleep(max(0.0, t0 + (i + 1) / self.rate - time.monotonic()))
         for s in self.streams:
-            self.pub.send(m.transcript_topic("asr", s), eos(self.n, s))
+            self.send(m.transcript_topic("asr", s), eos(self.n, s))
 
     def close(self):
         self.pub.close()

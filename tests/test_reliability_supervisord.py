@@ -130,4 +130,5 @@ sinks:
           f"(seq {restarted[0].seq}, audio {restarted[0].beg:.1f}-{restarted[0].end:.1f}s)")
     assert new_pids, logs[-3000:]
     assert resumed < 10.0
-    assert restarted[0].seq == 0  # a new worker: its counters start over, which is not a gap
+    # a new worker: its seq starts over (not a gap); first it says it started on the live stream (an error, seq 0)
+    assert restarted[0].seq == 1

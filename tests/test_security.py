@@ -150,20 +150,37 @@ def plain_pub(ctx: zmq.Context, xsub: str, security: SecurityConfig | None = Non
 @pytest.fixture
 def keys(tmp_path):
     d = tmp_path / "keys"
-    create_keys(d)
+    create_keys(d, ["client", "asr", "out", "friend"])  # the client key, and one per actor
     create_keys(d, ["mallory"], authorize=False)  # a well-formed key the bus does not know
     return d
 
 
+ACTORS = """
+sources:
+  - name: friend
+    input: file:{clip}
+workers:
+  - name: asr
+sinks:
+  - name: out
+    output: jsonl:{out}
+"""
+
+
+def actors(tmp_path) -> str:
+    return ACTORS.format(clip=DATA / "weather.wav", out=tmp_path / "unused.jsonl")
+
+
 def test_curve_bus_admits_only_authorized_keys(tmp_path, keys):
     mallory = SecurityConfig(curve=True, keys_dir=str(keys), client="mallory")
-    with Pipeline(tmp_path / "p", curve_keys=keys) as p:
-        sub = p.subscribe("transcript.", timeout=1.0)  # the client key: synced through the broker
+    asr = SecurityConfig(curve=True, keys_dir=str(keys), client="asr")
+    with Pipeline(tmp_path / "p", curve_keys=keys, actors=actors(tmp_path)) as p:
+        sub = p.subscribe("transcript.", timeout=1.0, verify=False)  # the client key: synced through the broker
         outsiders = [Listener(p.bus.xpub), Listener(p.bus.xpub, mallory)]
         for o in outsiders:
             o.start()
         ctx = zmq.Context()
-        pub = Publisher(ctx, p.bus.config(p.security))
+        pub = Publisher(ctx, p.bus.config(asr))  # the worker's key
         intruders = [plain_pub(ctx, p.bus.xsub), plain_pub(ctx, p.bus.xsub, mallory)]
         try:
             deadline = time.monotonic() + 3.0
@@ -194,8 +211,7 @@ def test_curve_pipeline_transcribes_key_holders_only(tmp_path, keys):
     from apps.bench.evaluation import reference_text, wer
 
     clip = DATA / "weather.wav"
-    with Pipeline(tmp_path / "p", curve_keys=keys) as p:
-        cfg = p.write_config(f"""
+    body = f"""
 vad:
   enabled: false
 sources:
@@ -207,7 +223,9 @@ workers:
   - name: asr
     input: audio
     partials: false
-""")
+"""
+    with Pipeline(tmp_path / "p", curve_keys=keys, actors=body) as p:
+        cfg = p.write_config(body)
         p.start("asr", ["worker", "--config", str(cfg), "--name", "asr"])
         p.wait_ready("asr", timeout=120)
         outsider = Listener(p.bus.xpub)
@@ -243,22 +261,29 @@ def test_curve_guards_the_snapshot_endpoint_too(tmp_path, keys):
     from pipeline.snapshot import SnapshotError, fetch
     from tests.procs import free_port
 
-    with Pipeline(tmp_path / "p", curve_keys=keys) as p:
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        cfg = p.write_config(f"""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    body = f"""
+workers:
+  - name: asr
 sinks:
   - name: out
     output: jsonl:{tmp_path}/t.jsonl
     snapshot: {endpoint}
-""")
+"""
+    with Pipeline(tmp_path / "p", curve_keys=keys, actors=body) as p:
+        cfg = p.write_config(body)
         p.start("out", ["sink", "--config", str(cfg), "--name", "out"])
         p.wait_ready("out")
         ctx = zmq.Context()
-        pub = Publisher(ctx, p.bus.config(p.security))
+        asr = SecurityConfig(curve=True, keys_dir=str(keys), client="asr")
+        pub = Publisher(ctx, p.bus.config(asr))  # as the worker, with its key
         from pipeline.bus import Subscriber, handshake
+        from tests.procs import Vouching
 
-        sub = Subscriber(ctx, p.bus.config(p.security), [])
-        assert handshake(pub, sub, "fake-worker", timeout=10)
+        sub = Subscriber(ctx, p.bus.config(asr), [])
+        assert handshake(pub, sub, "asr", timeout=10)
+        vouching = Vouching(pub.send)
+        vouching.before("transcript.asr.s1", commit(0, " secret"))
         pub.send("transcript.asr.s1", commit(0, " secret"))
         p.wait_heartbeat("out", lambda h: h.counters["written"] >= 1)
         try:

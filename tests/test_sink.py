@@ -9,7 +9,7 @@ import zmq
 from pipeline import messages as m
 from pipeline.bus import Publisher, Subscriber, handshake
 from pipeline.config import BusConfig
-from tests.procs import Pipeline
+from tests.procs import Pipeline, Vouching
 
 BODY = """
 workers:
@@ -37,21 +37,27 @@ class FakeWorkers:
         self.pub = Publisher(self.ctx, bus)
         self.sub = Subscriber(self.ctx, bus, [])
         assert handshake(self.pub, self.sub, "fake-workers", timeout=10.0)
+        self.vouching = Vouching(self.pub.send)  # heartbeats listing the streams, as real workers send
+
+    def send(self, topic, msg):
+        self.vouching.before(topic, msg)
+        self.pub.send(topic, msg)
+        self.vouching.after(topic, msg)
 
     def commit(self, worker, stream, text, start):
         topic = m.transcript_topic(worker, stream)
         w = words(text, start)
-        self.pub.send(topic, m.Commit(stream=stream, seq=self.pub.seq(topic), beg=w[0][0], end=w[-1][1],
-                                      text="".join(x[2] for x in w), words=w, worker=worker,
-                                      backend="fake", model="none", emitted=time.time(), wall0=time.time()))
+        self.send(topic, m.Commit(stream=stream, seq=self.pub.seq(topic), beg=w[0][0], end=w[-1][1],
+                                  text="".join(x[2] for x in w), words=w, worker=worker,
+                                  backend="fake", model="none", emitted=time.time(), wall0=time.time()))
 
     def partial(self, worker, stream, text):
         topic = m.partial_topic(worker, stream)
-        self.pub.send(topic, m.Partial(stream=stream, seq=self.pub.seq(topic), text=text, worker=worker))
+        self.send(topic, m.Partial(stream=stream, seq=self.pub.seq(topic), text=text, worker=worker))
 
     def eos(self, worker, stream):
         topic = m.transcript_topic(worker, stream)
-        self.pub.send(topic, m.EndOfStream(stream=stream, seq=self.pub.seq(topic), t=9.0, worker=worker))
+        self.send(topic, m.EndOfStream(stream=stream, seq=self.pub.seq(topic), t=9.0, worker=worker))
 
     def close(self):
         self.pub.close()
@@ -150,3 +156,53 @@ def test_sink_bad_output_is_a_config_error(args, message):
 
     res = subprocess.run([sys.executable, "-m", "apps.cli", "sink", *args], capture_output=True, text=True, timeout=60)
     assert res.returncode == 3 and message in res.stderr
+
+
+def test_a_sink_holds_at_most_its_streams_and_bytes_whatever_it_is_sent(tmp_path):
+    """Budgets in memory: snapshot history and cue outputs keep ``max_streams`` pairs of ``max_stream_bytes``;
+    a late subscriber's request is answered from what is kept (the sink does not grow for it)."""
+    import psutil
+
+    from pipeline.snapshot import fetch
+    from tests.procs import free_port
+
+    snapshot = f"tcp://127.0.0.1:{free_port()}"
+    with Pipeline(tmp_path / "run") as p:
+        cfg = p.write_config(f"""
+workers:
+  - name: a
+sinks:
+  - name: j
+    output: jsonl:{tmp_path}/t.jsonl
+    snapshot: {snapshot}
+    max_streams: 4
+    max_stream_bytes: 20000
+  - name: s
+    output: srt:{tmp_path}/t.srt
+    max_streams: 4
+    max_stream_bytes: 20000
+""")
+        p.start("j", ["sink", "--config", str(cfg), "--name", "j"])
+        p.start("s", ["sink", "--config", str(cfg), "--name", "s"])
+        p.wait_ready("j", "s")
+        rss = {n: psutil.Process(p.procs[n].pid).memory_info().rss for n in ("j", "s")}
+        fake = FakeWorkers(p.bus.xsub, p.bus.xpub)
+        try:
+            text = " ".join(["word"] * 60)  # 300 characters a commit, a commit a second of speech
+            for i in range(1000):
+                fake.commit("a", f"s{i % 12}", text, start=float(i))
+                if i % 50 == 0:
+                    fake.vouching.beat("a")  # a worker heartbeats about once a second
+            p.wait_heartbeat("j", lambda h: h.counters["commits"] >= 1000, timeout=60)
+            snap = fetch(zmq.Context.instance(), snapshot, ["transcript."], p.bus.config())
+            hb = {n: p.wait_heartbeat(n, lambda h: h.counters["commits"] >= 1000) for n in ("j", "s")}
+            grown = {n: psutil.Process(p.procs[n].pid).memory_info().rss - rss[n] for n in ("j", "s")}
+        finally:
+            fake.close()
+    kept = sum(len(m.encode(t, x)[1]) for t, x in snap)
+    print(f"\nbudget: 1000 commits on 12 streams; snapshot holds {len({t for t, _ in snap})} stream(s), "
+          f"{kept} header bytes; sinks grew {grown['j'] >> 10} / {grown['s'] >> 10} KiB; "
+          f"cue output refused {hb['s'].counters['refused']}")
+    assert len({t for t, _ in snap}) == 4 and kept <= 4 * 20000
+    assert hb["s"].counters["refused"] > 0 and len(records(tmp_path / "t.jsonl")) == 1000  # the file has it all
+    assert max(grown.values()) < 20 << 20

@@ -7,7 +7,9 @@
 (c) when nothing gets committed, the buffer (and so the latency) stays bounded;
 (d) a hypothesis looping on a phrase is not committed as stable;
 (e) a word that only changes its punctuation ("word" / "word,") still commits;
-(f) committed history and all internal lists stay bounded over hours.
+(f) committed history and all internal lists stay bounded over hours;
+(g) case and punctuation read as offline: a mark that only ends the audio
+    waits for the next hypothesis, and a sentence begins with a capital.
 
 Scripted backends (tests/fakes.py) make each case exact and fast; the
 real-model counterparts of (a) and (b) are in test_streaming_wer.py.
@@ -263,7 +265,7 @@ def test_c_options_that_would_defeat_the_bound_are_rejected(bad):
 def test_c_silence_after_committed_speech_is_not_decoded_again_and_again():
     # one sentence (one segment, so segment trimming never cuts), then a minute of silence
     timeline = words("one two three four five six", start=0.2, dur=0.3, gap=0.1)
-    opts = StreamingOptions()
+    opts = StreamingOptions(sentence_case=False)
     asr = TimelineASR(timeline, segment_marks="")
     proc = OnlineASRProcessor(asr, options=opts)
     for second in range(60):
@@ -409,6 +411,65 @@ def test_e_a_recommitted_word_with_new_punctuation_is_not_duplicated():
         proc.insert_audio_chunk(zeros(1.0))
         proc.process_iter()
     assert " ".join(w[2].strip() for w in proc.history) == "I said hello Tom"
+
+
+# -- (g) case and punctuation are as a reader expects --------------------------------------
+
+
+def test_g_a_mark_that_only_ends_the_audio_waits_for_the_next_hypothesis():
+    # at the end of the audio Whisper writes "changed." although "because" follows; the word
+    # waits for the hypothesis that hears what follows, and commits as that one spells it
+    asr = ScriptedASR(["time itself was changed.", "time itself was changed.", "time itself was changed, because the"])
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(settle_sec=0.0, early_commit_sec=0.0,
+                                                            sentence_case=False))
+    out = []
+    for _ in range(3):
+        proc.insert_audio_chunk(zeros(1.0))
+        out += committed_words([proc.process_iter()])
+    assert out == ["time", "itself", "was", "changed,"]
+
+
+def test_g_at_a_pause_the_last_word_commits_with_its_mark():
+    asr = ScriptedASR(["the trains needed a clock.", "the trains needed a clock."])
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(sentence_case=False))
+    proc.insert_audio_chunk(zeros(1.0))
+    first = proc.process_iter()
+    proc.insert_audio_chunk(zeros(1.0))
+    assert committed_words([first, proc.flush()])[-1] == "clock."
+
+
+def test_g_whisper_streaming_rule_commits_a_marked_last_word_on_agreement():
+    asr = ScriptedASR(["it was changed.", "it was changed."])
+    proc = OnlineASRProcessor(asr)  # as whisper_online builds it: its rule exactly
+    proc.insert_audio_chunk(zeros(1.0))
+    proc.process_iter()
+    proc.insert_audio_chunk(zeros(1.0))
+    assert proc.process_iter().text == "it was changed."
+
+
+def test_g_a_sentence_begins_with_a_capital_whatever_the_window_wrote():
+    # the first window ends a sentence; the window after the pause starts inside the old one
+    # and writes "day, towns grew": the committed text reads "day. Towns grew"
+    before = words("in a single day.", start=0.0)  # ends at 1.9 s
+    asr = ScriptedASR([before, before, words("day, towns grew around", start=1.5),
+                       words("day, towns grew around it", start=1.5)])
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(settle_sec=0.0, early_commit_sec=0.0))
+    text = []
+    for i in range(4):
+        proc.insert_audio_chunk(zeros(1.0))
+        commit = proc.flush() if i == 1 else proc.process_iter()
+        text.append(commit.text)
+    assert " ".join(t for t in text if t) == "In a single day. Towns grew around"
+
+
+def test_g_a_word_inside_a_sentence_keeps_its_case():
+    asr = ScriptedASR(["Mr. Smith said the iPhone", "Mr. Smith said the iPhone was"])
+    proc = OnlineASRProcessor(asr, options=StreamingOptions(settle_sec=0.0, early_commit_sec=0.0))
+    proc.insert_audio_chunk(zeros(1.0))
+    proc.process_iter()
+    proc.insert_audio_chunk(zeros(1.0))
+    # "Mr." counts as a sentence end (no abbreviation list): "Smith" was a capital anyway
+    assert proc.process_iter().text == "Mr. Smith said the iPhone"
 
 
 # -- (f) nothing grows without bound over hours ---------------------------------------------

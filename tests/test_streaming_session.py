@@ -3,7 +3,9 @@
 Specified here, with a perfect scripted recogniser (``TimelineASR`` on ramp audio, so the
 processor's clock is checked against the truth):
 
-* a decode is due once ``min_chunk_size`` seconds of audio are new, never before;
+* a decode is due once ``min_chunk_size`` seconds of audio are new, never before; when the
+  driver says the stream has only a share of its decode threads and decodes are slow, the
+  chunk grows (the stream's decode time over ``max_load`` x share, up to ``max_chunk_size``);
 * audio that arrives while a step runs waits in the inbox and goes in afterwards;
 * a pause (``at_pause="flush"``) commits every word before it at once and keeps the audio
   as context; ``at_pause="finish"`` starts a fresh buffer; ``ignore`` does nothing;
@@ -20,7 +22,7 @@ from __future__ import annotations
 import pytest
 
 from asr_core.online import OnlineASRProcessor, StreamingOptions
-from asr_core.streaming import Mark, Schedule, Step, StreamingSession
+from asr_core.streaming import Mark, Pause, Schedule, Step, StepResult, StreamingSession
 from tests.fakes import ScriptedASR, TimelineASR, ramp, words
 
 TIMELINE = words("one two three four five six seven eight", start=0.1, dur=0.3, gap=0.2)  # 0.1 .. 3.9
@@ -51,6 +53,39 @@ def test_a_decode_is_due_only_once_min_chunk_size_of_audio_is_new():
     assert s.due() is Step.DECODE
     s.run_due()
     assert s.due() is None and s.processor.undecoded_seconds == 0
+
+
+def decoded_once(s, decode_seconds):
+    """Run one decode step that (the session is told) took ``decode_seconds``."""
+    s.start(Step.DECODE)
+    result = s.run(Step.DECODE)
+    s.complete(StepResult(Step.DECODE, result.commit, None, decode_seconds, result.decoded_audio_seconds, 1))
+
+
+def test_with_spare_capacity_a_decode_is_due_every_min_chunk_size():
+    s = session(schedule=Schedule(0.3))
+    feed(s, 0.0, 0.3)
+    decoded_once(s, 0.1)  # decodes are cheap: 0.1 s
+    feed(s, 0.3, 0.6)
+    assert s.chunk(share=1.0) == pytest.approx(0.3)
+    assert s.due(share=1.0) is Step.DECODE
+
+
+def test_a_busy_worker_decodes_a_stream_less_often():
+    s = session(schedule=Schedule(0.3, max_load=0.8, max_chunk_size=2.0))
+    feed(s, 0.0, 0.3)
+    decoded_once(s, 0.4)  # a decode takes 0.4 s
+    # a thread to itself: at most 80% busy, so a chunk of 0.4 / 0.8 = 0.5 s
+    assert s.chunk(share=1.0) == pytest.approx(0.5)
+    feed(s, 0.3, 0.6)
+    assert s.due(share=1.0) is None
+    feed(s, 0.6, 0.8)
+    assert s.due(share=1.0) is Step.DECODE
+    # five streams on two threads: each may keep 0.4 of a thread busy: 0.4 / (0.8 * 0.4) = 1.25 s
+    assert s.chunk(share=0.4) == pytest.approx(1.25)
+    assert s.chunk(share=0.1) == pytest.approx(2.0)  # at most max_chunk_size
+    # without a share (the deterministic replay), decode cost does not matter
+    assert s.chunk() == pytest.approx(0.3) and s.due() is Step.DECODE
 
 
 def test_audio_that_arrives_during_a_step_waits_in_the_inbox():
@@ -180,7 +215,8 @@ def test_marks_are_typed():
     s.start(Step.DECODE)  # hold the inbox
     s.push_pause()
     s.push_end()
-    assert list(s.inbox)[-2:] == [Mark.PAUSE, Mark.END]
+    pause, end = list(s.inbox)[-2:]
+    assert isinstance(pause, Pause) and pause.at == pytest.approx(0.5) and end is Mark.END
 
 
 def test_a_schedule_rejects_values_that_make_no_sense():
@@ -190,4 +226,8 @@ def test_a_schedule_rejects_values_that_make_no_sense():
         Schedule(1.0, at_pause="sometimes")
     with pytest.raises(ValueError):
         Schedule(1.0, utterance_gap=0)
+    with pytest.raises(ValueError):
+        Schedule(1.0, max_load=0)
+    with pytest.raises(ValueError):
+        Schedule(1.0, max_chunk_size=0)
 

@@ -100,6 +100,27 @@ def test_transcripts_go_to_their_stream_and_worker_only():
     assert hub.view("web-a", "tiny").error == "boom"
 
 
+def test_a_pool_is_one_worker_on_the_page_whichever_replica_holds_the_stream():
+    hub = WebHub(worker_order=("asr",))
+    hub.open_stream("web-a")
+    for name, ready in (("asr-1", False), ("asr-2", True)):
+        hb = heartbeat(name, ready=ready, language="en")
+        hb.info["pool"] = "asr"
+        hub.on_message(m.status_topic(name), hb)
+    (pool,) = hub.view(None).workers
+    assert pool.name == "asr" and pool.ready  # ready: one of its workers is
+    first = m.Commit(stream="web-a", seq=0, beg=0.0, end=1.0, text="good", worker="asr-1", epoch=1)
+    later = m.Commit(stream="web-a", seq=2, beg=1.0, end=2.0, text="morning", worker="asr-2", epoch=2)
+    stale = m.Commit(stream="web-a", seq=1, beg=1.0, end=2.0, text="morning", worker="asr-1", epoch=1)
+    for msg in (first, later, stale):  # asr-1 was presumed dead, and spoke late
+        hub.on_message("transcript.asr.web-a", msg)
+    assert hub.view("web-a", "asr").committed == "good morning"
+    hub.open_stream("web-b")
+    hub.on_message("transcript.asr.web-b", m.Error(stream="web-b", seq=0, message="refused: all 2 worker(s) of pool "
+                                                   "asr are full", code=m.POOL_FULL))
+    assert hub.view("web-b", "asr").error.startswith("refused")
+
+
 def test_default_worker_is_the_first_configured_and_language_picks_among_workers():
     hub = WebHub(worker_order=("tiny", "fr", "base"), worker_languages={"fr": "fr"})
     hub.on_message("status.base", heartbeat("base", language="en"))
@@ -174,3 +195,20 @@ def test_page_drawing_escapes_text_and_marks_the_partial():
     assert f"voxpipe/download/web-a/srt?worker=asr&amp;key={s.key}" in links
     hub.deny("web-z", "access token missing or wrong: not streaming")
     assert 'data-state="denied"' in render_status(hub.view("web-z"), token_required=True)
+
+
+def test_the_pages_language_and_task_go_with_every_frame_and_its_detected_language_is_shown():
+    hub = WebHub()
+    hub.set_hints("web-h", "de", "translate")  # chosen before the stream opened
+    hub.open_stream("web-h")
+    hub.push_audio("web-h", SR, tone(0.2))
+    hub.set_hints("web-h", "auto", "bogus")  # changed while streaming; an unknown task is the workers' own
+    hub.push_audio("web-h", SR, tone(0.1))
+    out = hub.take_outgoing()
+    assert [(o.language, o.task) for o in out] == [("de", "translate")] * 2 + [("auto", None)]
+    hub.on_message("status.asr", heartbeat("asr", language="auto"))
+    hub.on_message("transcript.asr.web-h", m.Commit(stream="web-h", seq=0, beg=0.0, end=0.3, text="Hallo",
+                                                    worker="asr", language="de", language_prob=0.42,
+                                                    language_uncertain=True))
+    v = hub.view("web-h", "asr")
+    assert (v.language, v.language_prob, v.language_uncertain) == ("de", 0.42, True)

@@ -12,6 +12,12 @@ A frame over ``MAX_WIRE_BYTES`` (1 MiB) makes ZeroMQ drop the sender's
 connection before anything is forwarded. With ``bus.security.curve`` both
 sockets are CURVE servers and a ZAP authenticator admits only authorized
 client keys (:mod:`pipeline.security`).
+
+It looks at one thing of each message, its topic, against the publishing connection's
+identity (the ZAP ``User-Id``: the key's name with CURVE, ``conn:<n>`` without;
+:mod:`pipeline.permissions`): with CURVE a key may publish only its actor's topics
+(``forbidden`` counts the rest), and every identity may keep only so many stream ids live
+(``over_quota`` counts the messages for more).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import time
 import zmq
 
 from pipeline import messages as m
-from pipeline.bus import MAX_WIRE_BYTES, apply_options
+from pipeline.bus import MAX_WIRE_BYTES, apply_options, prepare_bind
+from pipeline.permissions import PublisherQuota, TopicGuard, quota_limits
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 
@@ -39,8 +46,13 @@ class Broker(Actor):
         super().__init__(name, bus, config)
         self.xsub = None
         self.xpub = None
-        self.auth = None  # the CURVE authenticator, when bus.security.curve is on
-        self.counters.update({"messages": 0, "subscriptions": 0, "bytes": 0})
+        self.auth = None  # the ZAP authenticator: every publishing connection gets an identity
+        self.counters.update({"messages": 0, "subscriptions": 0, "bytes": 0, "forbidden": 0, "over_quota": 0})
+        from pipeline.config import Config
+
+        cfg = config if config is not None else Config(bus=bus)
+        self.guard = TopicGuard(cfg) if bus.security.enabled else None
+        self.quota = PublisherQuota(quota_limits(cfg))
         self._rate_window = (time.monotonic(), 0)
         self.counters["messages_per_s"] = 0.0
 
@@ -51,21 +63,24 @@ class Broker(Actor):
             self.counters["dropped"] += 1
 
     def _bind(self):
-        from pipeline.security import apply_server_keys, start_authenticator
+        from pipeline.security import ZAP_DOMAIN, apply_server_keys, start_authenticator
 
-        if self.bus.security.enabled:
-            self.auth = start_authenticator(self.ctx, self.bus.security)
+        self.auth = start_authenticator(self.ctx, self.bus.security)
         self.xsub = self.ctx.socket(zmq.XSUB)
         self.xpub = self.ctx.socket(zmq.XPUB)
         for sock in (self.xsub, self.xpub):
             apply_options(sock, self.bus)
             if self.bus.security.enabled:
                 apply_server_keys(sock, self.bus.security)
+        if not self.bus.security.enabled:
+            self.xsub.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)  # plain connections get an identity too
         self.xsub.setsockopt(zmq.RCVHWM, int(self.bus.hwm))
         self.xsub.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_BYTES)
         self.xpub.setsockopt(zmq.SNDHWM, int(self.bus.hwm))
         self.xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
         try:
+            for endpoint in (self.bus.xsub, self.bus.xpub):
+                prepare_bind(endpoint)
             self.xsub.bind(self.bus.xsub)
             self.xpub.bind(self.bus.xpub)
         except zmq.ZMQError as exc:
@@ -76,6 +91,7 @@ class Broker(Actor):
 
     def run(self) -> int:
         self.install_signals()
+        self.start_http()
         self.ctx = zmq.Context()
         try:
             self._bind()
@@ -83,6 +99,7 @@ class Broker(Actor):
             self.log.info("forwarding %s -> %s", self.bus.xsub, self.bus.xpub)
             return self._forward()
         finally:
+            self.stop_http()
             for sock in (self.xsub, self.xpub):
                 if sock is not None:
                     sock.close()
@@ -126,6 +143,8 @@ class Broker(Actor):
                     last_traffic = time.monotonic()
                     self.counters["messages"] += 1
                     self.counters["bytes"] += sum(len(f) for f in frames)
+                    if not self._may_pass(frames, last_traffic):
+                        continue
                     try:
                         self.xpub.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
@@ -140,6 +159,25 @@ class Broker(Actor):
                     self.xsub.send(frame)
         self.heartbeat()
         return 0
+
+    def _may_pass(self, frames, now: float) -> bool:
+        """The publishing connection may publish this topic, and has room for its stream id."""
+        topic = frames[0].bytes
+        try:
+            identity = frames[0].get("User-Id")
+        except zmq.ZMQError:  # no ZAP identity (cannot happen with the authenticator running)
+            identity = ""
+        if self.guard is not None and not self.guard.allowed(identity, topic):
+            self.counters["forbidden"] += 1
+            self.limited.warning(f"forbidden:{identity}", "dropped a message on %s from %s: that key may not "
+                                 "publish there", topic[:80].decode("utf-8", "replace"), identity)
+            return False
+        if not self.quota.admit(identity, topic, now):
+            self.counters["over_quota"] += 1
+            self.limited.warning(f"quota:{identity}", "dropped a message on %s from %s: it has too many streams "
+                                 "live", topic[:80].decode("utf-8", "replace"), identity)
+            return False
+        return True
 
     def _update_rate(self, now: float) -> None:
         t0, n0 = self._rate_window

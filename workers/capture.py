@@ -30,6 +30,10 @@ then exits 0; the first SIGTERM/SIGINT sends ``eos`` at once and exits (if
 it comes while still waiting for the consumers, nothing was sent: no eos).
 Stdin is paced like a file; for a live producer (e.g. ``arecord``) use
 ``--speed 0`` so frames go out as they arrive.
+
+With ``--config`` it also listens to its stream's transcript topics (one per pool): a pool
+that refuses the stream (an ``error`` with code ``pool_full`` or ``streams_full``) is logged
+and counted (``refusals``; heartbeat ``info.refused_by``), and so is a failover.
 """
 
 from __future__ import annotations
@@ -56,8 +60,11 @@ class Capture(Actor):
     role = "capture"
 
     def __init__(self, name, bus, scfg: SourceConfig, spec: InputSpec, source: Source,
-                 wait_for: tuple = (), config=None):
+                 wait_for: tuple = (), config=None, pools: tuple = ()):
         super().__init__(name, bus, config)
+        self.pools = tuple(pools)  # whose transcript topics of our stream we watch for refusals
+        self.refused_by: list[str] = []
+        self.counters["refusals"] = 0
         self.scfg = scfg
         self.spec = spec
         self.source = source
@@ -81,9 +88,20 @@ class Capture(Actor):
 
     # -- actor hooks ----------------------------------------------------------------
     def subscriptions(self):
-        return ["status."] if self.wait_for else []
+        watch = [m.transcript_topic(p, self.stream) for p in self.pools]
+        return (["status."] if self.wait_for else []) + watch
 
     def handle(self, topic: str, msg: m.Message) -> None:
+        if isinstance(msg, m.Error) and msg.code is not None:
+            pool = m.parse_topic(topic).worker
+            if msg.code in (m.POOL_FULL, m.STREAMS_FULL):
+                self.counters["refusals"] += 1
+                if pool not in self.refused_by:
+                    self.refused_by.append(pool)
+                self.log.warning("pool %s refused stream %s (%s): %s", pool, self.stream, msg.code, msg.message)
+            elif msg.code == m.FAILOVER:
+                self.log.warning("pool %s, stream %s: %s", pool, self.stream, msg.message)
+            return
         if isinstance(msg, m.Heartbeat) and msg.ready and msg.name in self.wait_for:
             if msg.name not in self.seen_ready:
                 self.log.info("%s is ready", msg.name)
@@ -102,9 +120,11 @@ class Capture(Actor):
 
     def info(self) -> dict:
         d = {"stream": self.stream, "input": str(self.spec), "seconds": round(self.sent / SR, 3),
-             "state": self.state, "speed": self.speed}
+             "state": self.state, "speed": self.speed, "streams": [] if self.state == "done" else [self.stream]}
         if self.state == "waiting":
             d["waiting_for"] = sorted(set(self.wait_for) - self.seen_ready)
+        if self.refused_by:
+            d["refused_by"] = list(self.refused_by)
         return d
 
     def teardown(self) -> None:
@@ -169,7 +189,7 @@ class Capture(Actor):
                 return  # not due yet; poll_ms is set to wake up on time
             self.publish(self.topic, m.Audio(
                 stream=self.stream, seq=self.pub.seq(self.topic), t=self.sent / SR, sr=SR,
-                wall0=wall0, pcm=self._frame.tobytes(),
+                wall0=wall0, pcm=self._frame.tobytes(), language=self.scfg.language, task=self.scfg.task,
             ))
             self.sent = end
             self._frame = np.zeros(0, dtype="<i2")
@@ -194,6 +214,7 @@ class Capture(Actor):
         self.publish(self.topic, m.EndOfStream(stream=self.stream, seq=self.pub.seq(self.topic), t=self.sent / SR))
         self.log.info("%s: sent %.2fs of audio, eos", reason, self.sent / SR)
         self.state = "done"
+        self.note_ended(self.stream)  # the VAD believes the eos once our heartbeat lists it as ended
         self.counters["streams_active"] = 0
         self.poll_ms = 50
         self.source.close()
@@ -202,9 +223,9 @@ class Capture(Actor):
 
 # -- command line ---------------------------------------------------------------------------------
 def default_wait_for(cfg) -> tuple:
-    """The consumers that must be up before audio flows: the VAD (if enabled) and every worker."""
+    """The consumers that must be up before audio flows: the VAD (if enabled), the dispatcher, every worker."""
     names = [cfg.vad.name] if cfg.vad.enabled else []
-    return tuple(names + [w.name for w in cfg.workers])
+    return tuple(names + cfg.expand_names([w.name for w in cfg.workers]))
 
 
 def register(sub) -> None:
@@ -222,6 +243,10 @@ def register(sub) -> None:
     p.add_argument("--wait-for", default=None, metavar="A,B",
                    help="actors that must be ready before sending ('' for none; default with --config: vad + workers)")
     p.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait for them, then start anyway")
+    p.add_argument("--language", default=None,
+                   help="ask the workers for this language (a code, or auto: detect); default: theirs")
+    p.add_argument("--task", default=None, choices=["transcribe", "translate"],
+                   help="ask the workers for this task; default: theirs")
     p.set_defaults(func=run)
 
 
@@ -233,17 +258,22 @@ def run(args) -> int:
             "input": args.input, "stream": args.stream, "speed": args.speed, "device": args.device,
             "frame_ms": args.frame_ms, "sample_rate": args.sample_rate, "wait_timeout": args.wait_timeout,
             "loop": True if args.loop else None,
+            "language": args.language, "task": args.task,
             "wait_for": None if args.wait_for is None else [n.strip() for n in args.wait_for.split(",") if n.strip()],
         }, default_name="capture")
         scfg = cfg.source(args.name) if args.name else cfg.sources[0]
-        wait_for = scfg.wait_for if scfg.wait_for is not None else (default_wait_for(cfg) if args.config else ())
+        if scfg.wait_for is not None:  # a worker entry or a pool named there stands for its processes
+            wait_for = tuple(cfg.expand_names(scfg.wait_for)) if args.config else scfg.wait_for
+        else:
+            wait_for = default_wait_for(cfg) if args.config else ()
         spec = parse_input(scfg.input)
         if spec.kind != "mic" and scfg.device is not None and args.device is not None:
             raise ConfigError("--device applies to mic input only")
         src = open_source(spec, loop=scfg.loop, sample_rate=scfg.sample_rate, device=scfg.device,
                           frame_ms=scfg.frame_ms)
         source.append(src)
-        return Capture(scfg.name, cfg.bus, scfg, spec, src, wait_for, cfg)
+        pools = tuple(cfg.pools()) if args.config else ()
+        return Capture(scfg.name, cfg.bus, scfg, spec, src, wait_for, cfg, pools=pools)
 
     try:
         return run_actor(build)

@@ -12,6 +12,7 @@ capture waits for its consumers.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
@@ -26,6 +27,7 @@ import numpy as np
 from pipeline.errors import RuntimeFailure
 
 SR = 16000
+log = logging.getLogger("voxpipe.capture")
 
 
 class CaptureError(RuntimeFailure):
@@ -154,9 +156,13 @@ class FileSource(Source):
 
 def _read_file(path: str) -> np.ndarray:
     """int16 samples at 16 kHz; plain 16 kHz mono 16-bit WAV is read bit-exact."""
-    from asr_core.audio import AudioFileError, load_audio
+    from asr_core.audio import AudioFileError, load_audio, wav_truncation
 
     p = Path(path)
+    cut = wav_truncation(p)
+    if cut is not None:
+        log.warning("%s: its header says %.1fs of audio but it holds %.1fs (cut off?): sending what there is",
+                    p, *cut)
     try:
         with wave.open(str(p), "rb") as w:
             if (w.getsampwidth(), w.getframerate(), w.getnchannels()) == (2, SR, 1):

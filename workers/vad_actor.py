@@ -6,14 +6,31 @@ stream, created when the stream is first seen and freed on ``eos`` or after
 order: ``speech_start`` (t), the audio inside the segment (with its
 ``speech_pad_ms`` pre-roll, cut sample-exact at the start and end, each frame
 with its own ``t``), ``speech_end`` (t); and ``eos`` after closing an open
-segment. ``wall0`` is copied from the latest input frame.
+segment. ``wall0`` is the stream's, by the rule below; the source's optional ``language``
+and ``task`` (what it asks of the workers) are copied from the latest input frame.
 
-A frame whose ``t`` goes backwards is dropped and counted (``out_of_order``).
-At most ``vad.max_streams`` streams are live at once: frames of further new
-streams are refused and counted (``streams_refused``) until one ends or
-idles out.
+A stream's time and ``wall0`` are fixed by its own frames (the gate's
+:class:`~asr_core.stream_clock.StreamClock`): a frame that does not continue
+it is set aside and counted (``out_of_step``), a ``wall0`` that jumps is not
+taken (``wall0_ignored``), and the stream switches to a timeline of set-aside
+frames only once that holds half a second of audio and the old one went quiet
+(``timeline_switches``: a restarted capture).
+
+At most ``vad.max_streams`` streams are live at once. A stream that never
+carried speech is forgotten after ``NO_SPEECH_IDLE_S`` without a frame, and
+when every slot is taken a new stream may take the slot of one that never
+carried speech (:mod:`workers.admission`: a quiet one, or, for a stream that
+keeps coming back, the one with the fewest frames; ``streams_evicted``), so a
+flood of stream ids does not keep a real stream out; else its frames are
+refused and counted (``streams_refused``) until one ends or idles out.
 A stream that goes idle is closed as if it had sent ``eos`` (so the workers
 flush); if it comes back it starts over (its ``seq`` restarts at 0).
+
+An ``eos`` on ``audio.<stream>`` is believed when the heartbeat of whoever
+announced the stream (its capture) lists it as ended (:mod:`pipeline.roster`;
+a forged one is dropped and counted, ``unconfirmed_eos``). The end of a stream
+that never carried speech is passed on as ``eos`` on ``speech.<stream>`` too,
+so the workers can say it ended.
 Heartbeat ``info.cpu_per_audio_s`` is the VAD's own CPU seconds per second
 of audio processed.
 """
@@ -21,22 +38,32 @@ of audio processed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from asr_core.speech_gate import SR, SpeechGate, to_samples
 from pipeline import messages as m
 from pipeline.config import VADConfig
+from pipeline.roster import Believer
 
+from .admission import Admission, Slot
 from .base import Actor, actor_config, add_actor_arguments, run_actor
+
+NO_SPEECH_IDLE_S = 2.0  # a stream that never carried speech is forgotten after this long without a frame
+CLOCK_COUNTERS = {"out_of_step": "out_of_step", "switches": "timeline_switches", "wall0_ignored": "wall0_ignored"}
 
 
 @dataclass
 class StreamGate:
     gate: SpeechGate
-    wall0: float = 0.0
     last_seen: float = 0.0
+    frames: int = 0
+    hints: dict = field(default_factory=dict)  # the source's language and task, passed on to the workers
+
+    @property
+    def wall0(self) -> float:
+        return self.gate.wall0
 
 
 class VADActor(Actor):
@@ -47,13 +74,16 @@ class VADActor(Actor):
         self.vcfg = vcfg
         self.idle_timeout = vcfg.idle_timeout
         self.streams: dict[str, StreamGate] = {}
-        self.counters.update({"speech_segments": 0, "out_of_order": 0, "streams_total": 0})
+        self.counters.update({"speech_segments": 0, "streams_total": 0, "streams_evicted": 0, "unconfirmed_eos": 0,
+                              **{c: 0 for c in CLOCK_COUNTERS.values()}})
+        self.believer = Believer(bus.heartbeat_interval)
+        self.admission = Admission()
         self._model_path = None
         self._cpu = 0.0
         self._audio = 0.0
 
     def subscriptions(self):
-        return ["audio."]
+        return ["audio.", "status."]
 
     def setup(self) -> None:
         from asr_core.vad import SileroVAD, silero_model_path
@@ -76,35 +106,59 @@ class VADActor(Actor):
 
     # -- messages ------------------------------------------------------------------------
     def handle(self, topic: str, msg: m.Message) -> None:
-        if isinstance(msg, m.Audio):
-            self._audio_frame(msg)
+        now = time.monotonic()
+        if isinstance(msg, m.Heartbeat):
+            self._ends(self.believer.heartbeat(msg, now))
+        elif isinstance(msg, m.Audio):
+            self._audio_frame(msg, now)
         elif isinstance(msg, m.EndOfStream):
+            self._ends(self.believer.offer(topic, msg, now))
+
+    def _ends(self, believed) -> None:
+        for _topic, msg in believed:
             st = self.streams.get(msg.stream)
             if st is not None:
                 self._close(msg.stream, st, msg.t)
+            elif self.believer.roster.announced(msg.stream, time.monotonic()):
+                self._end_unseen(msg.stream, msg.t)
 
-    def _audio_frame(self, msg: m.Audio) -> None:
+    def _admit(self, stream: str, now: float) -> bool:
+        """Room for a new stream: a free slot, else that of one that never carried speech (workers.admission)."""
+        if len(self.streams) >= self.vcfg.max_streams:
+            slots = {s: Slot(st.last_seen, st.frames, st.gate.segments == 0) for s, st in self.streams.items()}
+            victim = self.admission.victim(stream, slots, now)
+            if victim is not None:
+                self._forget(victim)
+                self.counters["streams_evicted"] += 1
+                self.limited.warning("evicted", "stream %s takes the slot of %s (no speech, quiet)", stream, victim)
+        return self.admit_stream(stream, len(self.streams), self.vcfg.max_streams)
+
+    def _audio_frame(self, msg: m.Audio, now: float) -> None:
         st = self.streams.get(msg.stream)
         n = to_samples(msg.t)
         if st is None:
-            if not self.admit_stream(msg.stream, len(self.streams), self.vcfg.max_streams):
+            if not self._admit(msg.stream, now):
                 return
             gate = SpeechGate(self._make_segmenter, self.vcfg.speech_pad_ms, first_sample=n)
             st = self.streams[msg.stream] = StreamGate(gate)
             self.counters["streams_total"] += 1
             self.counters["streams_active"] = len(self.streams)
+            self.announce()
             self.log.info("new stream %s at t=%.2f", msg.stream, msg.t)
-        st.wall0 = msg.wall0
-        st.last_seen = time.monotonic()
+        st.last_seen = now
+        st.frames += 1
+        st.hints = {k: v for k, v in (("language", msg.language), ("task", msg.task)) if v is not None}
         c0 = time.process_time()
-        events = st.gate.push(n, np.frombuffer(msg.pcm, dtype="<i2"))
+        before = dict(st.gate.clock.counts.__dict__)
+        events = st.gate.push(n, np.frombuffer(msg.pcm, dtype="<i2"), msg.wall0, now)
         self._cpu += time.process_time() - c0
         self._audio += msg.duration
-        if events is None:
-            self.counters["out_of_order"] += 1
-            self.limited.warning("backwards", "stream %s: frame at t=%.3f goes backwards (expected %.3f), dropped",
-                                 msg.stream, msg.t, st.gate.received / SR)
-            return
+        for key, counter in CLOCK_COUNTERS.items():
+            delta = getattr(st.gate.clock.counts, key) - before[key]
+            if delta:
+                self.counters[counter] += delta
+                self.limited.warning(key, "stream %s: frame at t=%.3f: %s (the stream is at %.3f)", msg.stream,
+                                     msg.t, counter.replace("_", " "), (st.gate.clock.end or 0.0))
         self._publish_events(msg.stream, st, events)
 
     def _publish_events(self, stream: str, st: StreamGate, events) -> None:
@@ -113,7 +167,7 @@ class VADActor(Actor):
         for ev in events:
             if ev[0] == "audio":
                 self.publish(topic, m.Audio(stream=stream, seq=seq(topic), t=ev[1] / SR, sr=SR, wall0=st.wall0,
-                                            pcm=ev[2].tobytes()))
+                                            pcm=ev[2].tobytes(), **st.hints))
             elif ev[0] == "start":
                 self.counters["speech_segments"] += 1
                 self.publish(topic, m.SpeechStart(stream=stream, seq=seq(topic), t=ev[1] / SR, wall0=st.wall0))
@@ -124,17 +178,28 @@ class VADActor(Actor):
         self._publish_events(stream, st, st.gate.close())
         if not eos:
             return
-        topic = m.speech_topic(stream)
         end = t if t is not None else st.gate.received / SR
-        self.publish(topic, m.EndOfStream(stream=stream, seq=self.pub.seq(topic), t=end))
-        self.pub.seq.forget(topic)
-        del self.streams[stream]
-        self.counters["streams_active"] = len(self.streams)
+        self._forget(stream)
+        self._end_unseen(stream, end)
         self.log.info("stream %s ended at t=%.2f (%d speech segment(s))", stream, end, st.gate.segments)
 
+    def _end_unseen(self, stream: str, t: float | None) -> None:
+        topic = m.speech_topic(stream)
+        self.publish(topic, m.EndOfStream(stream=stream, seq=self.pub.seq(topic), t=t))
+        self.pub.seq.forget(topic)
+        self.note_ended(stream)
+
+    def _forget(self, stream: str) -> None:
+        self.streams.pop(stream, None)
+        self.counters["streams_active"] = len(self.streams)
+
     def tick(self, now: float) -> None:
+        self._ends(self.believer.expire(time.monotonic()))
+        self.counters["unconfirmed_eos"] = self.believer.counts.unconfirmed_eos
         for stream, st in list(self.streams.items()):
-            if now - st.last_seen > self.idle_timeout:
+            if st.gate.segments == 0 and now - st.last_seen > NO_SPEECH_IDLE_S:
+                self._forget(stream)  # it never said anything: nothing to close
+            elif now - st.last_seen > self.idle_timeout:
                 self.log.info("stream %s idle for %.0fs: closing it", stream, now - st.last_seen)
                 self._close(stream, st, None)
 

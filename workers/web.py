@@ -30,6 +30,7 @@ import time
 from pipeline import messages as m
 from pipeline.config import WebConfig
 from pipeline.errors import RuntimeFailure, UsageError
+from pipeline.roster import Believer
 from pipeline.security import is_loopback_host
 
 from .base import Actor, actor_config, add_actor_arguments, run_actor
@@ -41,7 +42,8 @@ START_TIMEOUT_S = 60.0
 class PageServer:
     """uvicorn serving an ASGI app from its own thread, on a socket bound up front."""
 
-    def __init__(self, app, host: str, port: int):
+    def __init__(self, app, host: str, port: int, **options):
+        """``options``: more ``uvicorn.Config`` settings (e.g. ``ws_max_size``)."""
         import uvicorn
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -55,7 +57,7 @@ class PageServer:
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=3)
+                                timeout_graceful_shutdown=3, **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name="voxpipe-web-page", daemon=True)
         self.error: BaseException | None = None
@@ -89,11 +91,13 @@ class WebActor(Actor):
         self.wcfg = wcfg
         self.settings = settings
         workers = config.workers if config is not None else ()
-        self.hub = WebHub(tuple(w.name for w in workers), {w.name: w.language for w in workers})
+        pools = tuple(dict.fromkeys(w.pool_name for w in workers))
+        self.hub = WebHub(pools, {w.pool_name: w.language for w in workers})
         self.page: PageServer | None = None
         self.url = ""
         self.poll_ms = 20
         self.counters.update({"streams_total": 0, "audio_seconds": 0.0, "denied": 0, "dropped_frames": 0})
+        self.believer = Believer(bus.heartbeat_interval)
 
     def subscriptions(self):
         return ["transcript.", "partial.", "status."]
@@ -115,9 +119,20 @@ class WebActor(Actor):
         self.log.info("page at %s%s", self.url, " (access token required)" if self.settings.token else "")
 
     def handle(self, topic: str, msg: m.Message) -> None:
-        self.hub.on_message(topic, msg)
+        # transcripts count only while their worker's heartbeat lists the stream (pipeline.roster)
+        now = time.monotonic()
+        if isinstance(msg, m.Heartbeat):
+            self.hub.on_message(topic, msg)
+            believed = self.believer.heartbeat(msg, now)
+        else:
+            believed = self.believer.offer(topic, msg, now)
+        for t, believed_msg in believed:
+            self.hub.on_message(t, believed_msg)
 
     def tick(self, now: float) -> None:
+        for t, believed_msg in self.believer.expire(time.monotonic()):
+            self.hub.on_message(t, believed_msg)
+        self.counters.update(self.believer.counts.as_dict())
         self._publish_outgoing()
         self.counters["streams_active"] = len(self.hub.open_streams())
         for k in ("streams_total", "denied"):
@@ -130,10 +145,12 @@ class WebActor(Actor):
             topic = m.audio_topic(out.stream)
             seq = self.pub.seq(topic)
             if out.kind == "audio":
-                self.publish(topic, m.Audio(stream=out.stream, seq=seq, t=out.t, wall0=out.wall0, pcm=out.pcm))
+                self.publish(topic, m.Audio(stream=out.stream, seq=seq, t=out.t, wall0=out.wall0, pcm=out.pcm,
+                                            language=out.language, task=out.task))
             else:
                 self.publish(topic, m.EndOfStream(stream=out.stream, seq=seq, t=out.t))
-                self.pub.seq.forget(out.stream)
+                self.pub.seq.forget(topic)
+                self.note_ended(out.stream)
                 self.log.info("stream %s ended at %.1fs: eos", out.stream, out.t)
 
     def drain(self) -> None:
@@ -154,7 +171,8 @@ class WebActor(Actor):
 
 
 # -- command line ------------------------------------------------------------------------------------------
-def register(sub) -> None:
+def register(sub):
+    """The ``web`` subcommand (the page as an actor); returns its parser (``apps.web`` adds the pipeline flags)."""
     p = sub.add_parser("web", help="serve the browser page: microphone in, live transcript out (FastRTC + Gradio)")
     add_actor_arguments(p, "web")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; anything else needs a token)")
@@ -167,6 +185,7 @@ def register(sub) -> None:
                    help="local address offered for the media (repeatable; default 127.0.0.1 when listening on "
                         "loopback, else every interface's)")
     p.set_defaults(func=run)
+    return p
 
 
 def run(args) -> int:

@@ -15,6 +15,10 @@
   they change (checked every :data:`REFRESH_S`), and keeps the worker and
   language menus in step with the workers' heartbeats. Language picks among workers: the worker menu lists
   the workers of the chosen language (each worker has one fixed language).
+* "Speaking" and "Task" say what the page's stream asks of the workers: the language spoken
+  (``auto``: detected per utterance) and ``transcribe`` or ``translate`` (into English). They
+  travel with every audio frame (``language``, ``task``); workers configured with
+  ``language: auto`` and a multilingual model follow them, the others keep their own.
 * Downloads (TXT, SRT, JSON) are plain routes, ``/voxpipe/download/...``,
   that need the stream's own secret key, which only its page has.
 
@@ -65,6 +69,8 @@ class Selection:
     webrtc_id: str | None = None
     worker: str | None = None
     language: str = "any"
+    spoken: str = "auto"  # what the stream asks of the workers
+    task: str = "transcribe"
 
 
 class Pages:
@@ -94,6 +100,11 @@ class Pages:
     def drop(self, key: str) -> None:
         with self._lock:
             self._pages.pop(key, None)
+
+
+# the languages offered first under "Speaking" (any other Whisper code may be typed)
+SPOKEN = ("auto", "en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "uk", "tr", "ar", "hi", "ja", "ko", "zh")
+TASKS = (("transcribe", "transcribe"), ("translate into English", "translate"))
 
 
 def stream_id(webrtc_id: str) -> str:
@@ -211,6 +222,13 @@ MIC_SVG = (
 )
 
 
+def capture_script() -> str:
+    """The page's ``<head>`` script that captures from the Start click (workers/web_capture.js)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_capture.js")
+    with open(path, encoding="utf-8") as f:
+        return f"<script>\n{f.read()}\n</script>"
+
+
 def _mic_icon() -> str:
     """A static microphone icon (a file, as Gradio serves it): lighter than the default wave animation."""
     import tempfile
@@ -232,13 +250,15 @@ CSS = """
 .vp-pill.on { background: #dcfce7; color: #166534; }
 .vp-pill.off { background: #fee2e2; color: #991b1b; }
 #voxpipe-downloads a { margin-right: 1em; }
+body[data-vp-capture="connecting"] #voxpipe-status .vp-idle,
+body[data-vp-capture="catching-up"] #voxpipe-status .vp-idle { display: none; }
 .vp-live, .vp-live .pending, .vp-live.pending { opacity: 1 !important; }
 """
 
 
-def _pill(text: str, state: bool | None) -> str:
-    cls = "on" if state else ("off" if state is False else "")
-    return f'<span class="vp-pill {cls}">{html.escape(text)}</span>'
+def _pill(text: str, state: bool | None, extra: str = "") -> str:
+    cls = " ".join(c for c in ("vp-pill", "on" if state else ("off" if state is False else ""), extra) if c)
+    return f'<span class="{cls}">{html.escape(text)}</span>'
 
 
 def render_status(v: View, token_required: bool) -> str:
@@ -250,25 +270,36 @@ def render_status(v: View, token_required: bool) -> str:
         state, conn = "ended", _pill("stream ended", None)
     else:
         hint = "enter the access token, then press Start" if token_required else "press Start to stream your microphone"
-        state, conn = "idle", _pill(f"not connected: {hint}", None)
+        state, conn = "idle", _pill(f"not connected: {hint}", None, "vp-idle")
     if v.listening:
         listen = _pill(f"listening · {v.seconds:.1f} s", True)
     else:
         listen = _pill("not listening", False if v.open else None)
     if v.worker is None:
         worker = _pill("no worker running", False)
+    elif v.worker.ready and v.worker.behind:
+        worker = _pill(f"worker {v.worker.name} cannot keep up with live audio (real-time factor "
+                       f"{v.worker.rtf:.1f}): its transcript falls behind · {v.worker.backend} {v.worker.model}",
+                       False, "vp-behind")
     elif v.worker.ready:
         worker = _pill(f"worker {v.worker.name} ready · {v.worker.backend} {v.worker.model} · {v.worker.language}",
                        True)
     else:
         worker = _pill(f"worker {v.worker.name} not ready yet (loading)", False)
+    spoken = ""
+    if v.language:
+        how = "given" if v.language_prob is None else (
+            f"{'uncertain' if v.language_uncertain else 'detected'} · p {v.language_prob:.2f}")
+        spoken = _pill(f"language {v.language} ({how})", False if v.language_uncertain else None)
     attrs = {
+        "data-language": v.language, "data-language-uncertain": int(v.language_uncertain),
         "data-state": state, "data-stream": v.stream or "", "data-listening": int(v.listening),
         "data-worker": v.worker.name if v.worker else "", "data-worker-ready": int(bool(v.worker and v.worker.ready)),
+        "data-worker-behind": int(bool(v.worker and v.worker.behind)),
         "data-ended": int(v.ended), "data-seconds": f"{v.seconds:.1f}",
     }
     a = " ".join(f'{k}="{html.escape(str(val))}"' for k, val in attrs.items())
-    return f'<div id="voxpipe-status" {a}>{conn}{listen}{worker}</div>'
+    return f'<div id="voxpipe-status" {a}>{conn}{listen}{worker}{spoken}</div>'
 
 
 def render_transcript(v: View) -> str:
@@ -354,14 +385,26 @@ def build_app(hub: WebHub, settings: PageSettings):
             await asyncio.sleep(REFRESH_S)
             quiet += REFRESH_S
 
+    def ask(sel: Selection | None) -> None:
+        """The page's language and task, for its stream (also before the stream opens)."""
+        if sel is not None and sel.webrtc_id:
+            hub.set_hints(stream_id(sel.webrtc_id), sel.spoken, sel.task)
+
     def bind(mic_value, request: gr.Request):
         """The page's microphone connected: show that stream from now on."""
         log.debug("page %s shows stream %r", request.session_hash, mic_value)
         if isinstance(mic_value, str) and mic_value != "__webrtc_value__" and m.valid_id(stream_id(mic_value)):
             pages.update(request.session_hash, webrtc_id=mic_value)
+            ask(pages.get(request.session_hash))
 
     def select(worker_name, language_name, request: gr.Request):
         pages.update(request.session_hash, worker=worker_name, language=language_name or "any")
+
+    def choose(spoken, task, request: gr.Request):
+        spoken = (spoken or "auto").strip()
+        pages.update(request.session_hash, spoken=spoken if m.valid_language(spoken) else "auto",
+                     task=task if task in m.TASKS else "transcribe")
+        ask(pages.get(request.session_hash))
 
     def leave(request: gr.Request):
         """The tab was closed (or reloaded): end its stream now, not when WebRTC notices (~30 s)."""
@@ -373,7 +416,8 @@ def build_app(hub: WebHub, settings: PageSettings):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # theme/css move to launch() in Gradio 6
         theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-        blocks = gr.Blocks(title=settings.title, css=CSS, theme=theme, analytics_enabled=False)
+        blocks = gr.Blocks(title=settings.title, css=CSS, theme=theme, analytics_enabled=False,
+                           head=capture_script())
     with blocks:
         gr.Markdown("## voxpipe · live transcript\nPress **Start** and speak. Confirmed words are shown in full; "
                     "the words in light italics are still being decoded and may change.")
@@ -389,11 +433,19 @@ def build_app(hub: WebHub, settings: PageSettings):
             with gr.Column(scale=2):
                 token = gr.Textbox(label="Access token", type="password", visible=token_required,
                                    elem_id="voxpipe-token", placeholder="given by whoever runs this server")
-                language = gr.Dropdown(label="Language", choices=["any"], value="any", allow_custom_value=True,
-                                       elem_id="voxpipe-language", info="shows the workers of this language")
+                with gr.Row():
+                    spoken = gr.Dropdown(label="Speaking", choices=list(SPOKEN), value="auto",
+                                         allow_custom_value=True, elem_id="voxpipe-spoken",
+                                         info="the language spoken (auto: detected)")
+                    task = gr.Dropdown(label="Task", choices=list(TASKS), value="transcribe",
+                                       elem_id="voxpipe-task", info="translate: English text")
+                language = gr.Dropdown(label="Worker language", choices=["any"], value="any",
+                                       allow_custom_value=True, elem_id="voxpipe-language",
+                                       info="shows the workers of this language")
                 worker = gr.Dropdown(label="Worker", choices=[], value=None, allow_custom_value=True,
                                      elem_id="voxpipe-worker", info="whose transcript to show")
         status = gr.HTML(render_status(hub.view(None), token_required), elem_classes=["vp-live"])
+        gr.HTML('<div id="voxpipe-capture" data-state="idle"></div>', elem_classes=["vp-live"])
         transcript = gr.HTML(render_transcript(hub.view(None)), elem_classes=["vp-live"])
         downloads = gr.HTML(render_downloads(hub.view(None)), elem_classes=["vp-live"])
         mic.stream(_handler_class()(hub, settings.token), inputs=[mic, token], outputs=[mic],
@@ -402,6 +454,8 @@ def build_app(hub: WebHub, settings: PageSettings):
         mic.tick(bind, inputs=[mic], outputs=None, **quiet)
         worker.input(select, inputs=[worker, language], outputs=None, **quiet)
         language.input(select, inputs=[worker, language], outputs=None, **quiet)
+        spoken.input(choose, inputs=[spoken, task], outputs=None, **quiet)
+        task.input(choose, inputs=[spoken, task], outputs=None, **quiet)
         blocks.load(live, inputs=None, outputs=[status, transcript, downloads, worker, language, token], **quiet)
         blocks.unload(leave)
 

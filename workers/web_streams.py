@@ -12,6 +12,12 @@ one lock:
   socket) and feeds back what the workers say (:meth:`WebHub.on_message`:
   commits, partials, ``eos``, errors and heartbeats).
 
+Transcripts are kept per pool (the middle of ``transcript.<pool>.<stream>``; a worker
+outside a pool is its own pool), whichever replica made them; the page's "worker" menu
+lists the pools seen in heartbeats, ready when one of their workers is. A pool's refusal
+(an ``error`` with a reason code) is shown on the page; late messages of a pool worker
+presumed dead are dropped (:mod:`pipeline.epochs`).
+
 Frames are 100 ms like the capture actor's. ``t`` is the stream position
 (samples sent so far / 16000), ``wall0`` the Unix time of sample 0: the
 arrival time of the first chunk minus its duration, fixed for the stream, as
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import messages as m
+from pipeline.epochs import EpochFilter
 from pipeline.formats import CueBuilder, commit_words, join_commit_texts, render_srt
 
 SR = m.SAMPLE_RATE
@@ -92,6 +99,14 @@ def float_to_pcm16(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2")
 
 
+def _language_of(commit) -> dict:
+    """A commit's language fields for a :class:`View` (none for a commit that does not say)."""
+    if commit is None or not commit.language:
+        return {}
+    return {"language": commit.language, "language_prob": commit.language_prob,
+            "language_uncertain": bool(commit.language_uncertain)}
+
+
 # -- state ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Outgoing:
@@ -102,6 +117,8 @@ class Outgoing:
     t: float
     wall0: float = 0.0
     pcm: bytes = b""
+    language: str | None = None  # what the page asks of the workers: the language spoken (auto: detect)
+    task: str | None = None  # transcribe | translate
 
 
 @dataclass
@@ -128,6 +145,8 @@ class StreamSession:
     resampler: LinearResampler | None = None
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<i2"))
     transcripts: dict = field(default_factory=dict)  # worker -> WorkerTranscript
+    language: str | None = None  # the page's choice, sent with every frame (None: the workers' own)
+    task: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -142,6 +161,8 @@ class WorkerInfo:
     model: str
     language: str
     seen: float  # monotonic time of the last heartbeat
+    behind: bool = False  # its heartbeat says it cannot keep up with live audio (info.behind)
+    rtf: float = 0.0  # its recent real-time factor (info.rtf_recent)
 
     def fresh(self, now: float | None = None) -> bool:
         return ((now if now is not None else time.monotonic()) - self.seen) < WORKER_STALE_S
@@ -167,6 +188,9 @@ class View:
     error: str = ""
     key: str = ""
     denied: str = ""
+    language: str = ""  # the language of the latest commit (given or detected), if it said
+    language_prob: float | None = None  # when detected: the model's probability of it
+    language_uncertain: bool = False
 
 
 class WebHub:
@@ -178,10 +202,12 @@ class WebHub:
         self._sessions: OrderedDict[str, StreamSession] = OrderedDict()
         self._out: deque = deque()
         self._max_out = max_outgoing
-        self._workers: dict[str, WorkerInfo] = {}
+        self._workers: dict[str, WorkerInfo] = {}  # the latest heartbeat of each worker (replica), by its name
+        self._epochs = EpochFilter()
         self._order = {name: i for i, name in enumerate(worker_order)}
         self._languages = dict(worker_languages or {})
         self._denied: OrderedDict[str, str] = OrderedDict()
+        self._hints: OrderedDict[str, tuple] = OrderedDict()  # stream -> (language, task), also before it opens
         self.closing = False
         self.counters = {"streams_total": 0, "audio_seconds": 0.0, "dropped_frames": 0, "denied": 0}
 
@@ -195,10 +221,25 @@ class WebHub:
             if stream in self._sessions:
                 raise SessionRefused(f"stream {stream} exists")
             s = StreamSession(stream, secrets.token_urlsafe(16), time.time())
+            s.language, s.task = self._hints.get(stream, (None, None))
             self._sessions[stream] = s
             self.counters["streams_total"] += 1
             self._forget_old()
             return s
+
+    def set_hints(self, stream: str, language: str | None, task: str | None) -> None:
+        """What the page asks of the workers for ``stream`` (open or about to open): the language
+        spoken (``auto``: detected) and the task (``transcribe`` | ``translate``); None: the workers' own."""
+        language = language if language and m.valid_language(language) else None
+        task = task if task in m.TASKS else None
+        with self._lock:
+            self._hints[stream] = (language, task)
+            self._hints.move_to_end(stream)
+            while len(self._hints) > 4 * KEEP_CLOSED:
+                self._hints.popitem(last=False)
+            s = self._sessions.get(stream)
+            if s is not None:
+                s.language, s.task = language, task
 
     def deny(self, stream: str, reason: str) -> None:
         """Remember that ``stream`` was refused (the page says why)."""
@@ -253,6 +294,7 @@ class WebHub:
                 seconds=s.seconds, worker=chosen, workers=offered, languages=languages,
                 committed=tr.text if tr else "", partial=tr.partial if tr and not tr.ended else "",
                 ended=bool(tr and tr.ended), error=tr.error if tr else "", key=s.key,
+                **_language_of(tr.commits[-1] if tr and tr.commits else None),
             )
 
     def export(self, stream: str, key: str, worker: str, fmt: str) -> tuple[str, str, str] | None:
@@ -263,7 +305,7 @@ class WebHub:
                 return None
             tr = s.transcripts.get(worker) or WorkerTranscript()
             commits = list(tr.commits)
-            info = self._workers.get(worker)
+            info = next((w for w in self._workers.values() if w.name == worker), None)
             ended, partial = tr.ended, tr.partial
         name = f"{stream}-{worker}.{fmt}" if m.valid_id(worker) else f"{stream}.{fmt}"
         if fmt == "txt":
@@ -314,10 +356,10 @@ class WebHub:
             return
         parts = m.parse_topic(topic)
         family = parts.family
-        worker = getattr(msg, "worker", None) or parts.worker
+        worker = parts.worker or getattr(msg, "worker", None)  # the pool
         with self._lock:
             s = self._sessions.get(msg.stream)
-            if s is None or not worker:
+            if s is None or not worker or not self._epochs.admit(topic, msg):
                 return
             tr = s.transcripts.setdefault(worker, WorkerTranscript())
             if isinstance(msg, m.Commit):
@@ -328,7 +370,7 @@ class WebHub:
                     tr.partial = msg.text
             elif isinstance(msg, m.EndOfStream) and family == "transcript":
                 tr.ended, tr.partial = True, ""
-            elif isinstance(msg, m.Error):
+            elif isinstance(msg, m.Error) and msg.code != m.FAILOVER:  # a failover goes on by itself
                 tr.error = msg.message
 
     def workers(self) -> list[WorkerInfo]:
@@ -339,17 +381,28 @@ class WebHub:
     def _on_heartbeat(self, hb: m.Heartbeat) -> None:
         info = hb.info or {}
         language = str(info.get("language") or self._languages.get(hb.name) or "unknown")
-        w = WorkerInfo(hb.name, bool(hb.ready), str(info.get("backend", "")), str(info.get("model", "")),
-                       language, time.monotonic())
+        pool = info.get("pool") if m.valid_id(info.get("pool")) else hb.name
+        rtf = info.get("rtf_recent", 0.0)
+        w = WorkerInfo(pool, bool(hb.ready), str(info.get("backend", "")), str(info.get("model", "")),
+                       language, time.monotonic(), behind=info.get("behind") is True,
+                       rtf=float(rtf) if isinstance(rtf, (int, float)) else 0.0)
         with self._lock:
             self._workers[hb.name] = w
 
     def _live_workers(self, now: float) -> list[WorkerInfo]:
-        live = [w for w in self._workers.values() if w.fresh(now)]
+        """One entry per pool with a fresh heartbeat: ready when one of its workers is."""
+        pools: dict[str, WorkerInfo] = {}
+        for w in self._workers.values():
+            if not w.fresh(now):
+                continue
+            seen = pools.get(w.name)
+            if seen is None or (w.ready and not seen.ready):
+                pools[w.name] = w
+        live = list(pools.values())
         return sorted(live, key=lambda w: (self._order.get(w.name, len(self._order)), w.name))
 
     def _emit_frame(self, s: StreamSession, pcm: np.ndarray) -> None:
-        self._queue(Outgoing("audio", s.stream, s.samples / SR, s.wall0 or 0.0, pcm.tobytes()))
+        self._queue(Outgoing("audio", s.stream, s.samples / SR, s.wall0 or 0.0, pcm.tobytes(), s.language, s.task))
         s.samples += len(pcm)
         self.counters["audio_seconds"] += len(pcm) / SR
 

@@ -94,7 +94,6 @@ def search(run_step: Callable[[int], dict], opts: CapacityOptions, clip_name: st
 
 
 def _worker_share(fig: dict) -> float | None:
-    for c in fig.get("cost", {}).values():
-        if c["role"] == "worker":
-            return c["core_share"]
-    return None
+    """The worker processes' share of one core (a pool's replicas together)."""
+    shares = [c["core_share"] for c in fig.get("cost", {}).values() if c["role"] == "worker"]
+    return None if not shares or None in shares else round(sum(shares), 3)

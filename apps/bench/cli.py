@@ -55,6 +55,11 @@ def register(sub) -> None:
     g.add_argument("--capacity-budget", type=float, default=900.0, help="capacity: seconds before no new step starts")
     g.add_argument("--capacity-streams", default=None, metavar="N,N,...",
                    help="capacity: the numbers of streams to try, in order (default 1, 2, ... --max-streams)")
+    g.add_argument("--replicas", type=int, default=None, metavar="N",
+                   help="run the measured worker as a pool of N replicas behind the dispatcher (also for N=1: "
+                        "the same path for the baseline); each offers --max-streams slots")
+    g.add_argument("--pin-cores", action="store_true",
+                   help="pin replica k to CPU core k-1 (os.sched_setaffinity; one decode thread each)")
     g = p.add_argument_group("comparison")
     g.add_argument("--baseline", default=None, metavar="CONFIG",
                    help="also measure this pipeline (clip rounds and capacity) in the same run and report "
@@ -102,7 +107,8 @@ class Bench:
         self.clips = load_corpus(args.corpus, names, clean_only=not args.all_clips)
         base = load_config(args.config or default_config(), check_files=False)
         self.template = base.sources[0] if base.sources else SourceConfig()
-        self.cfg = bench_config(base, args.worker, args.min_chunk_size)
+        self.cfg = bench_config(base, args.worker, args.min_chunk_size, args.replicas, args.pin_cores,
+                                args.max_streams)
         self.worker = self.cfg.workers[0]
         self.cap_clip = self.clips[0]
         if args.capacity_clip:
@@ -122,7 +128,8 @@ class Bench:
         self.baseline_cfg = None
         if args.baseline:
             base_cfg = load_config(args.baseline, check_files=False)
-            self.baseline_cfg = bench_config(base_cfg, args.worker, args.min_chunk_size)
+            self.baseline_cfg = bench_config(base_cfg, args.worker, args.min_chunk_size, args.replicas, args.pin_cores,
+                                             args.max_streams)  # measured the same way
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.out = Path(args.out or Path("bench-out") / stamp)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -154,6 +161,7 @@ class Bench:
                          "worker": w.name, "backend": w.backend, "model": w.model, "language": w.language,
                          "worker_options": dict(w.options), "min_chunk_size": w.min_chunk_size,
                          "vad": self.cfg.vad.enabled, "streams": a.streams, "speed": 1.0,
+                         "replicas": w.replicas if a.replicas is not None else None, "pin_cores": w.pin_cores,
                          "capacity": dataclasses.asdict(self.cap_opts) if a.capacity else None},
         }
         from asr_core.registry import backend_class

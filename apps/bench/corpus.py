@@ -2,8 +2,10 @@
 
 The default corpus is the repository's ``tests/data``; ``--corpus DIR`` names
 another. The clips with long pauses (``*_gaps``) are left out unless
-``--all-clips`` is given (the published targets are on the clean clips), and
-``--clips a,b`` picks any clips by name, in that order.
+``--all-clips`` is given, and ``--clips a,b`` picks any clips by name, in that
+order. Each clip belongs to a group by its name: ``*_noisy`` (speech with pauses
+under noise), ``*_gaps``, or ``clean`` (the rest, on which the published targets
+are stated); the figures are reported per group.
 """
 
 from __future__ import annotations
@@ -30,9 +32,24 @@ class Clip:
     seconds: float
 
     @property
+    def group(self) -> str:
+        """``noisy`` (``*_noisy``), ``gaps`` (``*_gaps``) or ``clean``: the figures are reported per group."""
+        return group_of(self.name)
+
+    @property
     def slug(self) -> str:
         """The name as it may appear in stream and actor ids."""
         return re.sub(r"[^A-Za-z0-9_\-]", "_", self.name)[:32] or "clip"
+
+
+GROUPS = ("clean", "noisy", "gaps")
+
+
+def group_of(name: str) -> str:
+    for group in GROUPS[1:]:
+        if name.endswith("_" + group):
+            return group
+    return "clean"
 
 
 def default_corpus() -> Path:

@@ -7,6 +7,11 @@ nothing is filled in with a zero or a guess.
 * WER: Whisper English normalisation (:mod:`apps.bench.evaluation`) of the
   reference and of the commit texts joined; over several streams or clips,
   word errors summed over reference words summed.
+* Formatted WER: the same on the words as written (case and punctuation
+  count); sentence marks: of the offline pass's sentence ends, the share the
+  stream has at the same words.
+* Groups: the clips' figures pooled per group (``clean``, ``noisy``, ``gaps``,
+  by the clip's name); the targets are judged on the clean group.
 * Latency of a committed word: ``emitted - wall0 - word_end`` (the commit's
   ``emitted`` and ``wall0``, the word's own end).
 * First-word delay: the first commit's ``emitted`` minus the Unix time of
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import statistics
 
-from apps.bench.evaluation import edit_distance, normalize, percentile
+from apps.bench.evaluation import edit_distance, normalize, percentile, sentence_marks_kept
 
 MB = 1024 * 1024
 
@@ -44,6 +49,12 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return edit_distance(ref, hyp), len(ref)
 
 
+def formatted_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edit distance, reference words) on the words as written (no normalisation)."""
+    ref, hyp = reference.split(), hypothesis.split()
+    return edit_distance(ref, hyp), len(ref)
+
+
 def ratio(errors: int, words: int) -> float:
     return errors / words if words else (0.0 if errors == 0 else 1.0)
 
@@ -60,9 +71,12 @@ def stream_figures(rec, clip) -> dict:
          "speech_seconds": _r(rec.speech_seconds, 3)}
     if rec.finished:
         err, ref = word_errors(clip.text, text)
-        f.update(wer=_r(ratio(err, ref)), word_errors=err, ref_words=ref)
+        ferr, fref = formatted_errors(clip.text, text)
+        f.update(wer=_r(ratio(err, ref)), word_errors=err, ref_words=ref,
+                 formatted_wer=_r(ratio(ferr, fref)), formatted_errors=ferr, ref_tokens=fref)
     else:
-        f.update(wer=None, word_errors=None, ref_words=None)
+        f.update(wer=None, word_errors=None, ref_words=None, formatted_wer=None, formatted_errors=None,
+                 ref_tokens=None)
         missing["wer"] = "the worker did not finish the stream (no eos): the transcript is incomplete"
     f["latency"] = latency_stats([s[1] for s in series])
     if f["latency"] is None:
@@ -99,8 +113,10 @@ def actor_cost(rr, name: str, a: dict) -> dict:
 
 
 def worker_figures(rr, worker_name: str) -> dict:
+    """The measured worker's figures; a pool's replicas (``rr.worker_names``) together."""
     missing = {}
-    cpu = rr.actors.get(worker_name, {}).get("cpu_s")
+    cpus = [rr.actors.get(n, {}).get("cpu_s") for n in (getattr(rr, "worker_names", ()) or (worker_name,))]
+    cpu = None if None in cpus else sum(cpus)
     audio = rr.clip.seconds * rr.n
     before, after = rr.worker_before.get("decodes"), rr.worker_after.get("decodes")
     decodes = after - before if before is not None and after is not None else None
@@ -128,13 +144,50 @@ def _delta(rr, key: str):
     return after - before if before is not None and after is not None else None
 
 
+# -- accuracy of streams beside their clips' offline passes ---------------------------------------------
+def accuracy_figures(pairs: list[tuple[dict, dict | None]]) -> dict:
+    """WER, formatted WER and sentence marks of finished streams (``(stream figures, offline figures)``
+    pairs), pooled, beside the offline passes of the same clips (counted once per stream)."""
+    missing: dict[str, str] = {}
+    done = [(s, o) for s, o in pairs if s["wer"] is not None]
+    out: dict = {"streams": len(done)}
+    if not done:
+        missing["wer"] = "no stream finished"
+    out["wer"] = _r(ratio(sum(s["word_errors"] for s, _ in done), sum(s["ref_words"] for s, _ in done))) if done \
+        else None
+    out["formatted_wer"] = (_r(ratio(sum(s["formatted_errors"] for s, _ in done),
+                                     sum(s["ref_tokens"] for s, _ in done))) if done else None)
+    offs = [o for _, o in done]
+    if done and all(o and o.get("wer") is not None for o in offs):
+        out["offline_wer"] = _r(ratio(sum(o["word_errors"] for o in offs), sum(o["ref_words"] for o in offs)))
+        out["offline_formatted_wer"] = _r(ratio(sum(o["formatted_errors"] for o in offs),
+                                                sum(o["ref_tokens"] for o in offs)))
+        kept = total = 0
+        for s, o in done:
+            k, t = sentence_marks_kept(o["transcript"], s["transcript"])
+            kept, total = kept + k, total + t
+        out["sentence_marks"] = {"kept": kept, "offline": total, "share": _r(kept / total) if total else None}
+        if not total:
+            missing["sentence_marks"] = "the offline passes ended no sentence"
+    else:
+        out["offline_wer"] = out["offline_formatted_wer"] = out["sentence_marks"] = None
+        missing["offline_wer"] = next((o.get("missing", {}).get("wer") for o in offs if o and o.get("missing")),
+                                      "not measured for every clip")
+    out["wer_gap"] = _r(out["wer"] - out["offline_wer"]) if out["wer"] is not None and out["offline_wer"] is not None \
+        else None
+    out["formatted_gap"] = (_r(out["formatted_wer"] - out["offline_formatted_wer"])
+                            if out["formatted_wer"] is not None and out["offline_formatted_wer"] is not None else None)
+    out["missing"] = missing
+    return out
+
+
 # -- one round --------------------------------------------------------------------------------------
 def round_figures(rr, worker_name: str, offline: dict | None = None) -> dict:
     streams = [stream_figures(r, rr.clip) for r in rr.streams]
     missing: dict[str, str] = {}
     done = [s for s in streams if s["wer"] is not None]
-    f = {"label": rr.label, "clip": rr.clip.name, "seconds": _r(rr.clip.seconds, 3), "streams": rr.n,
-         "wall_s": _r(rr.wall, 3), "timed_out": rr.timed_out}
+    f = {"label": rr.label, "clip": rr.clip.name, "group": rr.clip.group, "seconds": _r(rr.clip.seconds, 3),
+         "streams": rr.n, "wall_s": _r(rr.wall, 3), "timed_out": rr.timed_out}
     f["wer"] = _r(ratio(sum(s["word_errors"] for s in done), sum(s["ref_words"] for s in done))) if done else None
     if not done:
         missing["wer"] = "no stream finished"
@@ -142,6 +195,8 @@ def round_figures(rr, worker_name: str, offline: dict | None = None) -> dict:
     if f["offline_wer"] is None:
         missing["offline_wer"] = (offline or {}).get("missing", {}).get("wer", "not measured")
     f["wer_gap"] = _r(f["wer"] - f["offline_wer"]) if f["wer"] is not None and f["offline_wer"] is not None else None
+    acc = accuracy_figures([(s, offline) for s in streams])
+    f.update({k: acc[k] for k in ("formatted_wer", "offline_formatted_wer", "formatted_gap", "sentence_marks")})
     f["latency"] = latency_stats([p[1] for s in streams for p in s["series"]])
     if f["latency"] is None:
         missing["latency"] = "no committed words on any stream"
@@ -198,6 +253,7 @@ def overall_figures(rounds: list, figs: list[dict], offline: dict) -> dict:
                                if delays else None)
     if not delays:
         missing["first_word_delay"] = "no stream had both a speech_start and a commit"
+    out["groups"] = group_figures(figs, offline)
     out["cost"] = pooled_cost(rounds)
     roles = out["cost"]
     nw = [roles[r]["cpu_s"] for r in roles if r != "worker"]
@@ -228,10 +284,31 @@ def overall_figures(rounds: list, figs: list[dict], offline: dict) -> dict:
     return out
 
 
+def group_figures(figs: list[dict], offline: dict) -> dict:
+    """Per group of clips (``clean``, ``noisy``, ``gaps``): accuracy beside offline, latency, first word."""
+    out = {}
+    for group in dict.fromkeys(f.get("group", "clean") for f in figs):
+        members = [f for f in figs if f.get("group", "clean") == group]
+        streams = [(s, offline.get(f["clip"])) for f in members for s in f["per_stream"]]
+        g = accuracy_figures(streams)
+        g["clips"] = [f["clip"] for f in members]
+        g["latency"] = latency_stats([p[1] for s, _ in streams for p in s["series"]])
+        if g["latency"] is None:
+            g["missing"]["latency"] = "no committed words"
+        delays = [s["first_word_delay"] for s, _ in streams if s["first_word_delay"] is not None]
+        g["first_word_delay"] = ({"median": _r(statistics.median(delays)), "max": _r(max(delays)), "n": len(delays)}
+                                 if delays else None)
+        if not delays:
+            g["missing"]["first_word_delay"] = "no stream had both a speech_start and a commit"
+        out[group] = g
+    return out
+
+
 def pooled_cost(rounds: list) -> dict:
     """Per role over several rounds: CPU seconds, per audio second served, share of a core, peak RSS."""
     acc: dict[str, dict] = {}
     for rr in rounds:
+        served = set()  # roles whose audio this round is counted (a pool's replicas serve the streams once)
         for name, a in rr.actors.items():
             r = acc.setdefault(a["role"], {"cpu_s": 0.0, "audio_s": 0.0, "wall_s": 0.0, "rss": 0, "names": set(),
                                            "unsampled": False})
@@ -239,7 +316,11 @@ def pooled_cost(rounds: list) -> dict:
                 r["unsampled"] = True
             else:
                 r["cpu_s"] += a["cpu_s"]
-            r["audio_s"] += rr.clip.seconds * (1 if a["role"] == "capture" else rr.n)
+            if a["role"] == "capture":
+                r["audio_s"] += rr.clip.seconds
+            elif a["role"] not in served:
+                served.add(a["role"])
+                r["audio_s"] += rr.clip.seconds * rr.n
             r["rss"] = max(r["rss"], a["rss_peak"] or 0)
             r["names"].add(name)
         for role in {a["role"] for a in rr.actors.values()}:

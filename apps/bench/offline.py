@@ -1,8 +1,9 @@
 """In-process measurements with the worker's own backend, model and options.
 
 * :func:`offline_clip`: one pass over the whole clip (``transcribe`` +
-  ``ts_words``): the offline WER beside which the streaming WER is judged,
-  and what that pass costs in CPU seconds per second of audio.
+  ``ts_words``): the offline WER (and formatted WER, and the sentence ends)
+  beside which the streaming transcript is judged, and what that pass costs
+  in CPU seconds per second of audio.
 * :func:`decode_replay`: the speech the worker was sent during a round
   (recorded from ``speech.<stream>``) fed again to an
   :class:`asr_core.streaming.StreamingSession` with the worker's schedule and
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-from .metrics import _r, ratio, word_errors
+from .metrics import _r, formatted_errors, ratio, word_errors
 
 
 def load_backend(w):
@@ -42,8 +43,10 @@ def offline_clip(asr, clip) -> dict:
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     text = getattr(asr, "sep", " ").join(w[2] for w in words).strip()
     err, ref = word_errors(clip.text, text)
+    ferr, fref = formatted_errors(clip.text, text)
     seconds = len(audio) / 16000
     return {"wer": _r(ratio(err, ref)), "word_errors": err, "ref_words": ref, "transcript": text,
+            "formatted_wer": _r(ratio(ferr, fref)), "formatted_errors": ferr, "ref_tokens": fref,
             "cpu_s": _r(cpu), "wall_s": _r(wall), "cpu_per_audio_s": _r(cpu / seconds) if seconds else None,
             "missing": {}}
 

@@ -43,6 +43,10 @@ def _wait(step: dict) -> str:
     return f"{_f(mean * 1000 if mean is not None else None, 0)} / {w['p90']:.0f} ms" if w else "n/a"
 
 
+def _marks(m: dict | None) -> str:
+    return "n/a" if not m else f"{m['kept']}/{m['offline']}"
+
+
 def _lat(lat: dict | None, key: str) -> str:
     return _f(lat.get(key) if lat else None, 2, " s")
 
@@ -73,20 +77,30 @@ def markdown(r: dict) -> str:
     rows = []
     for f in r.get("rounds", []):
         rows.append([f["clip"], _f(f["seconds"], 1, " s"), str(f["streams"]), _f(f["wer"], 3), _f(f["offline_wer"], 3),
-                     _f(f["wer_gap"], 3), _lat(f["latency"], "p50"), _lat(f["latency"], "p90"),
+                     _f(f["wer_gap"], 3), _f(f.get("formatted_wer"), 3), _f(f.get("offline_formatted_wer"), 3),
+                     _marks(f.get("sentence_marks")), _lat(f["latency"], "p50"), _lat(f["latency"], "p90"),
                      _lat(f["latency"], "max"),
                      _f(f["first_word_delay"], 2, " s"), _f(f["tail_lag_max"], 2, " s"),
                      str(sum(x["commits"] for x in f["per_stream"]))])
-    if o:
+    groups = o.get("groups") or {}
+    for name, g in groups.items():
+        lat, fw = g.get("latency"), g.get("first_word_delay") or {}
+        rows.append([f"**{name}**", "", "", _f(g["wer"], 3), _f(g["offline_wer"], 3), _f(g["wer_gap"], 3),
+                     _f(g["formatted_wer"], 3), _f(g["offline_formatted_wer"], 3), _marks(g["sentence_marks"]),
+                     _lat(lat, "p50"), _lat(lat, "p90"), _lat(lat, "max"),
+                     f"{_f(fw.get('median'), 2, ' s')} (median), {_f(fw.get('max'), 2, ' s')} (max)", "", ""])
+    if o and len(groups) != 1:
         lat, fw = o.get("latency"), o.get("first_word_delay") or {}
         rows.append(["**all**", _f(o["audio_s"], 1, " s"), "", _f(o["wer"], 3), _f(o["offline_wer"], 3),
-                     _f(o["wer_gap"], 3), _lat(lat, "p50"), _lat(lat, "p90"), _lat(lat, "max"),
+                     _f(o["wer_gap"], 3), "", "", "", _lat(lat, "p50"), _lat(lat, "p90"), _lat(lat, "max"),
                      _f(fw.get("median"), 2, " s") + " (median)", "", ""])
-    lines += _table(["clip", "audio", "streams", "WER", "offline WER", "gap", "p50", "p90", "max", "first word",
-                     "tail lag", "commits"], rows)
-    lines += ["WER after Whisper English normalisation; latency of each committed word = emitted - wall0 - word end; "
-              "first word = first commit's emission after the VAD's first speech_start; tail lag = worker's eos after "
-              "the audio ended.", ""]
+    lines += _table(["clip", "audio", "streams", "WER", "offline WER", "gap", "fWER", "offline fWER", "marks",
+                     "p50", "p90", "max", "first word", "tail lag", "commits"], rows)
+    lines += ["WER after Whisper English normalisation; fWER: the same on the words as written (case and punctuation "
+              "count); marks: the offline pass's sentence ends found at the same words; groups (bold) pool the clips "
+              "of each kind (the targets are judged on the clean ones); latency of each committed word = emitted - "
+              "wall0 - word end; first word = first commit's emission after the VAD's first speech_start; tail lag = "
+              "worker's eos after the audio ended.", ""]
     if any(f["streams"] > 1 for f in r.get("rounds", [])):
         lines += ["### Per stream", ""]
         lines += _table(["stream", "WER", "p50", "p90", "max", "first word", "tail lag"],
@@ -137,7 +151,10 @@ def markdown(r: dict) -> str:
             ["lost then (slow Python ends, bounded queues)", _f(thr.get("lost"))]])
     c = r.get("capacity")
     if c:
-        lines += [f"## Capacity ({c['clip']}, one worker)", ""]
+        reps = s.get("replicas")
+        pinned = " pinned to a core each" if s.get("pin_cores") else ""
+        who = f"a pool of {reps} replica(s){pinned}" if reps else "one worker"
+        lines += [f"## Capacity ({c['clip']}, {who})", ""]
         lines += _table(["streams", "held", "WER", "p50", "p90", "max", "tail lag", "worker core", "others",
                          "batch mean / max", "queue wait mean / p90", "why not"],
                         [[str(x["streams"]), _f(x["held"]), _f(x.get("wer"), 3), _f(x["p50"], 2, " s"),

@@ -58,14 +58,21 @@ class RoundResult:
     worker_after: dict = field(default_factory=dict)  # ... after its last eos
     worker_info: dict = field(default_factory=dict)
     bench_cpu_s: float | None = None  # the bench process itself (subscriber, sampler)
+    worker_names: tuple = ()  # the measured pool's worker processes (one, or its replicas)
 
     @property
     def wall(self) -> float:
         return self.t_end - self.t_start
 
 
-def bench_config(cfg: Config, worker: str | None = None, min_chunk_size: float | None = None) -> Config:
-    """The persistent actors of ``cfg`` on a private bus: broker, VAD, one worker."""
+def bench_config(cfg: Config, worker: str | None = None, min_chunk_size: float | None = None,
+                 replicas: int | None = None, pin_cores: bool = False, max_streams: int = 0) -> Config:
+    """The persistent actors of ``cfg`` on a private bus: broker, VAD, one worker entry.
+
+    ``replicas``: that worker as a pool of N processes behind the dispatcher (also for N = 1,
+    so that 1 and N replicas are measured on the same path), each offering ``max_streams``
+    slots so that admission never limits a capacity round; ``pin_cores``: replica k on core k-1.
+    """
     if not cfg.workers:
         raise ConfigError(f"{cfg.path}: no workers to measure")
     w = cfg.worker(worker) if worker else cfg.workers[0]
@@ -73,8 +80,18 @@ def bench_config(cfg: Config, worker: str | None = None, min_chunk_size: float |
         if min_chunk_size <= 0:
             raise ConfigError("--min-chunk-size must be positive")
         w = dataclasses.replace(w, min_chunk_size=float(min_chunk_size))
+    dispatcher = cfg.dispatcher
+    if replicas is not None:
+        if not 1 <= replicas <= 64:
+            raise ConfigError("--replicas must be between 1 and 64")
+        slots = max(w.max_streams, max_streams)
+        w = dataclasses.replace(w, replicas=replicas, slots=slots, max_streams=slots)
+        dispatcher = dataclasses.replace(dispatcher, enabled=True)
+    if pin_cores:
+        w = dataclasses.replace(w, pin_cores=True)
     return dataclasses.replace(cfg, sources=(), sinks=(), workers=(w,), bus=private_bus(cfg.bus),
-                               web=dataclasses.replace(cfg.web, enabled=False))
+                               web=dataclasses.replace(cfg.web, enabled=False),
+                               gateway=dataclasses.replace(cfg.gateway, enabled=False), dispatcher=dispatcher)
 
 
 class BenchSession:
@@ -83,6 +100,7 @@ class BenchSession:
         self.cfg = load_config(write_config(cfg, self.workdir / "pipeline.yaml"))
         self.template = template
         self.worker = self.cfg.workers[0]
+        self.worker_names = tuple(self.worker.actor_names())  # the processes of the measured pool
         self.sampler = sampler
         self.verbose = verbose
         self.procs = actor_processes(self.cfg)
@@ -93,7 +111,7 @@ class BenchSession:
 
     # -- start and stop ------------------------------------------------------------------------
     def start(self, timeout: float = 300.0) -> None:
-        self.watch = BusWatch(self.cfg.bus, self.worker.name)
+        self.watch = BusWatch(self.cfg.bus, self.worker.pool_name)
         self.sampler.watch("bench", "bench", os.getpid())
         self.runner.start()
         want = set(self.roles)
@@ -141,7 +159,8 @@ class BenchSession:
 
     # -- a round -------------------------------------------------------------------------------------
     def _round_runner(self, label: str, clip: Clip, streams: list[str], gate: str) -> ProcessRunner:
-        waits = ((self.cfg.vad.name,) if self.cfg.vad.enabled else ()) + (self.worker.name, gate)
+        vad = (self.cfg.vad.name,) if self.cfg.vad.enabled else ()
+        waits = vad + tuple(self.cfg.expand_names([self.worker.name])) + (gate,)
         sources = tuple(
             dataclasses.replace(self.template, name=s, stream=s, input=f"file:{clip.wav}", speed=1.0, loop=False,
                                 wait_for=waits, wait_timeout=600.0)
@@ -181,8 +200,7 @@ class BenchSession:
                 raise BenchError(f"round {label}: captures not waiting at the gate after {CAPTURE_WAIT:.0f}s: "
                                  f"{', '.join(late)}")
         self._register(runner, roles)
-        hb = watch.latest(self.worker.name)
-        before = dict(hb.counters) if hb else {}
+        before = self._worker_counters()
         t_start = sampler.snapshot()
         watch.open_gate(gate)
         last_gate = time.monotonic()
@@ -208,16 +226,33 @@ class BenchSession:
                             "rss_peak": sampler.rss_peak(name, t_start, t_end)}
         return RoundResult(label, clip, n, records, t_start, t_end, timed_out, actors,
                            sampler.machine_busy(t_start, t_end), before, after, info,
-                           sampler.cpu_between("bench", t_start, t_end))
+                           sampler.cpu_between("bench", t_start, t_end), self.worker_names)
+
+    def _worker_counters(self, hbs=None) -> dict:
+        """The measured pool's heartbeat counters, summed over its worker processes ({} if one is missing)."""
+        hbs = hbs if hbs is not None else [self.watch.latest(n) for n in self.worker_names]
+        if any(hb is None for hb in hbs):
+            return {}
+        total: dict = {}
+        for hb in hbs:
+            for k, v in hb.counters.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    total[k] = total.get(k, 0) + v
+        if len(hbs) > 1 and hbs:  # a ratio is not a sum: the pool's rtf from its sums
+            total["rtf"] = round(total["decode_seconds"] / total["audio_seconds"], 3) if total.get(
+                "audio_seconds") else 0.0
+        return total
 
     def _worker_after(self, since: float, timeout: float = 3.0) -> tuple[dict, dict]:
-        """The worker's counters and info from a heartbeat sent after ``since``."""
-        name = self.worker.name
+        """The pool's counters (summed) and its first worker's info, from heartbeats sent after ``since``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            hb = self.watch.latest(name)
-            if hb is not None and hb.time >= since:
-                return dict(hb.counters), dict(hb.info)
+            hbs = [self.watch.latest(n) for n in self.worker_names]
+            if all(hb is not None and hb.time >= since for hb in hbs):
+                info = dict(hbs[0].info)
+                counters = self._worker_counters(hbs)
+                info["rtf"] = counters.get("rtf", info.get("rtf"))
+                return counters, info
             self.watch.pump(50)
-        hb = self.watch.latest(name)
+        hb = self.watch.latest(self.worker_names[0])
         return {}, (dict(hb.info) if hb else {})

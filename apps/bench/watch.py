@@ -1,6 +1,6 @@
 """What the bench sees on the bus, as any subscriber would.
 
-:class:`BusWatch` subscribes to ``transcript.<worker>.``, ``speech.`` and
+:class:`BusWatch` subscribes to ``transcript.<pool>.``, ``speech.`` and
 ``status.``, and files every valid message under the stream it belongs to
 (:class:`StreamRecord`): the commits with their ``emitted``/``wall0`` and
 word times, the VAD's ``speech_start`` events, the speech audio the worker
@@ -20,6 +20,7 @@ import zmq
 
 from pipeline import messages as m
 from pipeline.bus import Publisher, Subscriber, handshake
+from pipeline.epochs import EpochFilter
 from pipeline.sequence import GapCounter
 
 
@@ -64,6 +65,7 @@ class StreamRecord:
 
 class BusWatch:
     def __init__(self, bus, worker: str, name: str = "bench"):
+        """``worker``: the pool whose transcripts are filed (a worker outside a pool is its own)."""
         self.worker = worker
         self.name = name
         self.ctx = zmq.Context()
@@ -74,6 +76,7 @@ class BusWatch:
         self.rejected = 0
         self.gaps = 0
         self._gap_counter = GapCounter()
+        self._epochs = EpochFilter()  # a pool's late messages of an older assignment are dropped
         self._gate_seq = 0
 
     def sync(self, timeout: float = 10.0) -> bool:
@@ -141,7 +144,7 @@ class BusWatch:
                 rec.vad_eos = now
                 if rec.keep_speech:
                     rec.speech_events.append(("eos", msg.t, None))
-        elif family == "transcript":
+        elif family == "transcript" and self._epochs.admit(topic, msg):
             if isinstance(msg, m.Commit):
                 rec.commits.append(CommitRecord(msg.beg, msg.end, msg.text, [list(w) for w in msg.words],
                                                 msg.emitted, msg.wall0, now))

@@ -40,6 +40,7 @@ TOKENS_BASE = 12
 # audio left after the last segment that makes the decoder go on with a second window
 SEEK_MIN_S = 1.0
 NO_SPEECH_MAX = 0.6  # a second window the model itself calls non-speech is dropped
+DETECTED_KEPT = 5  # languages reported from a detection, likeliest first
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,12 @@ class WindowDecoder:
         return cache[key]
 
     # -- main entry -----------------------------------------------------------
-    def decode(self, audio: np.ndarray, prompt: str, language: str | None, task: str) -> list[Segment]:
+    def decode(self, audio: np.ndarray, prompt: str, language: str | None, task: str,
+               detect: bool = False) -> list[Segment]:
         """Segments (with words) of ``audio``, times relative to its start.
+
+        ``language`` None: detected (multilingual models). ``detect``: detect it even
+        when ``language`` is given (each segment then reports what the model heard).
 
         Whisper sometimes ends its transcript early, after a sentence that is
         followed by a pause, although more speech follows. Like Whisper's own
@@ -117,14 +122,17 @@ class WindowDecoder:
         segment with a second window over the rest (at most once more), so a
         hypothesis does not randomly lose everything after its first sentence.
         """
-        (result,) = self.decode_batch([audio], [prompt], language, task)
+        (result,) = self.decode_batch([audio], [prompt], [language], [task], detect=detect)
         if isinstance(result, BaseException):
             raise result
         return result
 
-    def decode_batch(self, audios: list, prompts: list[str], language: str | None, task: str,
-                     max_pad_seconds: float = 0.0, max_batch: int = 16) -> list:
+    def decode_batch(self, audios: list, prompts: list[str], languages: list, tasks: list[str],
+                     max_pad_seconds: float = 0.0, max_batch: int = 16, detect: bool = False) -> list:
         """:meth:`decode` of several buffers at once: one list of segments, or an exception, per buffer.
+
+        Each buffer has its own prompt, language (None: detected) and task; ``detect`` as in
+        :meth:`decode`, for every buffer.
 
         Buffers whose windows differ by at most ``max_pad_seconds`` (and whose prompts are
         of similar lengths, :func:`asr_core.batching.group_windows`) are encoded and
@@ -133,8 +141,22 @@ class WindowDecoder:
         as :meth:`decode` does.
         """
         n = len(audios)
+        if not len(prompts) == len(languages) == len(tasks) == n:
+            raise ValueError(f"{n} buffers but {len(prompts)} prompts, {len(languages)} languages, {len(tasks)} tasks")
         groups = dict(max_pad_frames=int(round(max_pad_seconds * FRAMES_PER_SECOND)), max_batch=max_batch)
-        firsts = self._decode_windows(list(audios), list(prompts), [language] * n, task, **groups)
+        out: list = [None] * n
+        for task in sorted(set(tasks)):  # a batch decodes in one task (its start sequence)
+            items = [i for i in range(n) if tasks[i] == task]
+            decoded = self._decode_task([audios[i] for i in items], [prompts[i] for i in items],
+                                        [languages[i] for i in items], task, groups, detect)
+            for i, result in zip(items, decoded, strict=True):
+                out[i] = result
+        return out
+
+    def _decode_task(self, audios: list, prompts: list[str], languages: list, task: str, groups: dict,
+                     detect: bool) -> list:
+        """:meth:`decode_batch` of buffers that share one task: first windows, then the second windows."""
+        firsts = self._decode_windows(list(audios), list(prompts), list(languages), task, detect=detect, **groups)
         out: list = list(firsts)
         more: list[tuple[int, float]] = []  # (item, seek) of the buffers that get a second window
         for i, first in enumerate(firsts):
@@ -168,8 +190,11 @@ class WindowDecoder:
         return out
 
     def _decode_windows(self, audios: list, prompts: list[str], languages: list, task: str,
-                        max_pad_frames: int = 0, max_batch: int = 16) -> list:
-        """One window per buffer: ``(segments, language)`` or the exception, per buffer."""
+                        max_pad_frames: int = 0, max_batch: int = 16, detect: bool = False) -> list:
+        """One window per buffer: ``(segments, language)`` or the exception, per buffer.
+
+        ``languages``: each buffer's (None: detected); ``detect``: detect it also where given.
+        """
 
         results: list = [None] * len(audios)
         windows, prompt_tokens = [], {}
@@ -187,32 +212,42 @@ class WindowDecoder:
         for group in group_windows(windows, max_pad_frames, max_batch, self.prompt_share):
             items = [w.index for w in group]
             try:
-                self._decode_group(items, audios, prompt_tokens, languages, task, results)
+                self._decode_group(items, audios, prompt_tokens, languages, task, results, detect)
             except Exception as exc:  # noqa: BLE001 - one item may have failed the batch: each alone
                 if len(items) == 1:
                     results[items[0]] = exc
                     continue
                 for i in items:
                     try:
-                        self._decode_group([i], audios, prompt_tokens, languages, task, results)
+                        self._decode_group([i], audios, prompt_tokens, languages, task, results, detect)
                     except Exception as one:  # noqa: BLE001
                         results[i] = one
         return results
 
     def _decode_group(self, items: list[int], audios: list, prompt_tokens: dict, languages: list, task: str,
-                      results: list) -> None:
-        """Encode and decode the buffers ``items`` as one batch, padded to the longest window."""
+                      results: list, detect: bool = False, detections: dict | None = None) -> None:
+        """Encode and decode the buffers ``items`` as one batch, padded to the longest window.
+
+        A buffer's language is its own (``languages[i]``) or, where None, the one detected
+        in its window; ``detect``: detect it also where given (the segments report what the
+        model heard). A batch decodes in one language: buffers in different ones are split
+        into a batch per language. ``detections``: what was already detected, by item.
+        """
+        detections = {} if detections is None else detections
+        multilingual = self.ct2.is_multilingual
+        needs = multilingual and any((detect or not languages[i]) and i not in detections for i in items)
+        langs = [languages[i] or (detections[i][0][0] if detections.get(i) else None) for i in items]
+        if not needs:
+            if self._split_languages(items, langs, audios, prompt_tokens, languages, task, results, detections):
+                return
         target = max(self.window_frames(len(audios[i])) for i in items)
         features = [self._features(audios[i], target) for i in items]
         enc = self._encode(np.stack([f for f, _ in features]))
-        langs = [languages[i] for i in items]
-        if self.ct2.is_multilingual and any(not lang for lang in langs):
-            detected = self.ct2.detect_language(enc)
-            langs = [lang or d[0][0][2:-2] for lang, d in zip(langs, detected, strict=True)]
-            if len(items) > 1 and len(set(langs)) > 1:  # one start sequence per alignment call: per language
-                for lang in sorted(set(langs)):
-                    same = [i for i, x in zip(items, langs, strict=True) if x == lang]
-                    self._decode_group(same, audios, prompt_tokens, [lang] * len(languages), task, results)
+        if needs:
+            for i, found in zip(items, self.ct2.detect_language(enc), strict=True):
+                detections[i] = tuple((tok[2:-2], float(p)) for tok, p in found[:DETECTED_KEPT])
+            langs = [languages[i] or detections[i][0][0] for i in items]
+            if self._split_languages(items, langs, audios, prompt_tokens, languages, task, results, detections):
                 return
         tokenizer = self._tokenizer(langs[0], task)
         content = [c for _, c in features]
@@ -236,6 +271,7 @@ class WindowDecoder:
         )
         per_item = []
         for k, result in enumerate(generated):
+            found = detections.get(items[k], ())
             tokens = list(result.sequences_ids[0])
             limit = self._new_tokens(len(prompts[k]), limits[k])
             if len(tokens) > limit:  # a batch decodes as long as its longest item may: this one may not
@@ -248,6 +284,8 @@ class WindowDecoder:
                 s.no_speech_prob = float(result.no_speech_prob)
                 s.avg_logprob = float(avg_logprob)
                 s.compression_ratio = ratio
+                s.language = langs[k] or "en"
+                s.language_prob, s.language_probs = dict(found).get(s.language), found
             per_item.append(segments)
         if o.word_timestamps and any(per_item):
             text_tokens = [[t for s in segs for t in s.tokens if t < tokenizer.eot] for segs in per_item]
@@ -259,6 +297,19 @@ class WindowDecoder:
             for s in segs:
                 s.text = s.text.strip()
             results[i] = (segs, lang)
+
+    def _split_languages(self, items: list[int], langs: list, audios: list, prompt_tokens: dict, languages: list,
+                         task: str, results: list, detections: dict) -> bool:
+        """Decode ``items`` as one batch per language when their languages ``langs`` differ (True if so)."""
+        if len(items) < 2 or len(set(langs)) < 2:
+            return False
+        chosen = list(languages)
+        for i, lang in zip(items, langs, strict=True):
+            chosen[i] = lang
+        for lang in sorted(set(langs), key=str):  # one start sequence per generate and align call
+            same = [i for i, x in zip(items, langs, strict=True) if x == lang]
+            self._decode_group(same, audios, prompt_tokens, chosen, task, results, False, detections)
+        return True
 
     def _suppress(self, tokenizer, duration: float) -> list[int]:
         """Forbid timestamps after the end of the audio (+0.1 s of slack)."""

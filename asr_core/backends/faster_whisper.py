@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from ..base import ASRBase, BackendUnavailable, Capabilities, ModelNotFound, check_audio
+from ..base import ASRBase, BackendUnavailable, Capabilities, ModelNotFound, batch_items, check_audio
 from ..models import bundled_hint, resolve_ct2_model
 from ..result import Segment, SegmentResults
 
@@ -52,7 +52,10 @@ def pick_device(device: str = "auto", compute_type: str = "auto") -> tuple[str, 
 class FasterWhisperASR(SegmentResults, ASRBase):
     backend_name = "faster-whisper"
     sep = ""  # words carry their own leading space
-    capabilities = Capabilities(quality_signals=True, concurrent=True, batch=True)
+    capabilities = Capabilities(quality_signals=True, concurrent=True, per_call_settings=True, batch=True)
+    option_types = {"device": ("auto", "cpu", "cuda"), "compute_type": str, "beam_size": int, "cpu_threads": int,
+                    "num_workers": int, "window": ("short", "full"), "max_initial_timestamp": float,
+                    "batch_pad": float}
 
     def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
         from faster_whisper import WhisperModel
@@ -99,6 +102,7 @@ class FasterWhisperASR(SegmentResults, ASRBase):
                 max_initial_timestamp=float(opts.get("max_initial_timestamp", 1.0)),
             ),
         )
+        self.multilingual = bool(model.model.is_multilingual)  # other languages, and translation
         if not model.model.is_multilingual and self.original_language not in (None, "en"):
             raise ModelNotFound(
                 f"model {resolved.name!r} is English-only but language {self.original_language!r} was asked for"
@@ -109,42 +113,58 @@ class FasterWhisperASR(SegmentResults, ASRBase):
     def model_name(self) -> str:
         return str(self.resolved.name)
 
-    def transcribe(self, audio, init_prompt: str = "") -> list[Segment]:
-        audio = check_audio(audio)
-        task = self.transcribe_kargs.get("task", "transcribe")
-        if self.window == "short" and len(audio) <= 29 * 16000 and not self.transcribe_kargs.get("vad_filter"):
-            return self.decoder.decode(audio, init_prompt, self.original_language, task)
-        return self._transcribe_full(audio, init_prompt, task)
+    def transcribe(self, audio, init_prompt: str = "", language: str | None = None,
+                   task: str | None = None) -> list[Segment]:
+        """``language`` and ``task``: for this call only (the constructor's language wins).
 
-    def transcribe_batch(self, audios, prompts=None) -> list:
-        """Several streams' buffers at once: short windows run as batches (see ``batch_pad``)."""
-        prompts = list(prompts) if prompts is not None else [""] * len(audios)
-        if len(prompts) != len(audios):
-            raise ValueError(f"{len(audios)} buffers but {len(prompts)} prompts")
-        task = self.transcribe_kargs.get("task", "transcribe")
+        Where the language was not given to the constructor, a multilingual model
+        detects it in every window, also when ``language`` says what to decode in,
+        and each segment reports the detection (``language_probs``).
+        """
+        audio = check_audio(audio)
+        task = task or self.transcribe_kargs.get("task", "transcribe")
+        lang = self.original_language or language or None
+        if self._short(audio):
+            return self.decoder.decode(audio, init_prompt, lang, task, detect=self.original_language is None)
+        return self._transcribe_full(audio, init_prompt, task, lang)
+
+    def _short(self, audio: np.ndarray) -> bool:
+        """Is ``audio`` decoded in one short window (``window: short``), not by faster-whisper's own loop?"""
+        return self.window == "short" and len(audio) <= 29 * 16000 and not self.transcribe_kargs.get("vad_filter")
+
+    def transcribe_batch(self, audios, prompts=None, languages=None, tasks=None) -> list:
+        """Several streams' buffers at once, each in its own language and task (as :meth:`transcribe`).
+
+        Short windows run as batches (see ``batch_pad``), one per task and language.
+        """
+        prompts, languages, tasks = batch_items(audios, prompts, languages, tasks)
+        default_task = self.transcribe_kargs.get("task", "transcribe")
         out: list = [None] * len(audios)
-        short: list[tuple[int, np.ndarray]] = []
+        short: list[tuple[int, np.ndarray, str | None, str]] = []
         for i, raw in enumerate(audios):
             try:
                 audio = check_audio(raw)
-                if self.window == "short" and len(audio) <= 29 * 16000 and not self.transcribe_kargs.get("vad_filter"):
-                    short.append((i, audio))
+                task = tasks[i] or default_task
+                lang = self.original_language or languages[i] or None
+                if self._short(audio):
+                    short.append((i, audio, lang, task))
                 else:
-                    out[i] = self._transcribe_full(audio, prompts[i], task)
+                    out[i] = self._transcribe_full(audio, prompts[i], task, lang)
             except Exception as exc:  # noqa: BLE001 - this buffer fails, the others go on
                 out[i] = exc
         if short:
-            decoded = self.decoder.decode_batch([a for _, a in short], [prompts[i] for i, _ in short],
-                                                self.original_language, task, max_pad_seconds=self.batch_pad,
-                                                max_batch=max(1, len(short)))
-            for (i, _), result in zip(short, decoded, strict=True):
+            decoded = self.decoder.decode_batch([a for _, a, _, _ in short], [prompts[i] for i, *_ in short],
+                                                [lang for *_, lang, _ in short], [task for *_, task in short],
+                                                max_pad_seconds=self.batch_pad, max_batch=max(1, len(short)),
+                                                detect=self.original_language is None)
+            for (i, *_), result in zip(short, decoded, strict=True):
                 out[i] = result
         return out
 
-    def _transcribe_full(self, audio: np.ndarray, init_prompt: str, task: str) -> list[Segment]:
-        segments, _info = self.model.transcribe(
+    def _transcribe_full(self, audio: np.ndarray, init_prompt: str, task: str, language: str | None) -> list[Segment]:
+        segments, info = self.model.transcribe(
             audio,
-            language=self.original_language,
+            language=language,
             task=task,
             initial_prompt=init_prompt or None,
             beam_size=self.beam_size,
@@ -152,6 +172,9 @@ class FasterWhisperASR(SegmentResults, ASRBase):
             condition_on_previous_text=True,
             vad_filter=bool(self.transcribe_kargs.get("vad_filter", False)),
         )
+        detected: tuple = ()
+        if language is None and self.model.model.is_multilingual and info.all_language_probs:
+            detected = tuple((code, float(p)) for code, p in info.all_language_probs[:5])
         out = []
         for s in segments:  # materialise: decoding happens here, not in the caller
             out.append(
@@ -164,6 +187,9 @@ class FasterWhisperASR(SegmentResults, ASRBase):
                     no_speech_prob=s.no_speech_prob,
                     avg_logprob=s.avg_logprob,
                     compression_ratio=s.compression_ratio,
+                    language=info.language,
+                    language_prob=detected[0][1] if detected else None,
+                    language_probs=detected,
                 )
             )
         return out

@@ -162,7 +162,10 @@ class TorchWindowDecoder(WindowDecoder):
 
     # -- the engine part of a group ---------------------------------------------------------------------
     @torch.inference_mode()
-    def _decode_group(self, items, audios, prompt_tokens, languages, task, results) -> None:
+    def _decode_group(self, items, audios, prompt_tokens, languages, task, results, detect=False,
+                      detections=None) -> None:
+        # each item has its own tokenizer (start sequence): a batch may mix languages. ``detect``
+        # where a language is given is not done here (segments report the language decoded in).
         target = max(self.window_frames(len(audios[i])) for i in items)
         padded = torch.zeros(len(items), target * HOP, dtype=torch.float32)
         for k, i in enumerate(items):
@@ -192,6 +195,7 @@ class TorchWindowDecoder(WindowDecoder):
                 s.no_speech_prob = float(no_speech)
                 s.avg_logprob = float(logprob_sum / (len(tokens) + 1))
                 s.compression_ratio = ratio
+                s.language = langs[k] or "en"
             per_item.append(segments)
         if self.options.word_timestamps and any(per_item):
             text_tokens = [[t for s in segs for t in s.tokens if t < tokenizers[k].eot]

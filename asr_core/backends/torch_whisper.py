@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..base import ASRBase, BackendUnavailable, Capabilities, ModelNotFound, check_audio
+from ..base import ASRBase, BackendUnavailable, Capabilities, ModelNotFound, batch_items, check_audio
 from ..result import Segment, SegmentResults
 
 try:
@@ -94,10 +94,9 @@ class TorchWhisperASR(SegmentResults, ASRBase):
         task = self.transcribe_kargs.get("task", "transcribe")
         return self.decoder.decode(check_audio(audio), init_prompt, self.original_language, task)
 
-    def transcribe_batch(self, audios, prompts=None) -> list:
-        prompts = list(prompts) if prompts is not None else [""] * len(audios)
-        if len(prompts) != len(audios):
-            raise ValueError(f"{len(audios)} buffers but {len(prompts)} prompts")
+    def transcribe_batch(self, audios, prompts=None, languages=None, tasks=None) -> list:
+        # no per-call settings: each buffer in the constructor's language and the backend's task
+        prompts, _, _ = batch_items(audios, prompts, languages, tasks)
         out: list = [None] * len(audios)
         good = []
         for i, raw in enumerate(audios):
@@ -108,7 +107,8 @@ class TorchWhisperASR(SegmentResults, ASRBase):
         if good:
             task = self.transcribe_kargs.get("task", "transcribe")
             decoded = self.decoder.decode_batch([a for _, a in good], [prompts[i] for i, _ in good],
-                                                self.original_language, task, max_pad_seconds=self.batch_pad,
+                                                [self.original_language] * len(good), [task] * len(good),
+                                                max_pad_seconds=self.batch_pad,
                                                 max_batch=len(good))
             for (i, _), result in zip(good, decoded, strict=True):
                 out[i] = result

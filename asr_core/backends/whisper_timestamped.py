@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from ..base import SAMPLING_RATE, ASRBase, BackendUnavailable, Capabilities, ModelNotFound, check_audio
+from ..models import model_label
 from ..result import Segment, SegmentResults, segment_from_dict
 
 try:  # cheap dependency check; the model loads in load_model()
@@ -152,6 +153,8 @@ class WhisperTimestampedASR(SegmentResults, ASRBase):
 
     @property
     def model_name(self) -> str:
+        if self.model_dir:  # the folder is what loaded, whatever the model name says
+            return model_label(self.modelsize, self.model_dir)
         return str(self.modelsize or Path(getattr(self, "source", "custom")).stem)
 
     def transcribe(self, audio, init_prompt: str = "") -> list[Segment]:

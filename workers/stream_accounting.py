@@ -1,0 +1,69 @@
+"""What a worker counts and says about its streams beyond their transcripts (a part of :mod:`workers.asr_worker`).
+
+* the counts of each stream's rules (:class:`asr_core.streaming.StreamingSession` and its clock:
+  ``marks_ignored``, ``pauses_cancelled``, ``out_of_step``, ``timeline_switches``, ``wall0_ignored``),
+  summed over live streams and those that have left, in the heartbeat counters;
+* what was lost, said on the stream's transcript topic with an ``error``: messages lost on the way
+  (``seq`` gaps) and a VAD that started over under a live stream (``upstream_restarts``), at most one
+  report per stream every ``LOSS_REPORT_S`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+
+from asr_core.streaming import StreamingSession
+from pipeline import messages as m
+
+LOSS_REPORT_S = 5.0  # at most one "lost" error per stream this often
+CLOCK_COUNTERS = {"out_of_step": "out_of_step", "switches": "timeline_switches", "wall0_ignored": "wall0_ignored"}
+
+
+class StreamAccounting:
+    """Mixin for the ASR worker (it has ``streams``, ``counters``, ``pub``, ``name``, ``limited``)."""
+
+    _gone_counts: dict[str, int]
+
+    def _note_losses(self, msg: m.Message) -> None:
+        """Messages of a live stream lost on the way, or its VAD restarted under it: say so on its transcript."""
+        st = self.streams.get(msg.stream)
+        if st is None:
+            return
+        restarted = self.sender_restarted and msg.seq == 0  # a VAD that starts over numbers from 0 again
+        if not (restarted or self.missing):
+            return
+        self.counters["upstream_restarts"] += int(restarted)
+        st.lost += self.missing
+        if time.monotonic() - st.lost_reported < LOSS_REPORT_S:
+            return
+        at = getattr(msg, "t", 0.0)
+        if restarted:
+            self._report(st, f"the stream's speech started over at {at:.2f}s without an end (its VAD restarted?): "
+                             "speech around then may be lost")
+        else:
+            self._report(st, f"{st.lost} message(s) of this stream were lost on the way (last before {at:.2f}s)")
+        st.lost, st.lost_reported = 0, time.monotonic()
+
+    def _report(self, st, message: str) -> None:
+        topic = m.transcript_topic(self.pool, st.stream)
+        self.publish(topic, m.Error(stream=st.stream, seq=self.pub.seq(topic), message=message, worker=self.name))
+        self.limited.warning(f"report:{message[:20]}", "stream %s: %s", st.stream, message)
+
+    @staticmethod
+    def _session_counts(session: StreamingSession) -> dict[str, int]:
+        counts = dict(session.counts)
+        counts.update({c: getattr(session.clock.counts, k) for k, c in CLOCK_COUNTERS.items()})
+        return counts
+
+    def _gone(self, st) -> None:
+        """A stream leaves: keep what its session counted."""
+        for key, n in self._session_counts(st.session).items():
+            self._gone_counts[key] = self._gone_counts.get(key, 0) + n
+
+    def _refresh_counts(self) -> None:
+        totals = dict(self._gone_counts)
+        for st in self.streams.values():
+            for key, n in self._session_counts(st.session).items():
+                totals[key] = totals.get(key, 0) + n
+        self.counters.update(totals)
+
