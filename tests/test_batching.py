@@ -318,3 +318,95 @@ def test_a_due_stream_waits_briefly_only_for_a_stream_about_to_be_due():
     close.receive(m.encode("speech.b", m.Audio(stream="b", seq=10, t=0.96, pcm=pcm[:1280])))
     close.tick(10.02)
     assert close.asr.batch_calls == [2]
+
+
+
+class BatchingMultilingual(BatchingTimeline):
+    """A perfect recogniser that batches and takes a language and a task per call.
+
+    It hears the timeline in whatever language it is asked; asked for none, it detects
+    ``detect[t // 10]`` (by where the buffer starts in the stream: one stream per 10 s).
+    Every decode's (language, task) is recorded, alone or batched.
+    """
+
+    capabilities = Capabilities(batch=True, per_call_settings=True)
+
+    def __init__(self, *args, detect=None, **kwargs):
+        self.detect = detect or {}
+        self.settings: list[tuple] = []
+        super().__init__(*args, **kwargs)
+        self.original_language = None  # language: auto
+
+    def transcribe(self, audio, init_prompt: str = "", language=None, task=None):
+        self.settings.append((language, task))
+        t0 = self.start_of(audio) if len(audio) else 0.0
+        detected = () if language else tuple(self.detect[int(t0 // 10)])
+        return {"segs": super().transcribe(audio, init_prompt), "language": language or detected[0][0],
+                "detected": detected}
+
+    def transcribe_batch(self, audios, prompts=None, languages=None, tasks=None):
+        from asr_core.base import ASRBase
+
+        self.batch_calls.append(len(audios))
+        return ASRBase.transcribe_batch(self, audios, prompts, languages, tasks)
+
+    def ts_words(self, result):
+        return super().ts_words(result["segs"])
+
+    def segments_end_ts(self, result):
+        return super().segments_end_ts(result["segs"])
+
+    def word_probabilities(self, result):
+        return [0.99] * len(self.ts_words(result))  # sure words: they may commit early
+
+    def language_of(self, result):
+        return result["language"], result["detected"]
+
+
+def test_each_stream_of_a_batch_decodes_in_its_own_language_and_task_and_commits_as_alone():
+    """The batched path carries what each stream decodes in (its given or detected language, its
+    task) and keeps the utterance's language rule: while unsure, only agreement commits."""
+    from asr_core.language import Language
+
+    timeline = [w for start in (0.1, 10.1, 20.1)
+                for w in words("one two three four five six seven eight", start=start, dur=0.3, gap=0.2)]
+    detect = {1: (("de", 0.9),), 2: (("fr", 0.3), ("de", 0.2))}
+    offsets = (0.0, 10.0, 20.0)  # German given and translated; German detected (sure); French detected (unsure)
+
+    def streams(asr):
+        out = []
+        for offset in offsets:
+            s = StreamingSession(OnlineASRProcessor(asr, options=StreamingOptions()), Schedule(1.0))
+            s.processor.init(offset)
+            out.append(s)
+        out[0].processor.language.set_given("de")
+        out[0].processor.task = "translate"
+        return out
+
+    alone_asr, batched_asr = (BatchingMultilingual(timeline, detect=detect) for _ in range(2))
+    alone, batched = streams(alone_asr), streams(batched_asr)
+    got_alone: list = [[] for _ in offsets]
+    got_batched: list = [[] for _ in offsets]
+    first_step: list = []
+    for end in np.arange(1.0, 4.01, 1.0):
+        for s, offset in zip(alone + batched, offsets * 2, strict=True):
+            feed(s, round(offset + end - 1.0, 3), round(offset + end, 3))
+        for k, s in enumerate(alone):
+            got_alone[k].append(s.run_due())
+        results, _ = run_batched(batched_asr, batched)
+        step = [s.complete(r) for s, r in results]
+        first_step = first_step or step
+        for k, c in enumerate(step):
+            got_batched[k].append([c] if c else [])
+    assert got_batched == got_alone and sorted(batched_asr.settings, key=str) == sorted(alone_asr.settings, key=str)
+    assert batched_asr.batch_calls and all(n == 3 for n in batched_asr.batch_calls)
+    asked = {(language, task) for language, task in batched_asr.settings}
+    # given: always German, translated; detected: the model detects first, then decodes in what it detected
+    assert asked == {("de", "translate"), (None, None), ("de", None), ("fr", None)}
+    given, sure, unsure = ([c for step in got for c in step] for got in got_batched)
+    assert given and all(c.language == Language("de") for c in given)
+    assert sure and all(c.language == Language("de", pytest.approx(0.9), True) for c in sure)
+    assert unsure and all(c.language == Language("fr", pytest.approx(0.3), False) for c in unsure)
+    # the first hypothesis: sure words that ended 0.3 s before the audio commit early in the sure
+    # streams; in the unsure one nothing commits from one hypothesis
+    assert first_step[0] and first_step[1] and not first_step[2]
