@@ -8,8 +8,8 @@ is hard-bounded at ``max_buffer_sec`` even when nothing agrees, so latency
 cannot grow without limit.
 
 Each step (:meth:`process_iter`, :meth:`flush`, :meth:`finish`) is written once, as a
-coroutine that yields the decode it needs (a :class:`DecodeRequest`: the buffer and the
-prompt) and gets the backend's result back. :meth:`begin` hands such a step out
+coroutine that yields the decode it needs (a :class:`DecodeRequest`: the buffer, the prompt,
+the language and the task) and gets the result back. :meth:`begin` hands such a step out
 (:class:`ProcessorStep`) so that a driver can decode the requests of several streams'
 steps in one batched call; :meth:`process_iter` and the others drive the same coroutine
 with one ``transcribe`` per request, so a step does the same alone as in a batch.
