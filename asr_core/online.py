@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import SAMPLING_RATE, check_audio
+from .base import SAMPLING_RATE, check_audio, takes_per_call_settings
 from .hypothesis import HypothesisBuffer
 from .language import Language, LanguageTracker
 
@@ -232,7 +232,7 @@ class OnlineASRProcessor:
     def _transcribe(self, prompt: str):
         """The backend on the buffer, in the utterance's language and the stream's task where it can."""
         kwargs = {}
-        if getattr(getattr(self.asr, "capabilities", None), "per_call_settings", False):
+        if takes_per_call_settings(self.asr):
             language = self.language.choice()
             if language:
                 kwargs["language"] = language

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "custom_backend"
 DATA = Path(__file__).parent / "data"
 CLASS_PATH = "voxpipe_example_backend.energy:EnergyBurstASR"
-MADE_UP_WORD = re.compile(r"^(?:[mnbdts][aoeiu]){1,4}$")
+MADE_UP_WORD = re.compile(r"^(?:[mnbdts][aoeiu]){1,4}$", re.IGNORECASE)  # a sentence start gets a capital
 LINE = re.compile(r"^(\d+) (\d+) (\d+) (.+)$")
 
 

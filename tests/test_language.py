@@ -116,7 +116,7 @@ def test_while_the_language_is_uncertain_only_agreement_commits():
     sure = OnlineASRProcessor(asr, options=StreamingOptions())
     feed(sure, 4.0)
     first = sure.process_iter()
-    assert first.text.startswith("hallo welt") and first.language == Language("de", 0.9, True)
+    assert first.text.startswith("Hallo welt") and first.language == Language("de", 0.9, True)
 
 
 def test_a_fresh_buffer_detects_again():
