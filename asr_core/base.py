@@ -32,6 +32,8 @@ Contract:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sys
 from collections.abc import Iterable
@@ -90,6 +92,30 @@ def batch_items(audios: list, prompts=None, languages=None, tasks=None) -> tuple
         if len(items) != n:
             raise ValueError(f"{n} buffers but {len(items)} {name}")
     return prompts, languages, tasks
+
+
+def takes_per_call_settings(asr) -> bool:
+    """Does ``asr.transcribe`` take ``language=`` and ``task=`` for one call?
+
+    Its class must say so (``Capabilities.per_call_settings``) and its ``transcribe`` must
+    still have the parameters: a subclass that overrides ``transcribe(audio, init_prompt)``
+    (a whisper_online.py engine built on ours) inherits the capability but not the
+    parameters, and is then called as it expects.
+    """
+    if not getattr(getattr(asr, "capabilities", None), "per_call_settings", False):
+        return False
+    return _signature_takes(type(asr).transcribe, ("language", "task"))
+
+
+@functools.lru_cache(maxsize=256)
+def _signature_takes(func, names: tuple) -> bool:
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True
+    return all(n in params for n in names)
 
 
 class ASRBase:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import SAMPLING_RATE, check_audio
+from .base import SAMPLING_RATE, check_audio, takes_per_call_settings
 from .decode_step import DecodeRequest, ProcessorStep, StepCoroutine
 from .hypothesis import HypothesisBuffer
 from .language import Language, LanguageTracker
@@ -259,7 +259,7 @@ class OnlineASRProcessor:
     def _settings(self) -> dict:
         """A decode's per-call settings: the utterance's language and the stream's task (where the backend can)."""
         settings = {}
-        if getattr(getattr(self.asr, "capabilities", None), "per_call_settings", False):
+        if takes_per_call_settings(self.asr):
             language = self.language.choice()
             if language:
                 settings["language"] = language

@@ -87,7 +87,7 @@ class Hosts:
 
 def test_a_killed_worker_s_stream_goes_on_on_another_host_without_losing_a_word(tmp_path):
     keys = tmp_path / "keys"
-    create_keys(keys)
+    create_keys(keys, ["client", "cap", "vad", "dispatcher", "ref", "main-1", "main-2", "out"])  # one per actor
     with Hosts() as hosts:
         a = hosts.addr["a"]
         p = Pipeline(tmp_path, broker=False)

@@ -255,7 +255,9 @@ sinks:
           f"{(tmp_path / 't.jsonl').stat().st_size} bytes; worst latency {base_latency:.1f}s / {real_latency:.1f}s")
     assert {k: hb.counters["rejected"] for k, hb in got.items() if k in want} == want
     print(f"without: {base_text}\nwith:    {real_text}")
-    assert abs(w_real - w_base) <= 0.02, (base_text, real_text)
+    # not worse by more than three words of this 83-word clip: two undisturbed real-time runs of it differ by up to
+    # 0.036 on two cores (measured: 0.084, 0.096, 0.108, 0.120), so the attack may not cost more than that noise
+    assert w_real - w_base <= 0.04, (base_text, real_text)
     assert admitted_after < 1.0
     # each attack shows in a counter
     assert c["broker"]["over_quota"] > 9000 and c["vad"]["streams_evicted"] + c["vad"]["streams_refused"] > 0
@@ -265,9 +267,14 @@ sinks:
     assert c["asr"]["out_of_step"] >= 1 and c["asr"]["unconfirmed_eos"] >= 1
     assert c["out"]["unserved"] > 0 and c["out"]["oversized"] >= 150 and c["out"]["unconfirmed_eos"] >= 1
     assert c["out"].get("seq_implausible", 0) >= 1 and c["vad"].get("seq_implausible", 0) >= 1
-    # the JSONL: the two streams' commits and one end each, nothing forged
-    assert {(r["stream"], r["kind"]) for r in records} == {("base", "commit"), ("real", "commit"), ("base", "eos"),
-                                                            ("real", "eos")}
+    # the JSONL: the two streams' commits and one end each, nothing forged; besides them only the worker's own
+    # errors (refusals of flooded streams while its slots were full, what it says it lost or joined late), bounded
+    errors = [r for r in records if r["kind"] == "error"]
+    print("worker errors in the JSONL:", len(errors),
+          sorted({(str(r.get("code")), r["message"][:60]) for r in errors})[:8])
+    assert {(r["stream"], r["kind"]) for r in records if r["kind"] != "error"} == {
+        ("base", "commit"), ("real", "commit"), ("base", "eos"), ("real", "eos")}
+    assert all(r.get("worker") == "asr" for r in errors) and len(errors) <= 300
     assert [r["stream"] for r in records if r["kind"] == "eos"] == ["base", "real"]
     assert all(len(r.get("text", "")) < 1000 for r in records)
     assert real_latency < 30.0  # no wall0 from another century

@@ -180,3 +180,56 @@ def test_a_stream_that_keeps_coming_back_gets_in_during_a_flood_of_one_frame_str
     speaking = {"real": Slot(1.2, 5, spare=False), **{f"f{i}": Slot(1.0, 1, spare=True) for i in range(7)}}
     assert a.victim("f100", speaking, 1.35) == "f0"  # a quiet spare one goes first
     assert a.victim("f101", {"real": Slot(1.3, 50, spare=False)}, 9.0) is None  # speech is never given away
+
+
+# -- worker pools: the pool's members and the dispatcher vouch for the pool's topics ---------------------------
+def member(name, pool="asr", streams=(), ended=()):
+    beat = hb(name, streams=streams, ended=ended)
+    return m.Heartbeat(**{**beat.__dict__, "info": {**beat.info, "pool": pool}})
+
+
+def test_a_replica_vouches_for_its_pool_s_transcript_of_the_streams_it_holds():
+    b = Believer(hold=2.0)
+    b.heartbeat(member("asr-1", streams=["s1"]), 0.0)
+    b.heartbeat(member("asr-2", streams=["s2"]), 0.0)
+    assert b.offer("transcript.asr.s1", commit(worker="asr-1"), 0.1) != []
+    assert b.offer("transcript.asr.s2", commit("s2", worker="asr-2"), 0.1) != []
+    assert b.offer("transcript.asr.s3", commit("s3"), 0.1) == []  # no replica holds s3
+    assert b.offer("transcript.big.s1", commit(worker="asr-1"), 0.1) == []  # asr-1 is not of pool big
+    assert b.expire(3.0) == [] and b.counts.unserved == 2
+
+
+def test_a_pool_s_eos_counts_once_the_replica_or_the_dispatcher_lists_it_as_ended():
+    b = Believer(hold=2.0)
+    b.heartbeat(member("asr-1", streams=["s1"]), 0.0)
+    assert b.offer("transcript.asr.s1", eos(worker="asr-1"), 0.1) == []
+    assert b.heartbeat(member("asr-1", ended=["s1"]), 0.5) == [("transcript.asr.s1", eos(worker="asr-1"))]
+    dispatcher = m.Heartbeat(stream="", seq=0, name="dispatcher", role="dispatcher", ready=True, pid=1,
+                             info={"pools": {"asr": {}}, "streams": {"asr/s7": ["", 1, "refused"]}})
+    b.heartbeat(dispatcher, 0.6)
+    refusal = m.Error(stream="s7", seq=0, message="refused: pool asr is full", worker="", code="pool_full")
+    assert b.offer("transcript.asr.s7", refusal, 0.7) == [("transcript.asr.s7", refusal)]
+    assert b.offer("transcript.asr.s7", eos("s7", worker=""), 0.8) == []
+    ended = m.Heartbeat(**{**dispatcher.__dict__, "seq": 1, "info": {**dispatcher.info, "ended": ["s7"]}})
+    assert b.heartbeat(ended, 1.0) == [("transcript.asr.s7", eos("s7", worker=""))]
+
+
+def test_the_dispatcher_and_each_replica_may_publish_their_pool_s_topics_only():
+    import textwrap
+
+    cfg_text = textwrap.dedent("""
+        workers:
+          - name: asr
+            replicas: 2
+        """)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pool.yaml"
+        path.write_text(cfg_text)
+        cfg = load_config(path, check_files=False)
+    assert rights_for(cfg, "asr-2").allows(b"transcript.asr.s1")
+    assert not rights_for(cfg, "asr-2").allows(b"transcript.other.s1")
+    d = rights_for(cfg, "dispatcher")
+    assert d.allows(b"dispatch.asr-1.s1") and d.allows(b"transcript.asr.s1") and not d.allows(b"audio.s1")

@@ -54,6 +54,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from asr_core.base import takes_per_call_settings
 from asr_core.keepup import BEHIND, KEEPING_UP, KeepUpMonitor
 from asr_core.streaming import StepResult, StreamingSession
 from pipeline import messages as m
@@ -369,7 +370,7 @@ class ASRWorker(StreamAccounting, Actor):
         st.followed = st.hints
         language, task = st.hints
         asr, proc = self.asr, st.processor
-        per_call = getattr(getattr(asr, "capabilities", None), "per_call_settings", False)
+        per_call = takes_per_call_settings(asr)
         multilingual = getattr(asr, "multilingual", True)
         ignored = []
         if language is not None and not getattr(asr, "original_language", None):

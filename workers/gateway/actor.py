@@ -109,6 +109,7 @@ class GatewayActor(Actor):
             else:
                 self.publish(topic, m.EndOfStream(stream=out.stream, seq=seq, t=out.t))
                 self.pub.seq.forget(topic)
+                self.note_ended(out.stream)  # listed in info.ended: the VAD believes this eos
         stats = self.hub.stats()
         self.counters.update(stats)
         self.counters["streams_active"] = stats["connections_active"]
@@ -124,7 +125,7 @@ class GatewayActor(Actor):
         g = self.gcfg
         return {"url": self.url, "tcp_port": self.tcp_sock.getsockname()[1] if self.tcp_sock else None,
                 "pool": g.pool, "translate_pool": g.translate_pool, "keys": bool(g.keys),
-                "connections": self.hub.active}
+                "connections": self.hub.active, "streams": self.hub.open_streams()}
 
     def teardown(self) -> None:
         if self.server is not None:

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from pipeline import messages as m
+from pipeline.epochs import EpochFilter
 
 MAX_OUTGOING = 20000  # frames queued for the bus before the oldest audio is dropped (counted)
 WORKER_STALE_S = 5.0  # a worker without a heartbeat this long no longer counts as up
@@ -65,6 +66,7 @@ class GatewayHub:
         self._out: deque[Outgoing] = deque()
         self._routes: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._workers: dict[str, WorkerSeen] = {}
+        self._epochs = EpochFilter()  # of a pool's messages, only the current assignment's
         self.active = 0
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once it runs
@@ -148,6 +150,11 @@ class GatewayHub:
         with self._lock:
             return len(self._out)
 
+    def open_streams(self) -> list[str]:
+        """The streams of the open connections (listed in the gateway's heartbeat, :mod:`pipeline.roster`)."""
+        with self._lock:
+            return sorted(self._routes)
+
     def on_message(self, topic: str, msg: m.Message) -> None:
         if isinstance(msg, m.Heartbeat):
             if msg.role == "worker" and msg.name:
@@ -160,6 +167,9 @@ class GatewayHub:
             return
         with self._lock:
             target = self._routes.get(msg.stream)
+            if target is not None and not self._epochs.admit(topic, msg):
+                self.counters["stale"] = self.counters.get("stale", 0) + 1
+                return  # a pool worker presumed dead, late: its stream has moved on
         if target is None:
             return
         loop, queue = target
