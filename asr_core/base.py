@@ -21,6 +21,13 @@ Contract:
   one detected language per utterance, and each stream may ask for its own
   language and task. A language given to the constructor always wins.
 * Heavy loading happens once, in the constructor via ``load_model``.
+* Optional: ``transcribe_batch(audios, prompts, languages, tasks)`` decodes several
+  independent buffers (of different streams, each with its own prompt and, with
+  ``per_call_settings``, its own language and task) at once and returns one result per
+  buffer, in order, where an item the engine failed on is that item's exception. The default calls ``transcribe``
+  once per item. A backend whose own implementation really batches says so with
+  ``Capabilities(batch=True)``; the worker then decodes streams that are due together in
+  one call (engines written for the interface above need not know about it).
 """
 
 from __future__ import annotations
@@ -70,6 +77,21 @@ class Capabilities:
     # True when transcribe() also takes language=<code> and task=<transcribe|translate> for
     # one call (the backend's own language, when it was given one, still wins).
     per_call_settings: bool = False
+    # True when transcribe_batch() decodes several streams' buffers in one call (cheaper
+    # than one transcribe() each); the worker then batches decodes that are due together.
+    batch: bool = False
+
+
+def batch_items(audios: list, prompts=None, languages=None, tasks=None) -> tuple[list, list, list]:
+    """The per-item prompts, languages and tasks of a ``transcribe_batch`` call (defaults filled in, checked)."""
+    n = len(audios)
+    prompts = list(prompts) if prompts is not None else [""] * n
+    languages = list(languages) if languages is not None else [None] * n
+    tasks = list(tasks) if tasks is not None else [None] * n
+    for name, items in (("prompts", prompts), ("languages", languages), ("tasks", tasks)):
+        if len(items) != n:
+            raise ValueError(f"{n} buffers but {len(items)} {name}")
+    return prompts, languages, tasks
 
 
 def takes_per_call_settings(asr) -> bool:
@@ -174,6 +196,26 @@ class ASRBase:
         raise NotImplementedError("a backend must implement segments_end_ts()")
 
     # -- defaults ----------------------------------------------------------
+    def transcribe_batch(self, audios: list, prompts: list[str] | None = None,
+                         languages: list[str | None] | None = None, tasks: list[str | None] | None = None) -> list:
+        """One result per buffer of ``audios`` (each with its own prompt, language and task), in order.
+
+        Each item is what ``transcribe(audios[i], init_prompt=prompts[i], language=languages[i],
+        task=tasks[i])`` returns (``language``/``task`` passed only where set: None is the
+        backend's own), or the exception it raised: one item failing fails only that item.
+        This default decodes the items one after the other; backends with
+        ``Capabilities(batch=True)`` override it with one batched call.
+        """
+        prompts, languages, tasks = batch_items(audios, prompts, languages, tasks)
+        out: list = []
+        for audio, prompt, language, task in zip(audios, prompts, languages, tasks, strict=True):
+            settings = {k: v for k, v in (("language", language), ("task", task)) if v}
+            try:
+                out.append(self.transcribe(audio, init_prompt=prompt, **settings))
+            except Exception as exc:  # noqa: BLE001 - MemoryError too: it belongs to this item
+                out.append(exc)
+        return out
+
     def word_probabilities(self, result) -> list[float | None] | None:
         """The model's probability of each word of :meth:`ts_words`, if it knows them.
 

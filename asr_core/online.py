@@ -6,6 +6,13 @@ which this hypothesis and the previous one agree. The buffer is trimmed at a
 segment or sentence end once it is longer than ``buffer_trimming_sec``, and
 is hard-bounded at ``max_buffer_sec`` even when nothing agrees, so latency
 cannot grow without limit.
+
+Each step (:meth:`process_iter`, :meth:`flush`, :meth:`finish`) is written once, as a
+coroutine that yields the decode it needs (a :class:`DecodeRequest`: the buffer, the prompt,
+the language and the task) and gets the result back. :meth:`begin` hands such a step out
+(:class:`ProcessorStep`) so that a driver can decode the requests of several streams'
+steps in one batched call; :meth:`process_iter` and the others drive the same coroutine
+with one ``transcribe`` per request, so a step does the same alone as in a batch.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
 
 from .base import SAMPLING_RATE, check_audio, takes_per_call_settings
+from .decode_step import DecodeRequest, ProcessorStep, StepCoroutine
 from .hypothesis import HypothesisBuffer
 from .language import Language, LanguageTracker
 
@@ -228,23 +237,40 @@ class OnlineASRProcessor:
         context = self.sep.join(w[2] for w in self.hyp.committed_in_buffer).strip()
         return prompt, context
 
+    # -- steps, one decode at a time or batched by a driver ----------------------
+    def begin(self, kind: str) -> ProcessorStep:
+        """Start step ``kind`` (``iter`` = :meth:`process_iter`, ``flush``, ``finish``) for a driver to decode."""
+        steps = {"iter": self._iter, "flush": self._flush, "finish": self._finish}
+        if kind not in steps:
+            raise ValueError(f"step kind must be one of {', '.join(steps)}, not {kind!r}")
+        return ProcessorStep(steps[kind]())
+
+    def _drive(self, coroutine: StepCoroutine) -> Commit:
+        """Run a step with one ``transcribe`` call per decode it asks for."""
+        step = ProcessorStep(coroutine)
+        while step.request is not None:
+            req = step.request
+            t0 = time.perf_counter()
+            result = req.decode(self.asr)
+            step.resume(result, time.perf_counter() - t0)
+        return step.commit if step.commit is not None else Commit()
+
     # -- one iteration --------------------------------------------------------
-    def _transcribe(self, prompt: str):
-        """The backend on the buffer, in the utterance's language and the stream's task where it can."""
-        kwargs = {}
+    def _settings(self) -> dict:
+        """A decode's per-call settings: the utterance's language and the stream's task (where the backend can)."""
+        settings = {}
         if takes_per_call_settings(self.asr):
             language = self.language.choice()
             if language:
-                kwargs["language"] = language
+                settings["language"] = language
             if self.task:
-                kwargs["task"] = self.task
-        return self.asr.transcribe(self.audio_buffer, init_prompt=prompt, **kwargs)
+                settings["task"] = self.task
+        return settings
 
-    def _decode(self) -> list:
+    def _decode(self) -> Generator[DecodeRequest, tuple, list]:
         prompt, _ = self.prompt()
-        t0 = time.perf_counter()
-        result = self._transcribe(prompt)
-        self.stats.decode_seconds += time.perf_counter() - t0
+        result, seconds = yield DecodeRequest(self.audio_buffer, prompt, **self._settings())
+        self.stats.decode_seconds += seconds
         self.stats.decodes += 1
         self.stats.decoded_audio_seconds += self.buffer_duration
         self.decoded_until = self.buffer_end
@@ -260,7 +286,7 @@ class OnlineASRProcessor:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "decoded %.2f-%.2fs (%.2fs in %.2fs): %r -> new %r%s", self.buffer_time_offset, self.buffer_end,
-                self.buffer_duration, time.perf_counter() - t0, "".join(w[2] for w in words),
+                self.buffer_duration, seconds, "".join(w[2] for w in words),
                 "".join(w[2] for w in self.hyp.new), " (loop cut)" if self.hyp.looping else "",
             )
         if self.hyp.looping:
@@ -270,9 +296,12 @@ class OnlineASRProcessor:
 
     def process_iter(self) -> Commit:
         """Transcribe the buffer once and return what got committed (maybe nothing)."""
+        return self._drive(self._iter())
+
+    def _iter(self) -> StepCoroutine:
         if len(self.audio_buffer) == 0 or self.undecoded_seconds <= 0:
             return Commit()
-        self._decode()
+        yield from self._decode()
         # while the model is unsure of the utterance's language, only agreement commits
         sure = self.language.sure
         settle = self.options.settle_sec if sure else 0.0
@@ -285,7 +314,11 @@ class OnlineASRProcessor:
 
     def finish(self) -> Commit:
         """Decode what has not been decoded yet, commit everything, start afresh."""
-        commit = self._record(self._decode_tail_and_commit_all())  # in this utterance's language
+        return self._drive(self._finish())
+
+    def _finish(self) -> StepCoroutine:
+        committed = yield from self._decode_tail_and_commit_all()
+        commit = self._record(committed)  # in this utterance's language
         self.init(self.buffer_end)
         return commit
 
@@ -297,14 +330,17 @@ class OnlineASRProcessor:
         while the last ``flush_keep_sec`` of audio stays as context for what
         is said next.
         """
-        committed = self._decode_tail_and_commit_all()
+        return self._drive(self._flush())
+
+    def _flush(self) -> StepCoroutine:
+        committed = yield from self._decode_tail_and_commit_all()
         self._trim()
         self._cut_at_pause()
         return self._record(committed)
 
-    def _decode_tail_and_commit_all(self) -> list:
+    def _decode_tail_and_commit_all(self) -> Generator[DecodeRequest, tuple, list]:
         if len(self.audio_buffer) and self.undecoded_seconds > 0.05:
-            self._decode()
+            yield from self._decode()
             # this decode heard the whole buffer: it supersedes the unconfirmed
             # tail of the previous one, also when it heard nothing new at all
             self.hyp.previous = []

@@ -3,7 +3,7 @@
 Three ways to name a backend:
 
 * a built-in name (``faster-whisper``, ``mlx-whisper``, ``whisper_timestamped``,
-  ``openai-api``): its module is imported only when asked for;
+  ``openai-api``, ``torch-whisper``): its module is imported only when asked for;
 * a name registered by an installed package under the entry-point group
   ``voxpipe.asr_backends``;
 * ``package.module:ClassName``, imported directly.
@@ -28,6 +28,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "mlx-whisper": "asr_core.backends.mlx_whisper:MLXWhisperASR",
     "whisper_timestamped": "asr_core.backends.whisper_timestamped:WhisperTimestampedASR",
     "openai-api": "asr_core.backends.openai_api:OpenAIAPIASR",
+    "torch-whisper": "asr_core.backends.torch_whisper:TorchWhisperASR",
 }
 
 ALIASES = {
@@ -38,6 +39,7 @@ ALIASES = {
     "whisper-timestamped": "whisper_timestamped",
     "openai": "openai-api",
     "openai_api": "openai-api",
+    "torch_whisper": "torch-whisper",
 }
 
 

@@ -42,16 +42,22 @@ The session has no threads and no sockets. A driver asks :meth:`StreamingSession
 which step to run, marks it started, runs it (:meth:`run`, which touches only the
 processor, so it may run on another thread) and hands the result back
 (:meth:`complete`); :meth:`run_due` does all three in a loop for single-threaded drivers.
+A driver that decodes several sessions' steps in one batched call uses :meth:`begin`
+instead of :meth:`run`: the :class:`StepRun` it returns holds the decode the step needs
+(``request``), takes the backend's result back (``resume``) and gives the same
+:class:`StepResult` as :meth:`run` (:mod:`asr_core.batching` drives such steps).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
 
+from .decode_step import DecodeRequest, ProcessorStep
 from .online import Commit, OnlineASRProcessor
 from .stream_clock import TOLERANCE, StreamClock, Verdict
 
@@ -124,6 +130,60 @@ class Pause:
 
     at: float
     since: float
+
+
+#: the processor's step for each session step
+PROCESSOR_STEP = {Step.DECODE: "iter", Step.FLUSH: "flush", Step.FINISH: "finish"}
+
+
+class StepRun:
+    """One session's step in progress: the decode it waits for, then its :class:`StepResult`.
+
+    Only the processor is touched, so a step may run on another thread than the session's
+    owner. An exception (from the processor, or one the driver hands over with :meth:`fail`
+    because the backend failed on this step's audio) ends the step: its result carries it.
+    """
+
+    def __init__(self, session: StreamingSession, step: Step):
+        self.step = step
+        self.error: BaseException | None = None
+        stats = session.processor.stats
+        self._stats = stats
+        self._before = (stats.decode_seconds, stats.decoded_audio_seconds, stats.decodes)
+        self._step: ProcessorStep | None = None
+        try:
+            self._step = session.processor.begin(PROCESSOR_STEP[step])
+        except BaseException as exc:  # noqa: BLE001 - MemoryError too: it belongs to this stream
+            self.error = exc
+
+    @property
+    def request(self) -> DecodeRequest | None:
+        """The decode this step waits for; None once it is done (or failed)."""
+        if self.error is not None or self._step is None:
+            return None
+        return self._step.request
+
+    def resume(self, result, seconds: float) -> None:
+        """The backend's result for :attr:`request` (``seconds``: its share of the call's wall time)."""
+        if self._step is None:
+            raise RuntimeError("the step failed before it asked for a decode")
+        try:
+            self._step.resume(result, seconds)
+        except BaseException as exc:  # noqa: BLE001 - the result could not be applied: this stream fails
+            self.error = exc
+
+    def fail(self, exc: BaseException) -> None:
+        """The backend failed on :attr:`request`."""
+        self.error = exc
+
+    def result(self) -> StepResult:
+        if self.error is not None:
+            return StepResult(self.step, error=self.error)
+        if self._step is None or not self._step.done:
+            raise RuntimeError("the step still waits for a decode")
+        stats, before = self._stats, self._before
+        return StepResult(self.step, self._step.commit or Commit(), None, stats.decode_seconds - before[0],
+                          stats.decoded_audio_seconds - before[1], stats.decodes - before[2])
 
 
 class StreamingSession:
@@ -242,6 +302,17 @@ class StreamingSession:
         wanted = self.decode_seconds / (sch.max_load * min(1.0, max(share, 1e-3)))
         return min(sch.max_chunk_size, max(sch.min_chunk_size, wanted))
 
+    def due_in(self, share: float | None = None) -> float | None:
+        """Seconds of audio still to come before the next decode is due (0: due now; None: nothing will be).
+
+        ``share`` as in :meth:`due` (the chunk it waits for).
+        """
+        if self.ended or self.running is not None:
+            return None
+        if self.pending is not None:
+            return 0.0
+        return max(0.0, self.chunk(share) - self.processor.undecoded_seconds)
+
     def priority(self) -> tuple:
         """Sort key among sessions with a due step: pending flushes/finishes first, then the oldest undecoded audio."""
         return (0 if self.pending is not None else 1, -self.processor.undecoded_seconds)
@@ -252,21 +323,22 @@ class StreamingSession:
         self.pending = None
 
     def run(self, step: Step) -> StepResult:
-        """Run one step on the processor (any thread); an exception is returned, not raised."""
-        proc = self.processor
-        stats = proc.stats
-        before = (stats.decode_seconds, stats.decoded_audio_seconds, stats.decodes)
-        try:
-            if step is Step.DECODE:
-                commit = proc.process_iter()
-            elif step is Step.FLUSH:
-                commit = proc.flush()
-            else:
-                commit = proc.finish()
-        except BaseException as exc:  # noqa: BLE001 - MemoryError too: it belongs to this stream
-            return StepResult(step, error=exc)
-        return StepResult(step, commit, None, stats.decode_seconds - before[0],
-                          stats.decoded_audio_seconds - before[1], stats.decodes - before[2])
+        """Run one step on the processor (any thread), one ``transcribe`` per decode; an exception is returned."""
+        run = self.begin(step)
+        asr = self.processor.asr
+        while (req := run.request) is not None:
+            t0 = time.perf_counter()
+            try:
+                result = req.decode(asr)
+            except BaseException as exc:  # noqa: BLE001 - MemoryError too: it belongs to this stream
+                run.fail(exc)
+                break
+            run.resume(result, time.perf_counter() - t0)
+        return run.result()
+
+    def begin(self, step: Step) -> StepRun:
+        """Start ``step`` (from :meth:`due`, after :meth:`start`) for a driver that decodes it itself."""
+        return StepRun(self, step)
 
     def complete(self, result: StepResult) -> Commit:
         """Take a finished step's result back (the owner's thread); returns its commit."""

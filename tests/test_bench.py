@@ -184,6 +184,32 @@ def test_targets_say_what_was_not_measured_and_by_how_much_others_missed():
     assert "no noisy clips" in {t["key"]: t for t in evaluate(report)}["noisy_wer_gap"]["note"]
 
 
+def test_the_comparison_reports_wer_under_load_and_the_ratios_against_the_baseline():
+    from apps.bench.compare import comparison
+    from apps.bench.targets import evaluate
+
+    def cap(n, steps):
+        return {"clip": "c", "capacity": n, "bound": "exact", "steps": []}, [{"streams": k, "wer": w} for k, w in steps]
+
+    measured_cap, measured_rounds = cap(12, [(4, 0.13), (8, 0.134), (12, 0.138)])
+    base_cap, base_rounds = cap(8, [(1, 0.125), (4, 0.14), (8, 0.16)])
+    report = {"settings": {"streams": 1, "min_chunk_size": 1.0, "model": "tiny.en"},
+              "capacity": measured_cap, "capacity_rounds": measured_rounds,
+              "rounds": [{"clip": "c", "streams": 1, "wer": 0.125}],
+              "overall": {"wer": 0.125, "latency": {"p50": 1.20, "p90": 2.00}, "worker": {"cpu_per_audio_s": 0.2}},
+              "baseline": {"config": "b.yaml", "capacity": base_cap, "capacity_rounds": base_rounds,
+                           "overall": {"wer": 0.125, "latency": {"p50": 1.18, "p90": 2.03},
+                                       "worker": {"cpu_per_audio_s": 0.21}}}}
+    comp = comparison(report)
+    # the search started at 4 streams: the one-stream WER is the clip round's
+    assert comp["wer_under_load"] == pytest.approx(0.013) and comp["baseline_wer_under_load"] == pytest.approx(0.035)
+    assert comp["capacity_ratio"] == 1.5 and comp["one_stream_latency_delta"] == pytest.approx(0.03)
+    report["comparison"] = comp
+    rows = {t["key"]: t for t in evaluate(report)}
+    assert rows["capacity_ratio"]["met"] and rows["wer_under_load"]["met"] and rows["one_stream_latency_delta"]["met"]
+    assert comparison({"capacity": None})["missing"]["capacity_ratio"] == "no --baseline pipeline measured"
+
+
 def test_formatted_wer_counts_the_case_and_punctuation_that_wer_forgives():
     from apps.bench.evaluation import formatted_wer, wer
 

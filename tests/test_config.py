@@ -165,7 +165,7 @@ def test_auto_input_is_the_file_without_a_microphone(tmp_path, monkeypatch):
     assert "'auto:' needs the path" in error_of(tmp_path, GOOD.replace(f"file:{CLIP}", "auto"))
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "file.yaml", "side-by-side.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "file.yaml", "side-by-side.yaml", "file-unbatched.yaml"])
 def test_shipped_configs_are_valid(name, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = load_config(ROOT / "configs" / name)

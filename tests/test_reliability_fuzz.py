@@ -270,7 +270,8 @@ sinks:
     # the JSONL: the two streams' commits and one end each, nothing forged; besides them only the worker's own
     # errors (refusals of flooded streams while its slots were full, what it says it lost or joined late), bounded
     errors = [r for r in records if r["kind"] == "error"]
-    print("worker errors in the JSONL:", len(errors), sorted({(str(r.get("code")), r["message"][:60]) for r in errors})[:8])
+    print("worker errors in the JSONL:", len(errors),
+          sorted({(str(r.get("code")), r["message"][:60]) for r in errors})[:8])
     assert {(r["stream"], r["kind"]) for r in records if r["kind"] != "error"} == {
         ("base", "commit"), ("real", "commit"), ("base", "eos"), ("real", "eos")}
     assert all(r.get("worker") == "asr" for r in errors) and len(errors) <= 300

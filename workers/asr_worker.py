@@ -12,7 +12,11 @@ messages in and out and runs the sessions' steps.
 Decodes run on ``concurrency`` threads (auto: one per core for backends that
 allow concurrent calls), one step per stream at a time, pending flushes first,
 then the oldest undecoded audio; the actor's own thread keeps receiving, so
-audio that arrives during a decode waits in the stream's inbox. A backend
+audio that arrives during a decode waits in the stream's inbox. With ``batch``
+(the default) and a backend that batches (``Capabilities.batch``), the streams
+that are due together are decoded in one batched call per thread
+(:mod:`workers.decode_batches` says which and when); each stream's step still
+gets the hypothesis of its own buffer, prompt, language and task. A backend
 failure on one stream (any exception, MemoryError included) resets that
 stream's processor and publishes an ``error`` on its transcript topic; other
 streams go on.
@@ -52,7 +56,7 @@ from dataclasses import dataclass, field
 
 from asr_core.base import takes_per_call_settings
 from asr_core.keepup import BEHIND, KEEPING_UP, KeepUpMonitor
-from asr_core.streaming import Step, StepResult, StreamingSession
+from asr_core.streaming import StepResult, StreamingSession
 from pipeline import messages as m
 from pipeline.config import check_backend_options
 from pipeline.config_schema import replica_name
@@ -62,6 +66,7 @@ from pipeline.roster import Believer
 
 from .admission import Admission, Slot
 from .base import Actor, actor_config, add_actor_arguments, run_actor
+from .decode_batches import DecodeScheduler
 from .decode_jobs import DecodeRunner
 from .pool_member import PoolMember, pin_to_core, usable_cores
 from .stream_accounting import CLOCK_COUNTERS, StreamAccounting
@@ -119,6 +124,8 @@ class ASRWorker(StreamAccounting, Actor):
             "marks_ignored": 0, "pauses_cancelled": 0, "unconfirmed_eos": 0, "streams_evicted": 0,
             "streams_joined": 0, "upstream_restarts": 0, **{c: 0 for c in CLOCK_COUNTERS.values()},
             "hints_ignored": 0,
+            # decode scheduling: jobs started (a batch is one), steps in them, seconds steps waited when due
+            "batches": 0, "batched_steps": 0, "queue_wait_s": 0.0,
         })
         self.believer = Believer(bus.heartbeat_interval)
         self.admission = Admission()
@@ -126,6 +133,9 @@ class ASRWorker(StreamAccounting, Actor):
         self._schedule = self._with_pause_hold(wcfg.schedule(), config)
         self._ended_audio = 0.0  # audio seconds of streams that have ended
         self.keepup = KeepUpMonitor()  # warns once when the backend cannot keep up with live audio
+        self.batching = False  # set in setup(): batch is on and the backend batches
+        # when the streams' steps start, alone or batched; queue waits and batch sizes for the heartbeat
+        self.scheduler = DecodeScheduler(self.counters, self._follow_hints, wcfg.max_batch, wcfg.batch_window_ms)
         self.drain_timeout = 60.0
 
     def _with_pause_hold(self, schedule, config):
@@ -156,6 +166,7 @@ class ASRWorker(StreamAccounting, Actor):
     def setup(self) -> None:
         import numpy as np
 
+        from asr_core.batching import batches
         from asr_core.registry import backend_class, create_backend
 
         w = self.wcfg
@@ -174,9 +185,13 @@ class ASRWorker(StreamAccounting, Actor):
             raise ConfigError(f"worker {self.name}: options {dict(w.options)}: {exc}") from None
         # one throw-away decode so the first real one is not slower than the rest
         self.asr.transcribe(np.zeros(int(WARMUP_SECONDS * 16000), dtype=np.float32))
+        self.batching = bool(w.batch) and batches(self.asr)
+        if self.batching:
+            self.asr.transcribe_batch([np.zeros(int(WARMUP_SECONDS * 16000), dtype=np.float32)] * 2, ["", ""])
         self.runner = DecodeRunner(concurrency)
-        self.log.info("backend %s loaded in %.1fs; %d decode thread(s)", self.asr.describe(),
-                      time.monotonic() - t0, concurrency)
+        self.log.info("backend %s loaded in %.1fs; %d decode thread(s)%s", self.asr.describe(),
+                      time.monotonic() - t0, concurrency,
+                      f", batches of up to {w.max_batch} streams" if self.batching else "")
 
     def teardown(self) -> None:
         if self.runner is not None:
@@ -196,6 +211,8 @@ class ASRWorker(StreamAccounting, Actor):
         d["rtf_recent"] = round(self.keepup.rtf, 3)  # decode seconds per second of audio decoded, last 10 s
         d["behind"] = self.keepup.behind  # that RTF stays above 1: the transcript falls behind live audio
         d["concurrency"] = self.runner.concurrency if self.runner else 0
+        d["batch"] = self.batching
+        d["decode_queue"] = self.scheduler.load.summary()
         d["streams"] = sorted(self.streams)
         d["max_streams"] = self.wcfg.max_streams  # slots: streams it serves at once
         d["pool"] = self.pool
@@ -331,17 +348,11 @@ class ASRWorker(StreamAccounting, Actor):
         self.counters["unconfirmed_eos"] = self.believer.counts.unconfirmed_eos
         self._refresh_counts()
         self._collect()
-        while self.runner.free > 0:
-            st, step = self._next_step()
-            if st is None:
-                break
-            self._follow_hints(st)
-            st.session.start(step)
-            self.runner.submit(st.stream, st.session, step)
-            if self.runner.concurrency == 1:
-                break  # inline: one decode per loop turn, so messages keep flowing
+        gather_ms = self.scheduler.tick(self.streams, now, self.runner, self.asr, self.batching)
         self._collect()
         self.poll_ms = BUSY_POLL_MS if self.runner.running else 50
+        if gather_ms is not None:
+            self.poll_ms = max(1, min(self.poll_ms, gather_ms))
         for st in list(self.streams.values()):
             if now - st.last_seen > self.wcfg.idle_timeout and not st.session.end_requested:
                 self.log.info("stream %s idle for %.0fs: flushing and freeing it", st.stream, now - st.last_seen)
@@ -384,20 +395,7 @@ class ASRWorker(StreamAccounting, Actor):
             if st is not None:
                 with stream_context(stream):  # its log lines name the stream (--log-format json)
                     self._apply(st, result)
-
-    def _next_step(self) -> tuple[StreamState | None, Step | None]:
-        """The stream whose step is most urgent: flushes and finishes first, then the oldest undecoded audio."""
-        best, best_key, best_step = None, None, None
-        # each stream's share of the decode threads: with spare capacity its chunks stay small
-        share = self.runner.concurrency / max(1, len(self.streams))
-        for st in self.streams.values():
-            step = st.session.due(share)
-            if step is None:
-                continue
-            key = st.session.priority()
-            if best_key is None or key < best_key:
-                best, best_key, best_step = st, key, step
-        return best, best_step
+        self.scheduler.collected(self.runner)
 
     def _apply(self, st: StreamState, result: StepResult) -> None:
         """A finished step's outcome, on the actor's thread: publish, then feed on."""

@@ -14,10 +14,12 @@ round *holds* when:
   seconds after that stream's audio ended (a growing backlog shows here);
 * no worker errors and no messages lost on the bus.
 
-The capacity is the largest ``N`` such that it and every smaller ``N`` held
-(0 when one stream did not). It is *exact* when a larger ``N`` was tried and
-failed, a *lower bound* when the search stopped at ``max_streams`` or at the
-time budget first.
+The capacity is the largest ``N`` such that it and every smaller ``N`` tried held
+(0 when one stream did not). It is *exact* when ``N + 1`` was tried and
+failed, a *lower bound* when the search stopped at ``max_streams``, at the
+time budget, or at a failing step further than ``N + 1`` (``steps``: the
+numbers of streams to try, e.g. 1, 4, 8, 12, 16, to find a large capacity
+in fewer rounds).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class CapacityOptions:
     max_p90: float = 3.0
     max_tail_lag: float = 6.0
     budget_s: float = 900.0
+    steps: tuple | None = None  # the numbers of streams to try, in order (default 1 .. max_streams)
 
 
 def judge(fig: dict, opts: CapacityOptions) -> tuple[bool, list[str]]:
@@ -60,8 +63,9 @@ def search(run_step: Callable[[int], dict], opts: CapacityOptions, clip_name: st
     """``run_step(n)`` runs one round of ``n`` streams and returns its figures (metrics.round_figures)."""
     t0 = time.monotonic()
     steps, capacity, stopped = [], 0, "max_streams"
-    for n in range(1, opts.max_streams + 1):
-        if n > 1 and time.monotonic() - t0 > opts.budget_s:
+    tries = list(opts.steps) if opts.steps else list(range(1, opts.max_streams + 1))
+    for k, n in enumerate(tries):
+        if k and time.monotonic() - t0 > opts.budget_s:
             stopped = "budget"
             break
         fig = run_step(n)
@@ -73,12 +77,17 @@ def search(run_step: Callable[[int], dict], opts: CapacityOptions, clip_name: st
                       "worker_core_share": _worker_share(fig),
                       "non_worker_core_share": fig.get("non_worker_core_share"),
                       "machine_busy_cores": fig.get("machine_busy_cores"), "wall_s": fig.get("wall_s"),
+                      "decode_queue": (fig.get("worker") or {}).get("decode_queue"),
+                      "batch_size_mean": (fig.get("worker") or {}).get("batch_size_mean"),
+                      "queue_wait_mean_s": (fig.get("worker") or {}).get("queue_wait_mean_s"),
                       "label": fig.get("label")})
         if not held:
             stopped = "failed"
             break
         capacity = n
-    return {"clip": clip_name, "capacity": capacity, "bound": "exact" if stopped == "failed" else "lower",
+    # exact only when the round that failed had one stream more than the last that held
+    exact = stopped == "failed" and steps[-1]["streams"] == capacity + 1
+    return {"clip": clip_name, "capacity": capacity, "bound": "exact" if exact else "lower",
             "stopped_by": stopped, "criteria": {"max_p90_s": opts.max_p90, "max_tail_lag_s": opts.max_tail_lag,
                                                 "max_streams": opts.max_streams, "budget_s": opts.budget_s},
             "search_s": round(time.monotonic() - t0, 1), "steps": steps}

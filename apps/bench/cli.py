@@ -11,9 +11,12 @@ be measured, never invented):
    (:mod:`.session`), while psutil samples every actor (:mod:`.sampler`);
 3. with ``--capacity``: rounds of 1, 2, 3, ... streams until one does not
    hold (:mod:`.capacity`);
-4. the pipeline stops; the worker's backend is loaded in-process for the
+4. with ``--baseline CONFIG``: phases 2 and 3 again on that pipeline (say the same
+   worker with ``batch: false``), so that the figures of both come from one run and
+   :mod:`.compare` can give their ratios;
+5. the pipeline stops; the worker's backend is loaded in-process for the
    offline WER of each clip and a replay of the worker's decodes (:mod:`.offline`);
-5. ``bench.json``, ``bench.md`` and ``latency.png`` under ``--out``
+6. ``bench.json``, ``bench.md`` and ``latency.png`` under ``--out``
    (default ``bench-out/<date-time>/``), plus the derived configs and the
    actors' last log lines.
 """
@@ -50,11 +53,17 @@ def register(sub) -> None:
     g.add_argument("--max-tail-lag", type=float, default=6.0,
                    help="capacity: latest eos after the audio ended, in seconds (6)")
     g.add_argument("--capacity-budget", type=float, default=900.0, help="capacity: seconds before no new step starts")
+    g.add_argument("--capacity-streams", default=None, metavar="N,N,...",
+                   help="capacity: the numbers of streams to try, in order (default 1, 2, ... --max-streams)")
     g.add_argument("--replicas", type=int, default=None, metavar="N",
                    help="run the measured worker as a pool of N replicas behind the dispatcher (also for N=1: "
                         "the same path for the baseline); each offers --max-streams slots")
     g.add_argument("--pin-cores", action="store_true",
                    help="pin replica k to CPU core k-1 (os.sched_setaffinity; one decode thread each)")
+    g = p.add_argument_group("comparison")
+    g.add_argument("--baseline", default=None, metavar="CONFIG",
+                   help="also measure this pipeline (clip rounds and capacity) in the same run and report "
+                        "--config's figures against it (e.g. the same worker with batch: false)")
     g = p.add_argument_group("transport")
     g.add_argument("--no-transport", action="store_true", help="skip the broker measurement")
     g.add_argument("--hop-rate", type=float, default=200.0, help="frames/s for the hop latency (200)")
@@ -107,7 +116,20 @@ class Bench:
             if not found:
                 raise ConfigError(f"--capacity-clip {args.capacity_clip!r} is not one of the selected clips")
             self.cap_clip = found[0]
-        self.cap_opts = CapacityOptions(args.max_streams, args.max_p90, args.max_tail_lag, args.capacity_budget)
+        steps = None
+        if args.capacity_streams:
+            try:
+                steps = tuple(int(x) for x in args.capacity_streams.split(",") if x.strip())
+            except ValueError:
+                raise ConfigError(f"--capacity-streams {args.capacity_streams!r} is not a list of numbers") from None
+            if not steps or min(steps) < 1 or list(steps) != sorted(set(steps)):
+                raise ConfigError("--capacity-streams must be increasing numbers of at least 1")
+        self.cap_opts = CapacityOptions(args.max_streams, args.max_p90, args.max_tail_lag, args.capacity_budget, steps)
+        self.baseline_cfg = None
+        if args.baseline:
+            base_cfg = load_config(args.baseline, check_files=False)
+            self.baseline_cfg = bench_config(base_cfg, args.worker, args.min_chunk_size, args.replicas, args.pin_cores,
+                                             args.max_streams)  # measured the same way
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.out = Path(args.out or Path("bench-out") / stamp)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -148,9 +170,14 @@ class Bench:
         t0 = time.monotonic()
         if not a.no_transport:
             self.transport()
-        rounds, cap_rounds = self.pipeline()
+        rounds, cap_rounds, self.report["capacity"] = self.pipeline(self.cfg, "pipeline")
+        if self.report["capacity"] is None:
+            del self.report["capacity"]
+        baseline = self.pipeline(self.baseline_cfg, "baseline") if self.baseline_cfg is not None else None
         offline, replay = self.offline(rounds)
         self.figures(rounds, cap_rounds, offline, replay)
+        if baseline is not None:
+            self.baseline_figures(*baseline, offline)
         self.report["bench_seconds"] = round(time.monotonic() - t0, 1)
         end = git_info(Path(__file__).resolve().parents[2])
         if end.get("fingerprint") != self.report["git"].get("fingerprint"):
@@ -175,43 +202,58 @@ class Bench:
         self.say(f"broker hop: p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms; "
                  f"{self.report['transport'].get('throughput', {}).get('frames_per_s')} frames/s flat out")
 
-    def pipeline(self) -> tuple[list, list]:
+    def pipeline(self, cfg, name: str) -> tuple[list, list, dict | None]:
+        """Clip rounds (and the capacity search) on the pipeline ``cfg``; its files go under ``out/name``."""
         from .capacity import search
         from .metrics import round_figures
         from .sampler import Sampler
         from .session import BenchSession
 
         sampler = Sampler().start()
-        session = BenchSession(self.cfg, self.template, self.out / "pipeline", sampler, verbose=self.args.verbose)
-        rounds, cap_rounds = [], []
-        bar = self.bar("starting the pipeline", 1, "")
+        session = BenchSession(cfg, self.template, self.out / name, sampler, verbose=self.args.verbose)
+        rounds, cap_rounds, capacity = [], [], None
+        tag = "" if name == "pipeline" else f"{name}-"
+        bar = self.bar(f"starting the {name}", 1, "")
         try:
             session.start()
             bar.update(1)
             bar.close()
             for i, clip in enumerate(self.clips, 1):
-                rr = self._round(session, f"r{i:02d}-{clip.slug}", clip, self.args.streams,
+                rr = self._round(session, f"{tag}r{i:02d}-{clip.slug}", clip, self.args.streams,
                                  self.args.round_timeout, keep_speech=True)
                 rounds.append(rr)
             if self.args.capacity:
                 def step(n):
-                    rr = self._round(session, f"c{n:02d}", self.cap_clip, n, self.cap_opts.max_tail_lag + 10.0)
+                    rr = self._round(session, f"{tag}c{n:02d}", self.cap_clip, n, self.cap_opts.max_tail_lag + 10.0)
                     fig = round_figures(rr, self.worker.name)
                     cap_rounds.append((rr, fig))
                     return fig
 
-                self.report["capacity"] = search(step, self.cap_opts, self.cap_clip.name)
-                c = self.report["capacity"]
-                self.say(f"capacity: {c['capacity']} stream(s) ({c['bound']})")
+                capacity = search(step, self.cap_opts, self.cap_clip.name)
+                self.say(f"{name} capacity: {capacity['capacity']} stream(s) ({capacity['bound']})")
         finally:
             bar.close()
             session.stop()
             sampler.close()
-            logs = self.out / "logs"
+            logs = self.out / ("logs" if name == "pipeline" else f"logs-{name}")
             logs.mkdir(exist_ok=True)
-            for name, text in session.logs().items():
-                (logs / f"{name}.log").write_text(text + "\n", encoding="utf-8")
-        return rounds, cap_rounds
+            for actor, text in session.logs().items():
+                (logs / f"{actor}.log").write_text(text + "\n", encoding="utf-8")
+        return rounds, cap_rounds, capacity
+
+    def baseline_figures(self, rounds, cap_rounds, capacity, offline) -> None:
+        """The baseline's figures beside the measured pipeline's (:mod:`.compare`)."""
+        from .compare import comparison
+        from .metrics import overall_figures, round_figures
+
+        w = self.baseline_cfg.workers[0]
+        figs = [round_figures(rr, w.name, offline.get(rr.clip.name)) for rr in rounds]
+        self.report["baseline"] = {
+            "config": self.args.baseline, "worker_options": dict(w.options), "batch": w.batch,
+            "rounds": figs, "overall": overall_figures(rounds, figs, offline) if rounds else None,
+            "capacity": capacity, "capacity_rounds": [round_figures(rr, w.name) for rr, _ in cap_rounds],
+            "worker_info": dict(rounds[-1].worker_info) if rounds else None}
+        self.report["comparison"] = comparison(self.report)
 
     def _round(self, session, label, clip, n, tail_timeout, keep_speech=False):
         from .metrics import latency_stats
@@ -267,6 +309,9 @@ class Bench:
         r["rounds"] = figs
         r["overall"] = overall_figures(rounds, figs, offline) if rounds else None
         r["capacity_rounds"] = [round_figures(rr, self.worker.name, offline.get(rr.clip.name)) for rr, _ in cap_rounds]
+        from .compare import comparison
+
+        r["comparison"] = comparison(r)
         last = (rounds or [rr for rr, _ in cap_rounds])[-1:]
         r["worker_info"] = dict(last[0].worker_info) if last else None
         r["offline"] = offline

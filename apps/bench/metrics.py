@@ -125,12 +125,23 @@ def worker_figures(rr, worker_name: str) -> dict:
     f = {"decodes": decodes, "decodes_per_audio_s": _r(decodes / audio) if decodes is not None else None,
          "cpu_per_decode_s": _r(cpu / decodes) if decodes and cpu is not None else None,
          "rtf": rr.worker_info.get("rtf"),
-         "speech_seconds": _r(sum(r.speech_seconds for r in rr.streams), 3)}
+         "speech_seconds": _r(sum(r.speech_seconds for r in rr.streams), 3),
+         # the worker's recent queue waits and batch sizes (its heartbeat after the round)
+         "decode_queue": rr.worker_info.get("decode_queue"), "batch": rr.worker_info.get("batch")}
     if f["cpu_per_decode_s"] is None and "decodes" not in missing:
         missing["cpu_per_decode_s"] = "no decodes in the round" if decodes == 0 else "no CPU sample"
+    db, ds, dw = (_delta(rr, k) for k in ("batches", "batched_steps", "queue_wait_s"))
+    f["batch_size_mean"] = _r(ds / db, 2) if db and ds is not None else None
+    f["queue_wait_mean_s"] = _r(dw / ds) if ds and dw is not None else None
     f["rtf_note"] = "the worker's own figure: decode seconds per second of speech it received, since it started"
     f["missing"] = missing
     return f
+
+
+def _delta(rr, key: str):
+    """A worker counter's increase over the round (None when not reported)."""
+    before, after = rr.worker_before.get(key), rr.worker_after.get(key)
+    return after - before if before is not None and after is not None else None
 
 
 # -- accuracy of streams beside their clips' offline passes ---------------------------------------------

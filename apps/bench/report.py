@@ -31,6 +31,18 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return out + [""]
 
 
+def _batch(step: dict) -> str:
+    b = (step.get("decode_queue") or {}).get("batch_size")
+    mean = step.get("batch_size_mean")
+    return f"{_f(mean, 1)} / {b['max'] if b else 'n/a'}"
+
+
+def _wait(step: dict) -> str:
+    w = (step.get("decode_queue") or {}).get("queue_wait_ms")
+    mean = step.get("queue_wait_mean_s")
+    return f"{_f(mean * 1000 if mean is not None else None, 0)} / {w['p90']:.0f} ms" if w else "n/a"
+
+
 def _marks(m: dict | None) -> str:
     return "n/a" if not m else f"{m['kept']}/{m['offline']}"
 
@@ -143,20 +155,57 @@ def markdown(r: dict) -> str:
         pinned = " pinned to a core each" if s.get("pin_cores") else ""
         who = f"a pool of {reps} replica(s){pinned}" if reps else "one worker"
         lines += [f"## Capacity ({c['clip']}, {who})", ""]
-        lines += _table(["streams", "held", "WER", "p50", "p90", "max", "tail lag", "worker core", "others", "why not"],
+        lines += _table(["streams", "held", "WER", "p50", "p90", "max", "tail lag", "worker core", "others",
+                         "batch mean / max", "queue wait mean / p90", "why not"],
                         [[str(x["streams"]), _f(x["held"]), _f(x.get("wer"), 3), _f(x["p50"], 2, " s"),
                           _f(x["p90"], 2, " s"), _f(x["max"], 2, " s"), _f(x["tail_lag_max"], 2, " s"),
-                          _pct(x["worker_core_share"]), _pct(x["non_worker_core_share"]), "; ".join(x["reasons"])]
+                          _pct(x["worker_core_share"]), _pct(x["non_worker_core_share"]), _batch(x), _wait(x),
+                          "; ".join(x["reasons"])]
                          for x in c["steps"]])
         bound = "" if c["bound"] == "exact" else f" (a lower bound: stopped by {c['stopped_by']})"
         lines += [f"Capacity: **{c['capacity']}** concurrent real-time stream(s){bound}; held = every stream finished, "
                   f"p90 <= {c['criteria']['max_p90_s']} s, "
                   f"last transcript <= {c['criteria']['max_tail_lag_s']} s after "
                   "the audio ended, no errors or lost messages.", ""]
+    b = r.get("baseline")
+    if b:
+        lines += comparison_lines(r, b)
     miss = r.get("missing") or []
     if miss:
         lines += ["## Not measured", ""] + [f"- {m}" for m in miss] + [""]
     return "\n".join(lines)
+
+
+def comparison_lines(r: dict, b: dict) -> list[str]:
+    """The measured pipeline beside ``--baseline``: one stream, and capacity."""
+    comp = r.get("comparison") or {}
+    o, bo = r.get("overall") or {}, b.get("overall") or {}
+    lines = [f"## Against the baseline ({b.get('config')}, measured in the same run)", ""]
+
+    def row(what, ours, theirs, nd=3, unit=""):
+        return [what, _f(ours, nd, unit), _f(theirs, nd, unit)]
+
+    lo, lb = o.get("latency") or {}, bo.get("latency") or {}
+    cap, bcap = r.get("capacity") or {}, b.get("capacity") or {}
+    rows = [row("one stream: WER (clip rounds)", o.get("wer"), bo.get("wer")),
+            row("one stream: latency p50", lo.get("p50"), lb.get("p50"), 2, " s"),
+            row("one stream: latency p90", lo.get("p90"), lb.get("p90"), 2, " s"),
+            row("one stream: worker CPU s per audio s", (o.get("worker") or {}).get("cpu_per_audio_s"),
+                (bo.get("worker") or {}).get("cpu_per_audio_s")),
+            [f"capacity at p90 <= {(cap.get('criteria') or {}).get('max_p90_s', 3)} s",
+             f"{_f(cap.get('capacity'))} ({cap.get('bound', 'n/a')})",
+             f"{_f(bcap.get('capacity'))} ({bcap.get('bound', 'n/a')})"],
+            row("WER at the capacity point minus one-stream WER", comp.get("wer_under_load"),
+                comp.get("baseline_wer_under_load"))]
+    lines += _table(["figure", "measured", "baseline"], rows)
+    lines += [f"Capacity ratio: **{_f(comp.get('capacity_ratio'), 2)}**.", ""]
+    if bcap.get("steps"):
+        lines += ["### Baseline capacity steps", ""]
+        lines += _table(["streams", "held", "WER", "p50", "p90", "max", "tail lag", "worker core", "why not"],
+                        [[str(x["streams"]), _f(x["held"]), _f(x.get("wer"), 3), _f(x["p50"], 2, " s"),
+                          _f(x["p90"], 2, " s"), _f(x["max"], 2, " s"), _f(x["tail_lag_max"], 2, " s"),
+                          _pct(x["worker_core_share"]), "; ".join(x["reasons"])] for x in bcap["steps"]])
+    return lines
 
 
 def write_markdown(report: dict, path: Path) -> Path:

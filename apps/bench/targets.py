@@ -18,8 +18,13 @@ TARGETS = (
     ("noisy_wer_gap", "streaming WER minus offline WER (noisy clips)", "<=", 0.03, ""),
     ("non_worker_core_share", "everything but the worker, share of one core", "<", 0.10, ""),
     ("broker_hop_p99", "broker one-hop latency p99", "<=", 2.0, "ms"),
-    ("worker_cpu_per_audio_s", "worker CPU seconds per second of audio (one stream)", "<=", 0.4, ""),
+    ("worker_cpu_per_audio_s", "worker CPU seconds per second of audio (one stream)", "<=", 0.22, ""),
     ("capacity", "concurrent real-time streams at p90 <= 3 s", ">=", 4, ""),
+    ("wer_under_load", "WER at the capacity point minus one-stream WER", "<=", 0.015, ""),
+    # against --baseline (the same worker with batch: false), measured in the same run
+    ("capacity_ratio", "capacity over the baseline's", ">=", 1.5, ""),
+    ("one_stream_latency_delta", "one stream: latency p50/p90 minus the baseline's (larger)", "<=", 0.05, "s"),
+    ("one_stream_wer_delta", "one stream: WER minus the baseline's", "<=", 0.01, ""),
 )
 CONDITIONS = {"streams": 1, "model": "tiny.en"}
 
@@ -65,6 +70,11 @@ def _value(key: str, report: dict):
         if not c:
             return None, "capacity not measured (run with --capacity)"
         return c.get("capacity"), None
+    if key in ("wer_under_load", "capacity_ratio", "one_stream_latency_delta", "one_stream_wer_delta"):
+        comp = report.get("comparison")
+        if not comp:
+            return None, "not compared" if key == "wer_under_load" else "no --baseline pipeline measured"
+        return comp.get(key), comp.get("missing", {}).get(key)
     raise KeyError(key)
 
 

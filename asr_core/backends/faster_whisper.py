@@ -5,11 +5,15 @@ Options (all optional, given as keyword arguments or in the worker's
 
 ``device``        ``auto`` (CUDA when a GPU is present, else CPU), ``cpu``, ``cuda``
 ``compute_type``  ``auto`` (float16 on CUDA, int8 on CPU) or any CTranslate2 type
-``beam_size``     beam width (5)
+``beam_size``     beam width (3)
 ``cpu_threads``   threads per decode call (1: the cheapest in CPU seconds)
 ``num_workers``   CTranslate2 workers for concurrent calls (1)
 ``window``        ``short`` (default: encode only the audio there is) or
                   ``full`` (faster-whisper's own loop, padded to 30 s windows)
+``batch_pad``     seconds by which the windows of one batch may differ (1.0): in a
+                  batched call (``transcribe_batch``, the worker's ``batch: true``)
+                  buffers whose short windows are this close run as one batch, padded
+                  to the longest; others run in batches of their own
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 
 import numpy as np
 
-from ..base import ASRBase, BackendUnavailable, Capabilities, ModelNotFound, check_audio
+from ..base import ASRBase, BackendUnavailable, Capabilities, ModelNotFound, batch_items, check_audio
 from ..models import bundled_hint, resolve_ct2_model
 from ..result import Segment, SegmentResults
 
@@ -48,9 +52,10 @@ def pick_device(device: str = "auto", compute_type: str = "auto") -> tuple[str, 
 class FasterWhisperASR(SegmentResults, ASRBase):
     backend_name = "faster-whisper"
     sep = ""  # words carry their own leading space
-    capabilities = Capabilities(quality_signals=True, concurrent=True, per_call_settings=True)
+    capabilities = Capabilities(quality_signals=True, concurrent=True, per_call_settings=True, batch=True)
     option_types = {"device": ("auto", "cpu", "cuda"), "compute_type": str, "beam_size": int, "cpu_threads": int,
-                    "num_workers": int, "window": ("short", "full"), "max_initial_timestamp": float}
+                    "num_workers": int, "window": ("short", "full"), "max_initial_timestamp": float,
+                    "batch_pad": float}
 
     def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
         from faster_whisper import WhisperModel
@@ -60,8 +65,11 @@ class FasterWhisperASR(SegmentResults, ASRBase):
         opts = self.options
         device, compute_type = pick_device(opts.get("device", "auto"), opts.get("compute_type", "auto"))
         self.device, self.compute_type = device, compute_type
-        self.beam_size = int(opts.get("beam_size", 5))
+        self.beam_size = int(opts.get("beam_size", WindowOptions.beam_size))
         self.window = str(opts.get("window", "short"))
+        self.batch_pad = float(opts.get("batch_pad", 1.0))
+        if self.batch_pad < 0:
+            raise ValueError("faster-whisper option batch_pad must be >= 0 seconds")
         if self.window not in ("short", "full"):
             raise ValueError(f"faster-whisper option window must be 'short' or 'full', not {self.window!r}")
         resolved = resolve_ct2_model(modelsize, model_dir, cache_dir)
@@ -116,9 +124,42 @@ class FasterWhisperASR(SegmentResults, ASRBase):
         audio = check_audio(audio)
         task = task or self.transcribe_kargs.get("task", "transcribe")
         lang = self.original_language or language or None
-        if self.window == "short" and len(audio) <= 29 * 16000 and not self.transcribe_kargs.get("vad_filter"):
+        if self._short(audio):
             return self.decoder.decode(audio, init_prompt, lang, task, detect=self.original_language is None)
         return self._transcribe_full(audio, init_prompt, task, lang)
+
+    def _short(self, audio: np.ndarray) -> bool:
+        """Is ``audio`` decoded in one short window (``window: short``), not by faster-whisper's own loop?"""
+        return self.window == "short" and len(audio) <= 29 * 16000 and not self.transcribe_kargs.get("vad_filter")
+
+    def transcribe_batch(self, audios, prompts=None, languages=None, tasks=None) -> list:
+        """Several streams' buffers at once, each in its own language and task (as :meth:`transcribe`).
+
+        Short windows run as batches (see ``batch_pad``), one per task and language.
+        """
+        prompts, languages, tasks = batch_items(audios, prompts, languages, tasks)
+        default_task = self.transcribe_kargs.get("task", "transcribe")
+        out: list = [None] * len(audios)
+        short: list[tuple[int, np.ndarray, str | None, str]] = []
+        for i, raw in enumerate(audios):
+            try:
+                audio = check_audio(raw)
+                task = tasks[i] or default_task
+                lang = self.original_language or languages[i] or None
+                if self._short(audio):
+                    short.append((i, audio, lang, task))
+                else:
+                    out[i] = self._transcribe_full(audio, prompts[i], task, lang)
+            except Exception as exc:  # noqa: BLE001 - this buffer fails, the others go on
+                out[i] = exc
+        if short:
+            decoded = self.decoder.decode_batch([a for _, a, _, _ in short], [prompts[i] for i, *_ in short],
+                                                [lang for *_, lang, _ in short], [task for *_, task in short],
+                                                max_pad_seconds=self.batch_pad, max_batch=max(1, len(short)),
+                                                detect=self.original_language is None)
+            for (i, *_), result in zip(short, decoded, strict=True):
+                out[i] = result
+        return out
 
     def _transcribe_full(self, audio: np.ndarray, init_prompt: str, task: str, language: str | None) -> list[Segment]:
         segments, info = self.model.transcribe(

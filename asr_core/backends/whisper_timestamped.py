@@ -16,7 +16,7 @@ Model resolution, never downloading when a local copy will do:
 
 Options (keyword arguments or the worker's ``options:`` mapping):
 
-``device``        ``cpu`` (default), ``cuda``
+``device``        ``cpu`` (default), ``cuda``, ``auto`` (CUDA when torch sees a GPU)
 ``cpu_threads``   torch intra-op threads, process-wide (1, as for faster-whisper: the
                   cheapest in CPU seconds; 0 keeps torch's own choice)
 ``beam_size``     beam width (default: greedy)
@@ -97,6 +97,8 @@ class WhisperTimestampedASR(SegmentResults, ASRBase):
     def load_model(self, modelsize=None, cache_dir=None, model_dir=None):
         opts = self.options
         self.device = str(opts.get("device", "cpu"))
+        if self.device == "auto":  # CUDA when torch sees a GPU
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if opts.get("cpu_threads", 1):
             torch.set_num_threads(int(opts.get("cpu_threads", 1)))
         self.beam_size = int(opts["beam_size"]) if opts.get("beam_size") else None
