@@ -262,7 +262,9 @@ sinks:
     # each attack shows in a counter
     assert c["broker"]["over_quota"] > 9000 and c["vad"]["streams_evicted"] + c["vad"]["streams_refused"] > 0
     assert c["vad"]["out_of_step"] >= 2 and c["vad"]["unconfirmed_eos"] >= 1
-    assert c["vad"]["wall0_ignored"] >= 1 and marks.wall0_lies >= 1
+    # a wall0 lie sits at the stream's next position: it is ignored (wall0_ignored), or, when the real frame there
+    # came first, set aside with the other frames that do not continue the stream; either way not taken (latency)
+    assert marks.wall0_lies >= 1 and (c["vad"]["wall0_ignored"] >= 1 or c["vad"]["out_of_step"] >= 3)
     assert c["asr"]["marks_ignored"] + c["asr"]["pauses_cancelled"] >= marks.sent // 2 > 0
     assert c["asr"]["out_of_step"] >= 1 and c["asr"]["unconfirmed_eos"] >= 1
     assert c["out"]["unserved"] > 0 and c["out"]["oversized"] >= 150 and c["out"]["unconfirmed_eos"] >= 1
