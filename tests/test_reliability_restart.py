@@ -4,7 +4,7 @@
 more source beside its own: ``calm``, the same clip after as much silence, which both workers transcribe
 undisturbed once the first stream is over. Ten seconds into the first stream ``base`` is killed with -9:
 
-* ``tiny``'s transcript of that stream is complete: its WER is within 0.03 (two words) of its undisturbed one;
+* ``tiny``'s transcript of that stream is complete: its WER is at most 0.04 (three words) above its undisturbed one;
 * ``base`` is back (ready, a new pid) within 5 s, says on the stream's transcript that it started on
   it while it was live, and transcribes the rest of it.
 
@@ -127,9 +127,9 @@ def test_kill_9_of_one_of_two_workers_under_up(tmp_path):
     print(f"\nkill -9 of base at {killed_at:.1f}s of the stream: tiny's WER {w_tiny:.3f} (undisturbed {w_calm:.3f}); "
           f"base back after {back:.1f}s (pids {pids}); base's words after {resume:.1f}s differ from its undisturbed "
           f"ones by {rest:.3f}; errors {errors}")
-    # 0.03: two words of this 83-word clip (the restarting worker's model load takes a core for a second: on two
-    # cores that moves tiny's chunk boundaries, and a word either way is noise, not loss)
-    assert ref and abs(w_tiny - w_calm) <= 0.03, text
+    # not worse by more than three words of this 83-word clip (the restarting worker's model load takes a core for
+    # a second: on two cores that moves tiny's chunk boundaries; a word either way is noise, a cut transcript 0.5+)
+    assert ref and w_tiny - w_calm <= 0.04, text
     assert back is not None and back < 5.0 and len(pids) == 2
     assert any(w == "base" and s == "file" and "started on this stream while it was live" in e for w, s, e in errors)
     assert rest <= 0.25, (text[("base", "file")], text[("base", "calm")])
