@@ -157,3 +157,13 @@ def write_keys(out: Path, cfg: Config) -> Path:
     keys = out / "keys"
     create_keys(keys, clients=(cfg.bus.security.client,))
     return keys
+
+
+def write_files(out, files: dict[str, str]) -> list:
+    """Write each ``name: text`` of ``files`` into folder ``out``; the paths written, in order."""
+    written = []
+    for name, text in files.items():
+        path = out / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written

@@ -194,12 +194,9 @@ def export(fmt: str, config: str, out_dir: str, app: str = "voxpipe", log_dir: s
         files = render_systemd(procs, app, workdir, cfg.path, user, cfg.restart)
     else:
         raise ValueError(f"unknown export format {fmt!r}")
-    written = []
-    for name, text in files.items():
-        path = out / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-    return written
+    from .deploy import write_files
+
+    return write_files(out, files)
 
 
 def _compose(config, out, app, image):

@@ -30,6 +30,7 @@ from .deploy import (
     container_config,
     dns_name,
     dump_yaml,
+    write_files,
     write_keys,
 )
 
@@ -90,9 +91,4 @@ def export_compose(config: str, out: Path, app: str = "voxpipe", image: str = IM
         "pipeline.yaml": "# the pipeline config the containers read (voxpipe export compose)\n" + dump_yaml(data),
         "compose.yaml": dump_yaml(render_compose(actors, app, keys_ref, image)),
     }
-    written = []
-    for name, text in files.items():
-        path = out / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-    return written
+    return write_files(out, files)

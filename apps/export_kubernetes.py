@@ -36,6 +36,7 @@ from .deploy import (
     dns_name,
     dump_all,
     dump_yaml,
+    write_files,
     write_keys,
 )
 
@@ -198,9 +199,4 @@ def export_kubernetes(config: str, out: Path, app: str = "voxpipe", image: str =
     client = data["bus"]["security"]["client"]
     files = render_kubernetes(actors, app, data, keys, client, image)
     files["README.txt"] = readme(app, keys, _key_items(keys, client), image)
-    written = []
-    for name, text in files.items():
-        path = out / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-    return written
+    return write_files(out, files)

@@ -28,19 +28,10 @@ from dataclasses import dataclass
 from pipeline import messages as m
 from pipeline.epochs import EpochFilter
 
+from ..web_streams import Outgoing  # the same hand-over as the web page's: audio or eos of one stream
+
 MAX_OUTGOING = 20000  # frames queued for the bus before the oldest audio is dropped (counted)
 WORKER_STALE_S = 5.0  # a worker without a heartbeat this long no longer counts as up
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """A message for the bus thread to publish on ``audio.<stream>``: ``audio`` or ``eos``."""
-
-    kind: str
-    stream: str
-    t: float
-    wall0: float = 0.0
-    pcm: bytes = b""
 
 
 @dataclass(frozen=True)
