@@ -87,6 +87,7 @@ class Roster:
     def __init__(self, interval: float = 1.0, misses: int = 3):
         self.liveness = Liveness(interval, misses)
         self.listings: OrderedDict[str, Listing] = OrderedDict()
+        self.members: dict[str, set[str]] = {}  # pool -> the actors whose heartbeats speak for it
 
     def beat(self, hb: m.Heartbeat, now: float) -> Listing | None:
         if hb.role == "probe" or not hb.name:
@@ -98,22 +99,32 @@ class Roster:
             streams |= _ids(info.get("stream"))
         pools, pool_streams = _pool_listing(hb, info)
         listing = Listing(hb.role, streams | pool_streams, _ids(info.get("ended", ())), pools)
-        self.listings.pop(hb.name, None)
+        self._forget_pools(hb.name, self.listings.pop(hb.name, None))
         self.listings[hb.name] = listing
+        for pool in pools:
+            self.members.setdefault(pool, set()).add(hb.name)
         while len(self.listings) > MAX_ACTORS:
-            name, _ = self.listings.popitem(last=False)
+            name, old = self.listings.popitem(last=False)
+            self._forget_pools(name, old)
             self.liveness.forget(name)
         return listing
 
     def serves(self, actor: str, stream: str, now: float) -> bool:
         """``actor`` (or, for a pool, one of its members) is alive and its latest heartbeat lists ``stream``
         (served or just ended)."""
-        listing = self.listings.get(actor)
-        if (listing is not None and self.liveness.alive(actor, now)
-                and (stream in listing.streams or stream in listing.ended)):
-            return True
-        return any(actor in ls.pools and (stream in ls.streams or stream in ls.ended) and self.liveness.alive(name, now)
-                   for name, ls in self.listings.items() if ls.pools)
+        return self._lists(actor, stream, now) or any(self._lists(n, stream, now) for n in self.members.get(actor, ()))
+
+    def _lists(self, name: str, stream: str, now: float) -> bool:
+        ls = self.listings.get(name)
+        return ls is not None and (stream in ls.streams or stream in ls.ended) and self.liveness.alive(name, now)
+
+    def _forget_pools(self, name: str, listing: Listing | None) -> None:
+        for pool in listing.pools if listing is not None else ():
+            names = self.members.get(pool)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self.members[pool]
 
     def announced(self, stream: str, now: float) -> bool:
         """Some live actor's latest heartbeat lists ``stream``."""
