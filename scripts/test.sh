@@ -2,7 +2,8 @@
 # Set up everything the test suite needs, lint and type-check, then run it (arguments go to pytest).
 #
 # * system packages (Debian/Ubuntu, as root): Chromium and its driver for the
-#   browser test, OpenBLAS for mlx on Linux CPUs, tmux for the `voxpipe top` test;
+#   browser test, OpenBLAS for mlx on Linux CPUs, tmux for the `voxpipe top` test,
+#   iproute2 (ip netns) for the pool failover across three "hosts";
 # * .venv with voxpipe and its test, web, serve, bench and bundled-model extras;
 # * the torch-based backends (whisper_timestamped, mlx-whisper) with a CPU
 #   torch; set VOXPIPE_SKIP_TORCH=1 to leave them out (their tests then skip).
@@ -12,7 +13,7 @@ PY=${PYTHON:-python3}
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   need=()
-  for pkg in chromium chromium-driver libopenblas0-pthread tmux; do
+  for pkg in chromium chromium-driver libopenblas0-pthread tmux iproute2; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then
