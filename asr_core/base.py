@@ -196,6 +196,10 @@ class ASRBase:
         raise NotImplementedError("a backend must implement segments_end_ts()")
 
     # -- defaults ----------------------------------------------------------
+    def runs_on_gpu(self) -> bool:
+        """Does the model run on a GPU? (``batch: auto`` batches only there: :func:`asr_core.batching.batching_on`)."""
+        return False
+
     def transcribe_batch(self, audios: list, prompts: list[str] | None = None,
                          languages: list[str | None] | None = None, tasks: list[str | None] | None = None) -> list:
         """One result per buffer of ``audios`` (each with its own prompt, language and task), in order.

@@ -131,6 +131,25 @@ def group_windows(windows: Sequence[Window], max_pad_frames: int, max_batch: int
     return groups
 
 
+BATCH_SETTINGS = (True, False, "auto")
+
+
+def batching_on(setting: bool | str, asr) -> bool:
+    """The worker's ``batch`` setting for backend ``asr``: does it decode due streams in batches?
+
+    ``true``: wherever the backend batches (:func:`batches`); ``false``: never; ``auto``
+    (the default): where the backend batches and its model runs on a GPU. On a CPU one
+    batched call costs about what its items cost one by one, and the streams of a batch
+    wait for its longest item: measured on a 2-core CPU, batching held fewer real-time
+    streams than one decode at a time (docs/benchmarks.md, "Batched decoding").
+    """
+    if setting not in BATCH_SETTINGS:
+        raise ValueError(f"batch must be true, false or auto, not {setting!r}")
+    if setting is False or not batches(asr):
+        return False
+    return setting is True or bool(asr.runs_on_gpu())
+
+
 def batches(asr) -> bool:
     """Does ``asr`` decode several buffers in one real batched call (``Capabilities(batch=True)``)?
 

@@ -190,7 +190,8 @@ class WorkerConfig:
     input: str = "speech"  # speech (from the VAD) | audio (raw capture)
     max_streams: int = 16  # live streams at once; messages of further new streams are refused (counted)
     concurrency: int = 0  # decode threads; 0: one per core (up to 4) when the backend allows it, else 1
-    batch: bool = True  # decode streams that are due together in one batched call (backends that batch)
+    # decode streams that are due together in one batched call (backends that batch); auto: on a GPU only
+    batch: bool | str = "auto"
     batch_window_ms: float = 50.0  # a due decode waits this long for streams about to be due to join its batch
     max_batch: int = 16  # streams in one batch at most
     utterance_gap: float = _SCHEDULE.utterance_gap  # a pause longer than this starts a fresh audio buffer
@@ -259,6 +260,8 @@ class WorkerConfig:
             raise SectionError("max_streams", "must be at least 1")
         if self.concurrency < 0:
             raise SectionError("concurrency", "must be >= 0 (0: automatic)")
+        if self.batch not in (True, False, "auto"):
+            raise SectionError("batch", f"{self.batch!r} is not true, false or auto")
         if not 0 <= self.batch_window_ms <= 1000:
             raise SectionError("batch_window_ms", "must be between 0 and 1000")
         if self.max_batch < 1:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from asr_core.base import Capabilities
-from asr_core.batching import Window, batches, group_windows, run_steps
+from asr_core.batching import Window, batches, batching_on, group_windows, run_steps
 from asr_core.online import OnlineASRProcessor, StreamingOptions
 from asr_core.streaming import Schedule, Step, StreamingSession
 from tests.fakes import TimelineASR, ramp, words
@@ -139,6 +139,19 @@ def test_only_a_backend_whose_batched_path_is_its_own_batches():
     assert not batches(Wrapped(TIMELINE))
 
 
+def test_batch_auto_batches_only_a_batching_backend_on_a_gpu():
+    class OnGPU(BatchingTimeline):
+        def runs_on_gpu(self) -> bool:
+            return True
+
+    cpu, gpu, plain = BatchingTimeline(TIMELINE), OnGPU(TIMELINE), TimelineASR(TIMELINE)
+    assert [batching_on(s, cpu) for s in ("auto", True, False)] == [False, True, False]
+    assert [batching_on(s, gpu) for s in ("auto", True, False)] == [True, True, False]
+    assert [batching_on(s, plain) for s in ("auto", True)] == [False, False]
+    with pytest.raises(ValueError, match="true, false or auto"):
+        batching_on("always", gpu)
+
+
 def test_the_default_transcribe_batch_decodes_each_buffer_and_keeps_failures_apart():
     asr = TimelineASR(TIMELINE)
     bad = ramp(0.0, 1.0)
@@ -237,7 +250,7 @@ def test_the_worker_batch_options_are_checked_with_the_config():
     from pipeline.config_schema import SectionError, WorkerConfig
 
     w = WorkerConfig()
-    assert w.batch is True and w.max_batch == 16 and w.batch_window_ms == 50.0
+    assert w.batch == "auto" and w.max_batch == 16 and w.batch_window_ms == 50.0
     WorkerConfig(batch=False, batch_window_ms=0.0, max_batch=1).check()
     with pytest.raises(SectionError, match="max_batch"):
         WorkerConfig(max_batch=0).check()

@@ -74,6 +74,14 @@ def test_wrong_type_bool(tmp_path):
     assert "vad.enabled: expected true/false" in error_of(tmp_path, GOOD + "vad:\n  enabled: maybe\n")
 
 
+def test_batch_is_true_false_or_auto_and_auto_by_default(tmp_path):
+    assert load_config(write(tmp_path, GOOD)).workers[0].batch == "auto"
+    assert load_config(write(tmp_path, GOOD.replace("    model: tiny.en", "    model: tiny.en\n    batch: false"))
+                       ).workers[0].batch is False
+    msg = error_of(tmp_path, GOOD.replace("    model: tiny.en", "    model: tiny.en\n    batch: sometimes"))
+    assert "workers[0].batch" in msg and "true, false or auto" in msg
+
+
 def test_unknown_backend(tmp_path):
     msg = error_of(tmp_path, GOOD.replace("    model: tiny.en", "    backend: whisperx9\n    model: tiny.en"))
     assert "unknown backend 'whisperx9'" in msg and "faster-whisper" in msg
@@ -165,7 +173,8 @@ def test_auto_input_is_the_file_without_a_microphone(tmp_path, monkeypatch):
     assert "'auto:' needs the path" in error_of(tmp_path, GOOD.replace(f"file:{CLIP}", "auto"))
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "file.yaml", "side-by-side.yaml", "file-unbatched.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "file.yaml", "side-by-side.yaml", "file-unbatched.yaml",
+                                  "file-batched.yaml"])
 def test_shipped_configs_are_valid(name, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = load_config(ROOT / "configs" / name)

@@ -12,8 +12,9 @@ messages in and out and runs the sessions' steps.
 Decodes run on ``concurrency`` threads (auto: one per core for backends that
 allow concurrent calls), one step per stream at a time, pending flushes first,
 then the oldest undecoded audio; the actor's own thread keeps receiving, so
-audio that arrives during a decode waits in the stream's inbox. With ``batch``
-(the default) and a backend that batches (``Capabilities.batch``), the streams
+audio that arrives during a decode waits in the stream's inbox. With batching
+on (``batch: true``, or ``auto`` on a GPU: :func:`asr_core.batching.batching_on`) and
+a backend that batches (``Capabilities.batch``), the streams
 that are due together are decoded in one batched call per thread
 (:mod:`workers.decode_batches` says which and when); each stream's step still
 gets the hypothesis of its own buffer, prompt, language and task. A backend
@@ -166,7 +167,7 @@ class ASRWorker(StreamAccounting, Actor):
     def setup(self) -> None:
         import numpy as np
 
-        from asr_core.batching import batches
+        from asr_core.batching import batching_on
         from asr_core.registry import backend_class, create_backend
 
         w = self.wcfg
@@ -185,7 +186,7 @@ class ASRWorker(StreamAccounting, Actor):
             raise ConfigError(f"worker {self.name}: options {dict(w.options)}: {exc}") from None
         # one throw-away decode so the first real one is not slower than the rest
         self.asr.transcribe(np.zeros(int(WARMUP_SECONDS * 16000), dtype=np.float32))
-        self.batching = bool(w.batch) and batches(self.asr)
+        self.batching = batching_on(w.batch, self.asr)
         if self.batching:
             self.asr.transcribe_batch([np.zeros(int(WARMUP_SECONDS * 16000), dtype=np.float32)] * 2, ["", ""])
         self.runner = DecodeRunner(concurrency)

@@ -113,6 +113,9 @@ class FasterWhisperASR(SegmentResults, ASRBase):
     def model_name(self) -> str:
         return str(self.resolved.name)
 
+    def runs_on_gpu(self) -> bool:
+        return self.device == "cuda"
+
     def transcribe(self, audio, init_prompt: str = "", language: str | None = None,
                    task: str | None = None) -> list[Segment]:
         """``language`` and ``task``: for this call only (the constructor's language wins).

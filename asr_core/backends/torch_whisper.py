@@ -90,6 +90,9 @@ class TorchWhisperASR(SegmentResults, ASRBase):
     def model_name(self) -> str:
         return str(self.modelsize or self.folder.name)
 
+    def runs_on_gpu(self) -> bool:
+        return str(self.device).startswith("cuda")
+
     def transcribe(self, audio, init_prompt: str = "") -> list[Segment]:
         task = self.transcribe_kargs.get("task", "transcribe")
         return self.decoder.decode(check_audio(audio), init_prompt, self.original_language, task)
