@@ -180,6 +180,7 @@ class OnlineASRProcessor:
         self.decoded_until = self.buffer_time_offset
         self.hyp = HypothesisBuffer()
         self.hyp.last_committed_time = self.buffer_time_offset
+        self.buffer_words = 0  # words committed since this buffer started (the schedule's first chunk)
         self.last_segment_ends: list[float] = []
         self.language.reset()  # a fresh buffer is a new utterance: its language is detected again
 
@@ -456,6 +457,7 @@ class OnlineASRProcessor:
             committed = self._sentence_case(committed)
         self.history.extend(committed)
         self.stats.committed_words += len(committed)
+        self.buffer_words += len(committed)
         return self._span(committed)
 
     # -- taking over ------------------------------------------------------------
@@ -469,6 +471,7 @@ class OnlineASRProcessor:
         lead = " " if self.sep == "" else ""  # words on the wire are stripped; the backend's have a leading space
         known = [(float(b), float(e), lead + str(w).strip()) for b, e, w in words]
         self.history.extend(known)
+        self.buffer_words += len(known)
         if committed_until is not None:
             self.hyp.last_committed_time = max(self.hyp.last_committed_time, float(committed_until))
             self.hyp.committed_in_buffer = [w for w in known if w[1] > float(committed_until) - 5.0]

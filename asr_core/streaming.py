@@ -12,7 +12,9 @@ simulate``, the VAC processor, the bench's decode replay, the commit-policy swee
   busier than ``max_load`` (the driver says what share it has: :meth:`StreamingSession.due`'s
   ``share``; the chunk is then the stream's mean decode time over ``max_load x share``, at
   most ``max_chunk_size``), so a busy worker decodes each stream less often instead of
-  falling behind;
+  falling behind; until the buffer has committed its first word (the start of a stream or
+  of an utterance) the chunk is ``first_chunk_size`` instead, when that is shorter, so
+  the first word comes sooner;
 * at a pause, ``at_pause`` says what happens: ``flush`` (the worker's rule: the tail is
   decoded and every word before the pause committed at once, the audio stays as context),
   ``finish`` (whisper_streaming's VAC: commit everything and start a fresh buffer), or
@@ -96,6 +98,9 @@ class Schedule:
     # min_chunk_size)
     max_load: float = 0.8
     max_chunk_size: float = 2.0
+    # while the buffer has committed no word yet (a stream's or an utterance's start), a decode
+    # is due after this much new audio instead (if it is shorter): the first word sooner. 0: off
+    first_chunk_size: float = 0.0
 
     def __post_init__(self):
         if self.min_chunk_size <= 0:
@@ -104,6 +109,8 @@ class Schedule:
             raise ValueError("max_load must be in (0, 1]")
         if self.max_chunk_size <= 0:
             raise ValueError("max_chunk_size must be positive")
+        if self.first_chunk_size < 0:
+            raise ValueError("first_chunk_size must be >= 0 (0: off)")
         if self.at_pause not in PAUSE_ACTIONS:
             raise ValueError(f"at_pause must be one of {', '.join(PAUSE_ACTIONS)}, not {self.at_pause!r}")
         if self.utterance_gap <= 0:
@@ -297,10 +304,13 @@ class StreamingSession:
     def chunk(self, share: float | None = None) -> float:
         """Seconds of new audio the next decode waits for (see the module's docstring)."""
         sch = self.schedule
+        base = sch.min_chunk_size
+        if sch.first_chunk_size and not self.processor.buffer_words:
+            base = min(base, sch.first_chunk_size)
         if share is None or self.decode_seconds <= 0:
-            return sch.min_chunk_size
+            return base
         wanted = self.decode_seconds / (sch.max_load * min(1.0, max(share, 1e-3)))
-        return min(sch.max_chunk_size, max(sch.min_chunk_size, wanted))
+        return min(sch.max_chunk_size, max(base, wanted))
 
     def due_in(self, share: float | None = None) -> float | None:
         """Seconds of audio still to come before the next decode is due (0: due now; None: nothing will be).

@@ -3,7 +3,7 @@
 
 Each setting is a keyword dict of changes to the pipeline's ``StreamingOptions``
 (its defaults are the worker's: ``dict()`` is today's policy); ``min_chunk_size``,
-``utterance_gap``, ``max_load`` and ``max_chunk_size`` go to the ``Schedule``, ``vad_*``
+``first_chunk_size``, ``utterance_gap``, ``max_load`` and ``max_chunk_size`` go to the ``Schedule``, ``vad_*``
 keys (``vad_min_silence_ms``, ...) to the VAD's ``VADOptions`` (``vad=None``: no VAD,
 every frame goes to the session). Per clip, the audio goes through exactly what
 ``voxpipe simulate --comp-unaware`` runs (the pipeline's 100 ms frames, VAD and
@@ -59,7 +59,7 @@ from asr_core.replay import Feed, stream_audio  # noqa: E402
 from asr_core.streaming import Schedule, StreamingSession  # noqa: E402
 from asr_core.vad import VADOptions  # noqa: E402
 
-SCHEDULE_KEYS = ("min_chunk_size", "utterance_gap", "at_pause", "max_load", "max_chunk_size")
+SCHEDULE_KEYS = ("min_chunk_size", "utterance_gap", "at_pause", "max_load", "max_chunk_size", "first_chunk_size")
 
 
 def parse_setting(text: str) -> dict:

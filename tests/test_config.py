@@ -52,7 +52,7 @@ def test_good_config_loads_typed_and_absolute(tmp_path):
     cfg = load_config(write(tmp_path, GOOD))
     assert cfg.sources[0].input == f"file:{CLIP}"
     assert cfg.sinks[0].output == f"jsonl:{tmp_path}/t.jsonl"
-    assert cfg.workers[0].min_chunk_size == 1.0 and isinstance(cfg.workers[0].min_chunk_size, float)
+    assert cfg.workers[0].min_chunk_size == 0.75 and isinstance(cfg.workers[0].min_chunk_size, float)
     assert cfg.actor_names() == ["broker", "capture", "vad", "asr", "out"]
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from apps import web
 from apps.plan import actor_processes
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, WorkerConfig
 from pipeline.errors import UsageError
 
 FORK = ["--model", "tiny.en", "--lan", "en", "--min-chunk-size", "1.5", "--host", "127.0.0.1", "--port", "9891",
@@ -46,7 +46,8 @@ def test_the_forks_flags_make_a_pipeline_of_broker_vad_worker_and_page(monkeypat
 def test_defaults_are_the_worker_configs():
     cfg = web.pipeline_config(parse([]))
     w = cfg.workers[0]
-    assert (w.backend, w.model, w.language, w.min_chunk_size) == ("faster-whisper", "tiny.en", "auto", 1.0)
+    assert (w.backend, w.model, w.language) == ("faster-whisper", "tiny.en", "auto")
+    assert (w.min_chunk_size, w.first_chunk_size) == (WorkerConfig().min_chunk_size, WorkerConfig().first_chunk_size)
     assert (cfg.web.host, cfg.web.port) == ("127.0.0.1", 9880)
 
 
