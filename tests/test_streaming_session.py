@@ -6,6 +6,7 @@ processor's clock is checked against the truth):
 * a decode is due once ``min_chunk_size`` seconds of audio are new, never before; when the
   driver says the stream has only a share of its decode threads and decodes are slow, the
   chunk grows (the stream's decode time over ``max_load`` x share, up to ``max_chunk_size``);
+  until a buffer has committed its first word, ``first_chunk_size`` is the chunk (when shorter);
 * audio that arrives while a step runs waits in the inbox and goes in afterwards;
 * a pause (``at_pause="flush"``) commits every word before it at once and keeps the audio
   as context; ``at_pause="finish"`` starts a fresh buffer; ``ignore`` does nothing;
@@ -86,6 +87,28 @@ def test_a_busy_worker_decodes_a_stream_less_often():
     assert s.chunk(share=0.1) == pytest.approx(2.0)  # at most max_chunk_size
     # without a share (the deterministic replay), decode cost does not matter
     assert s.chunk() == pytest.approx(0.3) and s.due() is Step.DECODE
+
+
+def test_until_a_buffer_commits_its_first_word_it_decodes_every_first_chunk_size():
+    s = session(schedule=Schedule(1.0, first_chunk_size=0.5, utterance_gap=1.0))
+    feed(s, 0.0, 0.5)
+    assert s.chunk() == pytest.approx(0.5) and s.due() is Step.DECODE
+    s.run_due()  # "one" (0.1-0.4) heard once: nothing agreed yet
+    feed(s, 0.5, 1.0)
+    assert committed(s.run_due()) == ["one"]  # the second hypothesis agrees: the first word at 1.0 s
+    assert s.processor.buffer_words == 1 and s.chunk() == pytest.approx(1.0)  # then min_chunk_size
+    feed(s, 1.0, 1.5)
+    assert s.due() is None
+    # a busy worker still decodes less often (the load rule wins over the first chunk)
+    fresh = session(schedule=Schedule(1.0, first_chunk_size=0.5, max_chunk_size=2.0))
+    feed(fresh, 0.0, 0.5)
+    decoded_once(fresh, 0.8)
+    assert fresh.chunk(share=1.0) == pytest.approx(1.0)
+    # speech after a long pause is a fresh buffer: its first word comes sooner again
+    s.push_pause()
+    s.run_due()
+    feed(s, 3.0, 3.5)
+    assert s.processor.buffer_words == 0 and s.due() is Step.DECODE
 
 
 def test_audio_that_arrives_during_a_step_waits_in_the_inbox():
