@@ -128,6 +128,7 @@ def main() -> int:
                     help="unaware: decoding takes no time (deterministic); aware: each step takes its CPU time")
     ap.add_argument("--json", metavar="FILE", help="also write every figure (and transcript) to FILE")
     ap.add_argument("--show", action="store_true", help="print each clip's transcript beside the offline one")
+    ap.add_argument("--plot", metavar="PNG", help="also draw latency against WER for the clean clips (CPU beside each)")
     args = ap.parse_args()
     asr = create_backend("faster-whisper", lan="en", model=args.model, device="cpu")
     names = args.clips.split(",")
@@ -186,6 +187,10 @@ def main() -> int:
                   f"decoded {dec / secs:.2f} s/s, CPU {cpu / secs:.3f} s/s", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    if args.plot:
+        from apps.bench.plot import plot_tradeoff
+
+        print(f"wrote {plot_tradeoff(results, Path(args.plot))}")
     return 0
 
 
