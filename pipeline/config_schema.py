@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from asr_core.batching import BATCH_SETTINGS
 from asr_core.online import StreamingOptions
 from asr_core.streaming import Schedule
 from asr_core.vad import VADOptions
@@ -264,7 +265,7 @@ class WorkerConfig:
             raise SectionError("max_streams", "must be at least 1")
         if self.concurrency < 0:
             raise SectionError("concurrency", "must be >= 0 (0: automatic)")
-        if self.batch not in (True, False, "auto"):
+        if self.batch not in BATCH_SETTINGS:
             raise SectionError("batch", f"{self.batch!r} is not true, false or auto")
         if not 0 <= self.batch_window_ms <= 1000:
             raise SectionError("batch_window_ms", "must be between 0 and 1000")
