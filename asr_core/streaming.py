@@ -36,9 +36,10 @@ a fresh buffer. Marks are checked against it too, so that a flood of them change
 * a pause is *held* until the stream shows it was one: audio that goes on exactly where it
   paused cancels it (speech did not stop there), audio after a gap or the end of the stream
   confirms it, and so does ``schedule.pause_hold`` seconds of nothing (with a ``now`` clock;
-  without one a pause is taken at once).
+  without one a pause is taken at once), counted on the driver's ``heard_until`` clock: time in
+  which it had read everything it was sent.
 
-``counts`` has what was ignored: ``marks_ignored``, ``pauses_cancelled``.
+``counts`` has what was ignored: ``marks_ignored``, ``pauses_cancelled``; and ``pauses_taken``.
 
 The session has no threads and no sockets. A driver asks :meth:`StreamingSession.due`
 which step to run, marks it started, runs it (:meth:`run`, which touches only the
@@ -194,13 +195,20 @@ class StepRun:
 
 
 class StreamingSession:
-    def __init__(self, processor: OnlineASRProcessor, schedule: Schedule | None = None, now=None):
-        """``now``: a clock (e.g. ``time.monotonic``) for ``schedule.pause_hold`` and the wall0 rule."""
+    def __init__(self, processor: OnlineASRProcessor, schedule: Schedule | None = None, now=None,
+                 heard_until=None):
+        """``now``: a clock (e.g. ``time.monotonic``) for ``schedule.pause_hold`` and the wall0 rule.
+
+        ``heard_until``: on the same clock, the time up to which the driver has pushed in everything
+        that was sent to it (default: ``now``). A held pause is confirmed when that is ``pause_hold``
+        past its arrival, so a driver that stalls (and reads its queue late) takes no pause for silence.
+        """
         self.processor = processor
         self.schedule = schedule or Schedule()
         self.now = now
+        self.heard_until = heard_until or now
         self.clock = StreamClock()
-        self.counts: dict[str, int] = {"marks_ignored": 0, "pauses_cancelled": 0}
+        self.counts: dict[str, int] = {"marks_ignored": 0, "pauses_cancelled": 0, "pauses_taken": 0}
         self.inbox: deque = deque()  # (t, samples), Pause and Mark items not yet given to the processor
         self.pending: Step | None = None  # a FLUSH or FINISH that must run before the inbox goes on
         self.running: Step | None = None  # the step handed out by due() and not completed yet
@@ -408,9 +416,11 @@ class StreamingSession:
                     self.inbox.popleft()  # the speech went on right where it "paused": it did not
                     self.counts["pauses_cancelled"] += 1
                     continue
-                if after is None and self.now is not None and self._time() - item.since < self.schedule.pause_hold:
+                if (after is None and self.heard_until is not None
+                        and self.heard_until() - item.since < self.schedule.pause_hold):
                     break  # held: audio may still come that shows it was no pause
                 self.inbox.popleft()
+                self.counts["pauses_taken"] += 1
                 if proc.buffer_duration and self.schedule.at_pause != "ignore":
                     self.pending = Step.FLUSH if self.schedule.at_pause == "flush" else Step.FINISH
                 continue

@@ -135,9 +135,9 @@ class Clock:
         return self.t
 
 
-def session(now=None, hold=0.2):
+def session(now=None, hold=0.2, heard_until=None):
     return StreamingSession(OnlineASRProcessor(TimelineASR(TIMELINE), options=StreamingOptions.la2()),
-                            Schedule(1.0, pause_hold=hold), now=now)
+                            Schedule(1.0, pause_hold=hold), now=now, heard_until=heard_until)
 
 
 def feed(s, beg, end, step=0.1):
@@ -190,6 +190,19 @@ def test_a_real_pause_flushes_after_the_hold_or_when_speech_resumes_later():
     other.push_pause(t=2.0)
     feed(other, 2.6, 2.7)  # the next segment, after the silence the VAD left out
     assert other.due() is Step.FLUSH
+
+
+def test_a_pause_held_while_the_driver_stalls_waits_until_it_has_read_its_queue():
+    clock, heard = Clock(), Clock()  # the driver stalled: it has read nothing since the pause came
+    s = session(now=clock, heard_until=heard)
+    feed(s, 0.0, 2.0)
+    s.run_due()
+    s.push_pause(t=2.0)
+    clock.t = 1.0  # a second later, with the frames that continue the speech still queued
+    assert s.due() is None
+    feed(s, 2.0, 2.1)  # the queue read at last: the speech went on
+    heard.t = 1.0
+    assert s.due() is not Step.FLUSH and s.counts["pauses_cancelled"] == 1
 
 
 def test_a_session_ignores_a_far_frame_and_transcribes_the_rest():

@@ -122,7 +122,7 @@ class ASRWorker(StreamAccounting, Actor):
         self.counters.update({
             "commits": 0, "decodes": 0, "stream_errors": 0, "streams_total": 0,
             "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
-            "marks_ignored": 0, "pauses_cancelled": 0, "unconfirmed_eos": 0, "streams_evicted": 0,
+            "marks_ignored": 0, "pauses_cancelled": 0, "pauses_taken": 0, "unconfirmed_eos": 0, "streams_evicted": 0,
             "streams_joined": 0, "upstream_restarts": 0, **{c: 0 for c in CLOCK_COUNTERS.values()},
             "hints_ignored": 0,
             # decode scheduling: jobs started (a batch is one), steps in them, seconds steps waited when due
@@ -250,7 +250,9 @@ class ASRWorker(StreamAccounting, Actor):
             if not self._admit(msg.stream):
                 self._tell_refused(msg.stream)
                 return None
-            session = StreamingSession(self._new_processor(), self._schedule, now=time.monotonic)
+            # a held pause counts only time in which the worker had read all it was sent
+            session = StreamingSession(self._new_processor(), self._schedule, now=time.monotonic,
+                                       heard_until=self.heard_all)
             st = StreamState(msg.stream, session)
             self.streams[msg.stream] = st
             self.counters["streams_total"] += 1

@@ -135,6 +135,16 @@ class Actor:
         self._last_heartbeat = 0.0  # monotonic time of the last heartbeat sent
         self.http = None  # the health listener, when the config turns it on
         self.poll_ms = 50
+        self.heard_all_at = time.monotonic()  # when the loop last found nothing more queued (see heard_all)
+
+    def heard_all(self) -> float:
+        """The last (monotonic) time this actor had taken everything queued for it.
+
+        A clock for "nothing came for so long": a stall of the actor itself (a busy core, a flood
+        it had to read through) does not pass for the senders' silence, because it stands still
+        until the queue is read.
+        """
+        return self.heard_all_at
 
     # -- to override ------------------------------------------------------------
     def subscriptions(self) -> Iterable[str]:
@@ -349,8 +359,11 @@ class Actor:
                         try:
                             frames = self.sub.sock.recv_multipart(flags=zmq.NOBLOCK)
                         except zmq.Again:
+                            self.heard_all_at = time.monotonic()
                             break
                         self.receive(frames)
+                else:
+                    self.heard_all_at = time.monotonic()
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EINTR:
                     continue
