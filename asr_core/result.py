@@ -27,14 +27,18 @@ class Segment:
 
 
 # When the model itself says a segment is not speech. Whisper's own rule (and faster-whisper's
-# defaults): a no-speech probability over 0.6 with an average log-probability under -1.0. On
+# defaults): a no-speech probability over 0.6 with an average log-probability under -1.0 (the
+# log-probability at which Whisper calls a decode failed). Here the no-speech bar of that rule is
+# 0.45: on room noise tiny.en writes "you" (lp -1.0 to -1.6) with a no-speech probability of 0.5
+# to 0.6, and the speech segments that the lower bar also drops are the garbage at a window's
+# end ("and sun. The moon and sun"; with base, words of the wrong language). On
 # silence, room noise and music Whisper also writes fluent text it is sure of ("Thank you.",
 # "I don't know what I'm going to do.", lp -0.3 to -1.0) while its no-speech probability says
 # otherwise: tiny.en gave 0.86-0.97 on every such segment of the test clips, and at most 0.20 on
 # speech; multilingual base at most 0.78 on speech (docs/benchmarks.md). A loop (Whisper's
 # failure threshold of compression, 2.4) that the model half takes for silence is not speech
 # either, nor is text without a letter or a digit (". . .", "___").
-NO_SPEECH_PROB = 0.6
+NO_SPEECH_PROB = 0.45
 LOGPROB_FLOOR = -1.0
 NO_SPEECH_SURE = 0.8
 LOOP_COMPRESSION = 2.4

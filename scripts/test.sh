@@ -38,4 +38,7 @@ fi
 # lint and type check first (configured in pyproject.toml): a finding fails the run
 .venv/bin/ruff check --quiet .
 .venv/bin/mypy --no-error-summary
+# byte-compile voxpipe once: the tests start hundreds of actor processes, and with
+# PYTHONDONTWRITEBYTECODE set (as on CI) each would otherwise compile every module again
+.venv/bin/python -m compileall -q -j 0 asr_core pipeline workers apps tests >/dev/null
 exec .venv/bin/python -m pytest "$@"

@@ -1,7 +1,8 @@
 """What the built-in backends make of their engines' raw results (no model needed).
 
 * words the model itself calls non-speech are left out of ``ts_words``: Whisper's rule
-  (no-speech probability over 0.6 with an average log-probability under -1), a no-speech
+  (an average log-probability under -1, where Whisper calls a decode failed, with a no-speech
+  probability over 0.45; Whisper's own bar is 0.6), a no-speech
   probability over 0.8 whatever the text's probability ("Thank you." on silence), a loop
   the model half takes for silence, and text without a letter or a digit (". . .");
 * each word's probability, where the engine gives one, is passed on
@@ -34,6 +35,9 @@ def test_non_speech_segments_give_no_words_and_no_probabilities():
     ("Thank you.", 0.97, -0.86, 0.6, False),  # tiny.en on silence: fluent, and sure there is no speech
     ("I don't know what I'm going to do.", 0.9, -1.2, 0.8, False),  # Whisper's own rule
     ("I'm not sure what to do.", 0.71, -1.3, 0.8, False),
+    ("you you you you", 0.6, -1.42, 1.14, False),  # tiny.en on room noise, under Whisper's own bar of 0.6
+    ("you", 0.5, -1.35, 0.33, False),
+    ("And", 0.26, -2.16, 0.3, True),  # the first word of noisy speech in a short window: sure it is speech
     ("don't know what don't know what don't know what", 0.6, -0.2, 6.9, False),  # a loop on noise
     ("and the the the the the", 0.1, -0.2, 3.0, True),  # a loop on speech: the streaming policy cuts it
     (". . . .", 0.05, -0.6, 0.7, False),

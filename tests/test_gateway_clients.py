@@ -160,13 +160,18 @@ def test_deepgram_sdk_gets_finals_while_sending_then_last_words_metadata_and_a_c
     assert all("punctuated_word" in w and w["confidence"] > 0 for w in words)
 
 
+# three live streams of one clip in one worker each get their own chunking: two real-time runs of this 83-word
+# clip differ by up to 0.036 on two cores (tests/test_reliability_fuzz.py), so "as good" allows three words
+SAME_CLIP_NOISE = 0.04
+
+
 def test_deepgram_transcript_is_as_good_as_the_pipelines_on_the_same_clip(same_clip):
     from tests.conftest import reference
 
     ref = reference(CLIP)
     pipeline, deepgram = wer(ref, same_clip["pipeline"]), wer(ref, same_clip["deepgram"].text())
     print(f"\nWER on {CLIP}: pipeline {pipeline:.3f}, Deepgram endpoint {deepgram:.3f}")
-    assert deepgram <= pipeline + 0.02, (same_clip["deepgram"].text(), same_clip["pipeline"])
+    assert deepgram <= pipeline + SAME_CLIP_NOISE, (same_clip["deepgram"].text(), same_clip["pipeline"])
 
 
 def test_whisper_streaming_tcp_lines_are_as_good_as_the_pipelines(same_clip):
@@ -181,7 +186,7 @@ def test_whisper_streaming_tcp_lines_are_as_good_as_the_pipelines(same_clip):
     ref = reference(CLIP)
     tcp, pipeline = wer(ref, text), wer(ref, same_clip["pipeline"])
     print(f"\nWER on {CLIP}: pipeline {pipeline:.3f}, whisper_streaming TCP {tcp:.3f}")
-    assert tcp <= pipeline + 0.02, (text, same_clip["pipeline"])
+    assert tcp <= pipeline + SAME_CLIP_NOISE, (text, same_clip["pipeline"])
 
 
 # -- many clients ---------------------------------------------------------------------------------------------------
