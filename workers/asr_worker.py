@@ -93,6 +93,7 @@ class StreamState:
     frames: int = 0  # messages received
     lost: int = 0  # messages lost on the way, not yet reported
     lost_reported: float = 0.0
+    held_report: str | None = None  # a loss report waiting for the stream's next commit or end
     language: dict = field(default_factory=dict)  # the last commit's language fields
     hints: tuple = (None, None)  # (language, task) the source asks for, from its latest audio frame
     followed: tuple | None = None  # the hints the processor follows (None: not applied yet)
@@ -357,6 +358,7 @@ class ASRWorker(StreamAccounting, Actor):
         if gather_ms is not None:
             self.poll_ms = max(1, min(self.poll_ms, gather_ms))
         for st in list(self.streams.values()):
+            self._release_report(st, time.monotonic())
             if now - st.last_seen > self.wcfg.idle_timeout and not st.session.end_requested:
                 self.log.info("stream %s idle for %.0fs: flushing and freeing it", st.stream, now - st.last_seen)
                 st.session.push_end()
@@ -438,6 +440,7 @@ class ASRWorker(StreamAccounting, Actor):
     def _publish_commit(self, st: StreamState, commit) -> None:
         if not commit or commit.beg is None:
             return
+        self._release_report(st)
         desc = self.asr.describe()
         topic = m.transcript_topic(self.pool, st.stream)
         st.language = commit.language.record() if commit.language is not None else {}
@@ -464,6 +467,7 @@ class ASRWorker(StreamAccounting, Actor):
         ))
 
     def _end_stream(self, st: StreamState) -> None:
+        self._release_report(st)
         if not st.handoff:
             topic = m.transcript_topic(self.pool, st.stream)
             self.publish(topic, m.EndOfStream(stream=st.stream, seq=self.pub.seq(topic),

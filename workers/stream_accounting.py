@@ -5,7 +5,10 @@
   summed over live streams and those that have left, in the heartbeat counters;
 * what was lost, said on the stream's transcript topic with an ``error``: messages lost on the way
   (``seq`` gaps) and a VAD that started over under a live stream (``upstream_restarts``), at most one
-  report per stream every ``LOSS_REPORT_S`` seconds.
+  report per stream every ``LOSS_REPORT_S`` seconds. A report goes out just before the stream's next
+  commit or end, or ``REPORT_HOLD_S`` after the loss, whichever is first: a loss is mostly noticed on
+  the first message after an outage of the bus (a broker restarted), when the transcript's subscribers
+  are still reconnecting and would miss it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from asr_core.streaming import StreamingSession
 from pipeline import messages as m
 
 LOSS_REPORT_S = 5.0  # at most one "lost" error per stream this often
+REPORT_HOLD_S = 2.0  # a loss report waits at most this long for the stream's next commit or end
 CLOCK_COUNTERS = {"out_of_step": "out_of_step", "switches": "timeline_switches", "wall0_ignored": "wall0_ignored"}
 
 
@@ -38,11 +42,19 @@ class StreamAccounting:
             return
         at = getattr(msg, "t", 0.0)
         if restarted:
-            self._report(st, f"the stream's speech started over at {at:.2f}s without an end (its VAD restarted?): "
-                             "speech around then may be lost")
+            st.held_report = (f"the stream's speech started over at {at:.2f}s without an end (its VAD restarted?): "
+                              "speech around then may be lost")
         else:
-            self._report(st, f"{st.lost} message(s) of this stream were lost on the way (last before {at:.2f}s)")
+            st.held_report = f"{st.lost} message(s) of this stream were lost on the way (last before {at:.2f}s)"
         st.lost, st.lost_reported = 0, time.monotonic()
+
+    def _release_report(self, st, now: float | None = None) -> None:
+        """Publish the stream's held loss report: before its next commit or end (``now`` None), or once it is
+        ``REPORT_HOLD_S`` old."""
+        if st.held_report is None or (now is not None and now - st.lost_reported < REPORT_HOLD_S):
+            return
+        message, st.held_report = st.held_report, None
+        self._report(st, message)
 
     def _report(self, st, message: str) -> None:
         topic = m.transcript_topic(self.pool, st.stream)
