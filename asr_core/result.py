@@ -29,8 +29,9 @@ class Segment:
 # When the model itself says a segment is not speech. Whisper's own rule (and faster-whisper's
 # defaults): a no-speech probability over 0.6 with an average log-probability under -1.0 (the
 # log-probability at which Whisper calls a decode failed). Here the no-speech bar of that rule is
-# 0.45: on room noise tiny.en writes "you" (lp -1.0 to -1.6) with a no-speech probability of 0.5
-# to 0.6, and the speech segments that the lower bar also drops are the garbage at a window's
+# 0.45: on room noise tiny.en writes "you" (lp -1.0 to -1.6) with a no-speech probability of 0.24
+# to 0.60, mostly 0.5 to 0.6 (scripts/nonspeech_replay.py: 30 committed words before, none
+# after), and the speech segments that the lower bar also drops are the garbage at a window's
 # end ("and sun. The moon and sun"; with base, words of the wrong language). On
 # silence, room noise and music Whisper also writes fluent text it is sure of ("Thank you.",
 # "I don't know what I'm going to do.", lp -0.3 to -1.0) while its no-speech probability says

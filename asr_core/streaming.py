@@ -39,7 +39,8 @@ a fresh buffer. Marks are checked against it too, so that a flood of them change
   without one a pause is taken at once), counted on the driver's ``heard_until`` clock: time in
   which it had read everything it was sent.
 
-``counts`` has what was ignored: ``marks_ignored``, ``pauses_cancelled``; and ``pauses_taken``.
+``counts``: marks ignored (``marks_ignored``), pauses cancelled by the audio after them
+(``pauses_cancelled``) and pauses taken (``pauses_taken``).
 
 The session has no threads and no sockets. A driver asks :meth:`StreamingSession.due`
 which step to run, marks it started, runs it (:meth:`run`, which touches only the
