@@ -156,8 +156,10 @@ sinks:
         cut = time.time()
         for proc in p.procs.values():
             proc.signal(signal.SIGTERM)
-        for _topic, msg in sub.items():  # what still comes: the final flush
+        for _topic, msg in sub.items():  # what still comes: the final flush, then the end of the stream
             seen.append((time.time(), msg))
+            if isinstance(msg, m.EndOfStream):
+                break
         codes = {name: proc.wait(20) for name, proc in p.procs.items()}
     recs = jsonl(out)
     written = {r["seq"]: r for r in recs if r["kind"] == "commit"}

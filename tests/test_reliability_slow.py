@@ -24,11 +24,12 @@ import numpy as np
 import pytest
 
 from pipeline import messages as m
-from tests.procs import DATA, Pipeline
+from tests import clips
+from tests.procs import Pipeline
 
 pytestmark = pytest.mark.model
 
-CLIP = DATA / "kitchen.wav"
+CLIP_SENTENCES = 3  # of kitchen.wav: 15.6 s, long enough to speak before, during and after the stall
 FLOOD_RATE = 1000  # messages a second
 STALL_S = 10.0
 TOLERANCE_S = 0.3
@@ -42,13 +43,15 @@ def last_json(proc) -> dict:
     return json.loads(proc.popen.communicate(timeout=60)[0].strip().splitlines()[-1])
 
 
-def transcribe_once(p: Pipeline, cfg, stream: str, stall: bool, broker) -> dict:
+def transcribe_once(p: Pipeline, cfg, stream: str, stall: bool, broker, clip_seconds: float) -> dict:
     """The clip as ``stream``, beside a flooder and a subscriber to everything (stuck for a while, or not)."""
     stalling = ["--stall-after", "2", "--stall-for", str(STALL_S)] if stall else []
-    peer = p.spawn(f"peer-{stream}", [sys.executable, "-m", "tests.bus_peers", "subscriber", p.bus.xpub, "31",
-                                      *stalling], stdout=subprocess.PIPE, text=True)
+    # both outlast the clip: the subscriber by 6 s (to read what the stall left behind), the flood by 4 s
+    peer = p.spawn(f"peer-{stream}", [sys.executable, "-m", "tests.bus_peers", "subscriber", p.bus.xpub,
+                                      str(round(clip_seconds + 6)), *stalling], stdout=subprocess.PIPE, text=True)
     flood = p.spawn(f"flood-{stream}", [sys.executable, "-m", "tests.bus_peers", "flood", p.bus.xsub,
-                                        str(FLOOD_RATE), "29"], stdout=subprocess.PIPE, text=True)
+                                        str(FLOOD_RATE), str(round(clip_seconds + 4))],
+                    stdout=subprocess.PIPE, text=True)
     sub = p.subscribe(f"transcript.asr.{stream}", timeout=60)
     p.start(f"cap-{stream}", ["capture", "--config", str(cfg), "--name", stream])
     latency, hop, rss = [], [], []
@@ -68,8 +71,10 @@ def test_a_stuck_subscriber_does_not_change_anyone_elses_latency(tmp_path):
     import psutil
 
     names = ["calm1", "stuck1", "stuck2", "calm2"]
+    clip, _ = clips.sentences("kitchen", CLIP_SENTENCES, tmp_path)
+    clip_seconds = clips.SENTENCE_ENDS["kitchen"][CLIP_SENTENCES - 1]
     with Pipeline(tmp_path) as p:
-        cfg = p.write_config("sources:\n" + "".join(f"  - name: {n}\n    input: file:{CLIP}\n" for n in names) + f"""
+        cfg = p.write_config("sources:\n" + "".join(f"  - name: {n}\n    input: file:{clip}\n" for n in names) + f"""
 workers:
   - name: asr
     buffer_trimming_sec: 6
@@ -84,7 +89,7 @@ sinks:
         rss0 = broker.memory_info().rss
         runs = {}
         for name in names:
-            runs[name] = transcribe_once(p, cfg, name, name.startswith("stuck"), broker)
+            runs[name] = transcribe_once(p, cfg, name, name.startswith("stuck"), broker, clip_seconds)
             calm = [x for n, r in runs.items() if n.startswith("calm") for x in r["latency"]]
             stuck = [x for n, r in runs.items() if n.startswith("stuck") for x in r["latency"]]
             if len(runs) % 2 == 0 and abs(p90(stuck) - p90(calm)) <= TOLERANCE_S:

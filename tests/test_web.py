@@ -4,9 +4,11 @@ One module-scoped pipeline (broker, VAD, a tiny.en worker) carries two web
 actors: ``web`` on loopback without a token, and ``webtok`` on 0.0.0.0 with
 one. Chromium's fake microphone plays a clip from tests/data, padded with
 silence before and after (so its loop starts silent); the test stops it after
-one play. Most tests pad 6 s before the clip, so they do not depend on what
+one play. Most tests pad 3 s before the clip, so they do not depend on what
 happens while WebRTC connects; one pads 0.3 s and checks that speech right
-after the Start click reaches the page. Screenshots go to out/web/.
+after the Start click reaches the page. The clips are their first sentences
+(tests/clips.py: 6 to 13 s, 18 to 40 words), which is all a page needs to show.
+Screenshots go to out/web/.
 
 Needs the Debian ``chromium`` package and the ``web`` and ``test`` extras
 (playwright drives the system Chromium; no browser is downloaded).
@@ -22,10 +24,10 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline import messages as m
+from tests import clips
 from tests.procs import ROOT, VOXPIPE, Pipeline, Proc, child_env, free_port
 
 pytest.importorskip("fastrtc")
@@ -40,7 +42,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.model]
 DATA = ROOT / "tests" / "data"
 SHOTS = ROOT / "out" / "web"
 TOKEN = "s3cret-for-tests"
-LEAD_S, TAIL_S = 6.0, 4.0
+LEAD_S, TAIL_S = 3.0, 4.0
 SLOW_OFFER_S = 2.5
 CHROME_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -52,31 +54,26 @@ CHROME_ARGS = [
 ]
 
 
-def reference(name: str) -> str:
-    from apps.bench.evaluation import reference_text
-
-    return reference_text(DATA / f"{name}.wav")
-
-
 def wer(ref: str, hyp: str) -> float:
     from apps.bench.evaluation import wer as _wer
 
     return _wer(ref, hyp)
 
 
-def padded_clip(name: str, folder: Path, lead: float = LEAD_S) -> tuple[Path, float]:
-    """The clip as 16-bit PCM WAV with ``lead`` s of silence before and TAIL_S after; (path, total seconds)."""
-    with wave.open(str(DATA / f"{name}.wav")) as w:
-        rate = w.getframerate()
-        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    y = np.concatenate([np.zeros(int(lead * rate), "<i2"), x, np.zeros(int(TAIL_S * rate), "<i2")])
-    path = folder / f"{name}-padded.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(y.tobytes())
-    return path, len(y) / rate
+@dataclass(frozen=True)
+class Clip:
+    """What a browser's fake microphone plays: ``path`` (``seconds`` long, silence included) and its ``text``."""
+
+    path: Path
+    seconds: float
+    text: str
+
+
+def padded_clip(name: str, sentences: int, folder: Path, lead: float = LEAD_S) -> Clip:
+    """The clip's first ``sentences`` with ``lead`` s of silence before and TAIL_S after."""
+    path, text = clips.sentences(name, sentences, folder, lead=lead, tail=TAIL_S)
+    with wave.open(str(path)) as w:
+        return Clip(path, w.getnframes() / w.getframerate(), text)
 
 
 @dataclass
@@ -117,16 +114,16 @@ def playwright():
 
 @pytest.fixture
 def browser(playwright, tmp_path):
-    """``browser(clip) -> (Page opener, clip seconds)``: a Chromium whose microphone plays ``clip``; all closed
-    after."""
+    """``browser(name, sentences) -> (Page opener, Clip)``: a Chromium whose microphone plays the first
+    ``sentences`` of clip ``name``; all closed after."""
     opened = []
 
-    def launch(clip: str, lead: float = LEAD_S):
-        wav, seconds = padded_clip(clip, tmp_path, lead)
+    def launch(name: str, sentences: int, lead: float = LEAD_S):
+        clip = padded_clip(name, sentences, tmp_path, lead)
         b = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                       args=CHROME_ARGS + [f"--use-file-for-fake-audio-capture={wav}"])
+                                       args=CHROME_ARGS + [f"--use-file-for-fake-audio-capture={clip.path}"])
         opened.append(b)
-        return WebPage(b), seconds
+        return WebPage(b), clip
 
     yield launch
     for b in opened:
@@ -287,7 +284,7 @@ def is_eos(stream: str):
 # -- the tests -----------------------------------------------------------------------------------------------
 def test_browser_microphone_to_live_transcript(stack, browser, tap):
     audio = tap("audio.web-")
-    web, seconds = browser("weather")
+    web, clip = browser("weather", 3)
     page = web.open(stack.url)
     st = page.wait(lambda s: s["workerReady"] == "1", 30, "showed the worker ready")
     assert st["state"] == "idle" and st["worker"] == "asr", st
@@ -302,7 +299,7 @@ def test_browser_microphone_to_live_transcript(stack, browser, tap):
     opacity = float(partial.evaluate("e => getComputedStyle(e).opacity"))
     live = page.screenshot("web-live.png")
     assert opacity < 0.8, opacity
-    st = page.play_once(seconds)
+    st = page.play_once(clip.seconds)
     stream = st["stream"]
     assert re.fullmatch(r"web-[a-z0-9]+", stream), st
     assert st["state"] == "open" and len(page.text().split()) > 20, "no committed text while streaming"
@@ -310,7 +307,7 @@ def test_browser_microphone_to_live_transcript(stack, browser, tap):
     st = page.wait(lambda s: s["ended"] == "1", 120, "showed the worker's end of stream")
     text = page.text()
     shot = page.screenshot("web-transcript.png")
-    score = wer(reference("weather"), text)
+    score = wer(clip.text, text)
     print(f"\nbrowser transcript WER {score:.3f} ({shot}, {live}): {text}")
     assert score <= 0.25, f"WER {score:.3f}: {text!r}"
 
@@ -322,7 +319,7 @@ def test_browser_microphone_to_live_transcript(stack, browser, tap):
     assert [round(f.t, 3) for f in frames] == [round(i * 0.1, 3) for i in range(len(frames))]
     assert len({f.wall0 for f in frames}) == 1
     total = sum(f.duration for f in frames)
-    assert msgs[-1][1].t == pytest.approx(total) and seconds - 6 < total < seconds + 4
+    assert msgs[-1][1].t == pytest.approx(total) and clip.seconds - 6 < total < clip.seconds + 4
 
     # the download links serve the same transcript
     links = {a.get_attribute("data-format"): a.get_attribute("href")
@@ -349,7 +346,7 @@ def test_speech_right_after_start_reaches_the_page(stack, browser):
     "connecting" until the connection is up, then sends what it held and catches up; the
     clip's first sentence is on the page.
     """
-    web, seconds = browser("history", lead=0.3)
+    web, clip = browser("history", 1, lead=0.3)
     page = web.open(stack.url)
     page.slow_signalling(SLOW_OFFER_S)
     page.wait(lambda s: s["workerReady"] == "1", 30, "showed the worker ready")
@@ -365,26 +362,26 @@ def test_speech_right_after_start_reaches_the_page(stack, browser):
     assert states[0] == "connecting" and "live" in states, capture
     held = float(capture["held"])
     assert held >= SLOW_OFFER_S - 0.5, capture  # what was said while connecting was kept
-    st = page.play_once(seconds)
+    st = page.play_once(clip.seconds)
     page.stop()
     page.wait(lambda s: s["ended"] == "1", 120, "showed the worker's end of stream")
     text = page.text()
     page.screenshot("web-first-sentence.png")
-    first = first_sentence(reference("history"))
+    first = first_sentence(clip.text)
     opening = " ".join(text.split()[: len(first.split())])
     score = wer(first, opening)
     print(f"\nheld while connecting: {held:.2f} s; states {capture['log']}; stream {st['seconds']} s\n"
           f"first sentence WER {score:.3f}: {opening!r}\n  page: {text}")
     assert score <= 0.25, f"the first sentence is not on the page: {opening!r} (whole page: {text!r})"
-    assert wer(reference("history"), text) <= 0.3, text
+    assert wer(clip.text, text) <= 0.3, text
 
 
 def test_two_browsers_each_see_only_their_own_stream(stack, browser):
-    (a_web, a_len), (b_web, b_len) = browser("kitchen"), browser("history")
+    (a_web, a_clip), (b_web, b_clip) = browser("kitchen", 2), browser("history", 2)
     a, b = a_web.open(stack.url), b_web.open(stack.url)
     a.start()
     b.start()
-    a_st, b_st = a.play_once(a_len), b.play_once(b_len)
+    a_st, b_st = a.play_once(a_clip.seconds), b.play_once(b_clip.seconds)
     assert a_st["stream"] != b_st["stream"]
     a.stop()
     b.stop()
@@ -394,7 +391,8 @@ def test_two_browsers_each_see_only_their_own_stream(stack, browser):
         texts[clip] = page.text()
     a.screenshot("web-two-sessions-kitchen.png")
     b.screenshot("web-two-sessions-history.png")
-    scores = {(clip, ref): round(wer(reference(ref), texts[clip]), 3)
+    refs = {"kitchen": a_clip.text, "history": b_clip.text}
+    scores = {(clip, ref): round(wer(refs[ref], texts[clip]), 3)
               for clip in texts for ref in ("kitchen", "history")}
     print(f"\ntwo sessions, WER (page, reference): {scores}\n  kitchen page: {texts['kitchen']}\n"
           f"  history page: {texts['history']}")
@@ -406,7 +404,7 @@ def test_two_browsers_each_see_only_their_own_stream(stack, browser):
 
 def test_beyond_loopback_the_page_streams_only_with_the_token(stack, browser, tap):
     audio = tap("audio.web-")
-    web, _ = browser("meeting")
+    web, _ = browser("meeting", 6)
     page = web.open(stack.token_url)
     page.wait(lambda s: s["workerReady"] == "1", 30, "showed the worker ready")
     assert page.page.locator("#voxpipe-token input").is_visible()
@@ -452,18 +450,18 @@ def test_one_command_runs_the_whole_pipeline_behind_the_page(browser, tmp_path):
                                       "-o", "device=cpu"],
                 tmp_path / "web-all.log", env=child_env({"HF_HUB_OFFLINE": "1"}), stdout=out)
     try:
-        web, seconds = browser("kitchen")
+        web, clip = browser("weather", 3)
         page = web.open_when_up(f"http://127.0.0.1:{port}/", proc)
         st = page.wait(lambda s: s["workerReady"] == "1", 90, "showed the worker ready")
         assert st["worker"] == "asr" and "faster-whisper tiny.en" in page.page.inner_text("#voxpipe-status")
         children = {c.pid: c.name() for c in psutil.Process(proc.pid).children(recursive=True)}
         assert len(children) >= 4, children  # broker, vad, worker, page
         page.start()
-        page.play_once(seconds)
+        page.play_once(clip.seconds)
         page.stop()
         page.wait(lambda s: s["ended"] == "1", 120, "showed the worker's end of stream")
         text = page.text()
-        score = wer(reference("kitchen"), text)
+        score = wer(clip.text, text)
         print(f"\none-command pipeline: WER {score:.3f}: {text}")
         assert score <= 0.25, text
         proc.signal(signal.SIGINT)
@@ -480,7 +478,7 @@ def test_one_command_runs_the_whole_pipeline_behind_the_page(browser, tmp_path):
 def test_the_page_asks_the_workers_for_the_language_spoken_and_the_task(stack, browser, tap):
     """"Speaking" and "Task" travel with every audio frame; an English-only worker keeps its own (and says so)."""
     audio = tap("audio.web-")
-    web, _ = browser("meeting")
+    web, _ = browser("meeting", 6)
     page = web.open(stack.url)
     page.wait(lambda s: s["workerReady"] == "1", 30, "showed the worker ready")
     for menu, option in (("#voxpipe-spoken", "de"), ("#voxpipe-task", "translate into English")):
