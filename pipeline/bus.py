@@ -27,13 +27,14 @@ log = logging.getLogger("voxpipe.bus")
 # a frame larger than this makes the broker drop the sender's connection (the protocol allows 160000 bytes)
 MAX_WIRE_BYTES = 1 << 20
 HEARTBEAT_MS = 2000  # ZMTP pings: a peer silent for 3 of these is disconnected (and reconnected)
+RECONNECT_MAX_MS = 2000  # the longest wait between reconnection attempts (they back off from 100 ms)
 
 
 def apply_options(sock: zmq.Socket, bus) -> None:
     """Options every bus socket shares: bounded linger, fast reconnects, ZMTP heartbeats."""
     sock.setsockopt(zmq.LINGER, int(bus.linger_ms))
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
 

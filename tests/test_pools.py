@@ -144,7 +144,9 @@ sinks:
     assert not uncovered(ref_ws, ws), f"lost in the restarts: {uncovered(ref_ws, ws)}"
     one, rolled = wer(ref_text, text(recs, "ref", "long")), wer(ref_text, text(recs, "main", "long"))
     print(f"\nrolling restart of {restarted}: WER {rolled:.3f} against {one:.3f} undisturbed")
-    assert rolled <= one + 0.02
+    assert rolled <= one + 0.02, (f"rolled: {text(recs, 'main', 'long')}\n"
+                                  f"undisturbed: {text(recs, 'ref', 'long')}\nhandovers at "
+                                  f"{[(b[0], b[3]) for a, b in zip(ws, ws[1:], strict=False) if a[3] != b[3]]}")
 
 
 # -- admission --------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@
   report per stream every ``LOSS_REPORT_S`` seconds. A report goes out just before the stream's next
   commit or end, or ``REPORT_HOLD_S`` after the loss, whichever is first: a loss is mostly noticed on
   the first message after an outage of the bus (a broker restarted), when the transcript's subscribers
-  are still reconnecting and would miss it.
+  are still reconnecting and would miss it: they back off up to ``RECONNECT_MAX_MS`` between attempts,
+  so the hold lasts two of those and a second more.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import time
 
 from asr_core.streaming import StreamingSession
 from pipeline import messages as m
+from pipeline.bus import RECONNECT_MAX_MS
 
 LOSS_REPORT_S = 5.0  # at most one "lost" error per stream this often
-REPORT_HOLD_S = 2.0  # a loss report waits at most this long for the stream's next commit or end
+REPORT_HOLD_S = 2 * RECONNECT_MAX_MS / 1000 + 1.0  # a loss report waits at most this long for the next commit or end
 CLOCK_COUNTERS = {"out_of_step": "out_of_step", "switches": "timeline_switches", "wall0_ignored": "wall0_ignored"}
 
 
