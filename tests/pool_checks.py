@@ -55,6 +55,16 @@ def repeated(ws: list[tuple]) -> list[tuple]:
     return [(a, b) for a, b in zip(ws, ws[1:], strict=False) if b[0] < a[1] - OVERLAP_TOLERANCE]
 
 
+def handovers(ws: list[tuple]) -> list[float]:
+    """Where the stream went from one worker to another: the first word of the new worker."""
+    return [b[0] for a, b in zip(ws, ws[1:], strict=False) if a[3] != b[3]]
+
+
+def near(ws: list[tuple], times: list[float], span: float) -> str:
+    """The text of the words of ``ws`` that begin within ``span`` seconds of one of ``times``."""
+    return " ".join(w[2].strip() for w in ws if any(abs(w[0] - t) <= span for t in times))
+
+
 def uncovered(reference: list[tuple], ws: list[tuple], before: float = float("inf"), slack: float = 0.3) -> list:
     """Words of ``reference`` ending before ``before`` that no word of ``ws`` overlaps in time: lost."""
     lost = []

@@ -16,13 +16,14 @@ import pytest
 
 from apps.bench.evaluation import normalize, reference_text, wer
 from pipeline import messages as m
-from tests.pool_checks import commits, join_clips, jsonl, repeated, text, uncovered, words
+from tests.pool_checks import commits, handovers, join_clips, jsonl, near, repeated, text, uncovered, words
 from tests.procs import DATA, Pipeline
 
 pytestmark = pytest.mark.model
 
 # six streams of the clean clips (two of them twice, as streams of their own)
 SIX = {"s1": "history", "s2": "kitchen", "s3": "meeting", "s4": "weather", "s5": "history", "s6": "weather"}
+HANDOVER_SPAN = 6.0  # seconds either side of a handover within which the rolled text should match the undisturbed one
 
 
 def worker_yaml(name: str, replicas: int = 1, **extra) -> str:
@@ -142,11 +143,18 @@ sinks:
     assert len({w[3] for w in ws}) == 2
     assert not repeated(ws), repeated(ws)
     assert not uncovered(ref_ws, ws), f"lost in the restarts: {uncovered(ref_ws, ws)}"
+    # Two live workers on two cores never decode at quite the same moments, so the two texts differ here and
+    # there wherever the clip is (0.02-0.03 WER apart between runs): what a handover could spoil is checked
+    # where it happened, the whole text only for a loss of context that lasts (a prompt not carried over).
+    at = handovers(ws)
+    local = wer(near(ref_ws, at, HANDOVER_SPAN), near(ws, at, HANDOVER_SPAN))
     one, rolled = wer(ref_text, text(recs, "ref", "long")), wer(ref_text, text(recs, "main", "long"))
-    print(f"\nrolling restart of {restarted}: WER {rolled:.3f} against {one:.3f} undisturbed")
-    assert rolled <= one + 0.02, (f"rolled: {text(recs, 'main', 'long')}\n"
-                                  f"undisturbed: {text(recs, 'ref', 'long')}\nhandovers at "
-                                  f"{[(b[0], b[3]) for a, b in zip(ws, ws[1:], strict=False) if a[3] != b[3]]}")
+    print(f"\nrolling restart of {restarted}: WER {rolled:.3f} against {one:.3f} undisturbed; "
+          f"{local:.3f} apart within {HANDOVER_SPAN:.0f} s of the handovers at {at}")
+    detail = (f"rolled: {text(recs, 'main', 'long')}\nundisturbed: {text(recs, 'ref', 'long')}\n"
+              f"handovers at {at}")
+    assert local <= 0.1, detail
+    assert rolled <= one + 0.04, detail
 
 
 # -- admission --------------------------------------------------------------------------------------------------
