@@ -12,9 +12,10 @@ simulate``, the VAC processor, the bench's decode replay, the commit-policy swee
   busier than ``max_load`` (the driver says what share it has: :meth:`StreamingSession.due`'s
   ``share``; the chunk is then the stream's mean decode time over ``max_load x share``, at
   most ``max_chunk_size``), so a busy worker decodes each stream less often instead of
-  falling behind; until the buffer has committed its first word (the start of a stream or
-  of an utterance) the chunk is ``first_chunk_size`` instead, when that is shorter, so
-  the first word comes sooner;
+  falling behind; until the stream has committed its first word the chunk is
+  ``first_chunk_size`` instead, and until a later fresh buffer (an utterance after a long
+  pause) has committed its first word it is ``utterance_chunk_size``, when these are
+  shorter, so the first word comes sooner;
 * at a pause, ``at_pause`` says what happens: ``flush`` (the worker's rule: the tail is
   decoded and every word before the pause committed at once, the audio stays as context),
   ``finish`` (whisper_streaming's VAC: commit everything and start a fresh buffer), or
@@ -89,7 +90,8 @@ PAUSE_ACTIONS = ("flush", "finish", "ignore")
 
 @dataclass(frozen=True)
 class Schedule:
-    """When a session decodes. The defaults are the ASR worker's (and ``voxpipe simulate``'s)."""
+    """When a session decodes. The defaults are ``voxpipe simulate``'s (whisper_online's); the worker's are
+    :class:`pipeline.config_schema.WorkerConfig`'s."""
 
     min_chunk_size: float = 1.0  # seconds of new audio that make the next decode due (with spare capacity)
     at_pause: str = "flush"  # flush | finish | ignore (see the module's docstring)
@@ -100,9 +102,11 @@ class Schedule:
     # min_chunk_size)
     max_load: float = 0.8
     max_chunk_size: float = 2.0
-    # while the buffer has committed no word yet (a stream's or an utterance's start), a decode
-    # is due after this much new audio instead (if it is shorter): the first word sooner. 0: off
+    # until the stream has committed a word, a decode is due after this much new audio instead
+    # (if it is shorter): the first word sooner. 0: off
     first_chunk_size: float = 0.0
+    # the same for a fresh buffer that has committed no word yet (an utterance after a long pause)
+    utterance_chunk_size: float = 0.0
 
     def __post_init__(self):
         if self.min_chunk_size <= 0:
@@ -111,8 +115,9 @@ class Schedule:
             raise ValueError("max_load must be in (0, 1]")
         if self.max_chunk_size <= 0:
             raise ValueError("max_chunk_size must be positive")
-        if self.first_chunk_size < 0:
-            raise ValueError("first_chunk_size must be >= 0 (0: off)")
+        for key in ("first_chunk_size", "utterance_chunk_size"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0 (0: off)")
         if self.at_pause not in PAUSE_ACTIONS:
             raise ValueError(f"at_pause must be one of {', '.join(PAUSE_ACTIONS)}, not {self.at_pause!r}")
         if self.utterance_gap <= 0:
@@ -314,8 +319,11 @@ class StreamingSession:
         """Seconds of new audio the next decode waits for (see the module's docstring)."""
         sch = self.schedule
         base = sch.min_chunk_size
-        if sch.first_chunk_size and not self.processor.buffer_words:
+        proc = self.processor
+        if sch.first_chunk_size and not proc.history:
             base = min(base, sch.first_chunk_size)
+        if sch.utterance_chunk_size and not proc.buffer_words:
+            base = min(base, sch.utterance_chunk_size)
         if share is None or self.decode_seconds <= 0:
             return base
         wanted = self.decode_seconds / (sch.max_load * min(1.0, max(share, 1e-3)))

@@ -186,7 +186,8 @@ class WorkerConfig:
     # seconds of new audio that make a decode due with spare capacity (grows under load up to
     # max_chunk_size); 0.75 s: docs/benchmarks.md, "Words sooner"
     min_chunk_size: float = 0.75
-    first_chunk_size: float = 0.5  # the chunk until an utterance's first word is committed (0: off)
+    first_chunk_size: float = 0.25  # the chunk until the stream's first word is committed (0: off)
+    utterance_chunk_size: float = 0.5  # the chunk until the first word after a long pause is committed (0: off)
     buffer_trimming: str = _STREAMING.buffer_trimming
     buffer_trimming_sec: float = _STREAMING.buffer_trimming_sec
     idle_timeout: float = 30.0
@@ -237,6 +238,7 @@ class WorkerConfig:
     def schedule(self) -> Schedule:
         # without the VAD (input: audio) there are no pauses to flush at
         return Schedule(min_chunk_size=self.min_chunk_size, first_chunk_size=self.first_chunk_size,
+                        utterance_chunk_size=self.utterance_chunk_size,
                         utterance_gap=self.utterance_gap,
                         at_pause="flush" if self.input == "speech" else "ignore", pause_hold=self.pause_hold or 0.0)
 

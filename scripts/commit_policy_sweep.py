@@ -2,11 +2,12 @@
 """Commit-policy settings compared on a deterministic replay of a corpus.
 
 Each setting is a keyword dict of changes to the pipeline's ``StreamingOptions``
-(its defaults are the worker's: ``dict()`` is today's policy); ``min_chunk_size``,
-``first_chunk_size``, ``utterance_gap``, ``max_load`` and ``max_chunk_size`` go to the ``Schedule``, ``vad_*``
-keys (``vad_min_silence_ms``, ...) to the VAD's ``VADOptions`` (``vad=None``: no VAD,
-every frame goes to the session). Per clip, the audio goes through exactly what
-``voxpipe simulate --comp-unaware`` runs (the pipeline's 100 ms frames, VAD and
+and schedule (from the worker's defaults, ``WorkerConfig``: ``dict()`` is today's policy);
+``min_chunk_size``, ``first_chunk_size``, ``utterance_chunk_size``, ``utterance_gap``,
+``max_load`` and ``max_chunk_size`` go to the ``Schedule``, ``vad_*`` keys
+(``vad_min_silence_ms``, ...) to the VAD's ``VADOptions`` (``vad=None``: no VAD, every frame
+goes to the session). Per clip, the audio goes through exactly what ``voxpipe simulate
+--comp-unaware`` runs (the pipeline's 100 ms frames, VAD and
 streaming session: :mod:`asr_core.replay`), with the clock stopped while decoding
 (``--clock aware``: on a virtual clock that each step moves on by the CPU seconds it
 took, as a one-stream worker with a core to itself).
@@ -58,8 +59,10 @@ from asr_core.registry import create_backend  # noqa: E402
 from asr_core.replay import Feed, stream_audio  # noqa: E402
 from asr_core.streaming import Schedule, StreamingSession  # noqa: E402
 from asr_core.vad import VADOptions  # noqa: E402
+from pipeline.config_schema import WorkerConfig  # noqa: E402
 
-SCHEDULE_KEYS = ("min_chunk_size", "utterance_gap", "at_pause", "max_load", "max_chunk_size", "first_chunk_size")
+SCHEDULE_KEYS = ("min_chunk_size", "utterance_gap", "at_pause", "max_load", "max_chunk_size", "first_chunk_size",
+                "utterance_chunk_size")
 
 
 def parse_setting(text: str) -> dict:
@@ -71,7 +74,9 @@ def parse_setting(text: str) -> dict:
 
 def split_setting(setting: dict) -> tuple[StreamingOptions, Schedule, Feed]:
     rest = dict(setting)
-    schedule = Schedule(**{k: rest.pop(k) for k in SCHEDULE_KEYS if k in rest})
+    worker = WorkerConfig()  # dict() is the worker's policy: its schedule and streaming options
+    schedule = dataclasses.replace(worker.schedule(), **{k: rest.pop(k) for k in SCHEDULE_KEYS if k in rest})
+    rest = {**dataclasses.asdict(worker.streaming_options()), **rest}
     if "vad" in rest and rest.pop("vad") is None:  # dict(vad=None): every frame to the session, no pauses
         return StreamingOptions(**rest), dataclasses.replace(schedule, at_pause="ignore"), Feed(vad=None)
     vad = {k[4:]: rest.pop(k) for k in list(rest) if k.startswith("vad_")}

@@ -24,7 +24,7 @@ from asr_core.registry import create_backend  # noqa: E402
 from tests.nonspeech import KINDS, make  # noqa: E402
 
 CHUNKINGS = ("min_chunk_size=0.5", "min_chunk_size=0.6", "min_chunk_size=0.75", "min_chunk_size=0.9",
-             "min_chunk_size=1.0, first_chunk_size=0", "min_chunk_size=1.25")
+             "min_chunk_size=1.0, first_chunk_size=0, utterance_chunk_size=0", "min_chunk_size=1.25")
 
 
 def main() -> int:

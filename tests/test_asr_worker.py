@@ -36,7 +36,8 @@ class RecordingPublisher:
 def make_worker():
     # the timeline of these checks: a decode every second of speech
     worker = ASRWorker("asr", BusConfig(), WorkerConfig(name="asr", utterance_gap=1.0, partials=True,
-                                                        min_chunk_size=1.0, first_chunk_size=0.0))
+                                                        min_chunk_size=1.0, first_chunk_size=0.0,
+                                                        utterance_chunk_size=0.0))
     worker.asr = TimelineASR(FIRST + SECOND, start_of=lambda audio: worker.streams["s"].processor.buffer_time_offset)
     worker.runner = DecodeRunner(1)
     worker.pub = RecordingPublisher()

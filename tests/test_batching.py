@@ -212,7 +212,8 @@ def test_a_batching_worker_decodes_due_streams_together_and_reports_the_load():
     from workers.decode_jobs import DecodeRunner
 
     worker = ASRWorker("asr", BusConfig(), WorkerConfig(name="asr", batch_window_ms=0.0, min_chunk_size=1.0,
-                                                        first_chunk_size=0.0))
+                                                        first_chunk_size=0.0,
+                                                        utterance_chunk_size=0.0))
     levels = {"a": 100, "b": 200, "c": 300}  # each stream's audio has its own sample value
 
     def start_of(audio):
@@ -309,7 +310,8 @@ def test_a_due_stream_waits_briefly_only_for_a_stream_about_to_be_due():
 
     def worker_with(seconds: dict):
         worker = ASRWorker("asr", BusConfig(), WorkerConfig(name="asr", batch_window_ms=50.0, min_chunk_size=1.0,
-                                                            first_chunk_size=0.0))
+                                                            first_chunk_size=0.0,
+                                                            utterance_chunk_size=0.0))
         worker.asr = BatchingTimeline(TIMELINE, start_of=lambda audio: 0.0)
         worker.runner, worker.batching, worker.pub = DecodeRunner(1), True, RecordingPublisher()
         for stream, secs in seconds.items():

@@ -24,7 +24,8 @@ PCM = np.full(1600, 100, dtype="<i2").tobytes()
 def pool_worker(name):
     worker = ASRWorker(name, BusConfig(), WorkerConfig(name="w", pool="p", partials=False, settle_sec=0.0,
                                                        early_commit_sec=0.0, min_chunk_size=1.0,
-                                                       first_chunk_size=0.0), dispatched=True)
+                                                       first_chunk_size=0.0,
+                                                       utterance_chunk_size=0.0), dispatched=True)
     worker.asr = TimelineASR(TIMELINE, start_of=lambda audio: worker.streams["s"].processor.buffer_time_offset)
     worker.runner = DecodeRunner(1)
     worker.pub = RecordingPublisher()

@@ -6,7 +6,8 @@ processor's clock is checked against the truth):
 * a decode is due once ``min_chunk_size`` seconds of audio are new, never before; when the
   driver says the stream has only a share of its decode threads and decodes are slow, the
   chunk grows (the stream's decode time over ``max_load`` x share, up to ``max_chunk_size``);
-  until a buffer has committed its first word, ``first_chunk_size`` is the chunk (when shorter);
+  until the stream has committed its first word, ``first_chunk_size`` is the chunk (when shorter),
+  and until a later fresh buffer has, ``utterance_chunk_size``;
 * audio that arrives while a step runs waits in the inbox and goes in afterwards;
 * a pause (``at_pause="flush"``) commits every word before it at once and keeps the audio
   as context; ``at_pause="finish"`` starts a fresh buffer; ``ignore`` does nothing;
@@ -89,7 +90,7 @@ def test_a_busy_worker_decodes_a_stream_less_often():
     assert s.chunk() == pytest.approx(0.3) and s.due() is Step.DECODE
 
 
-def test_until_a_buffer_commits_its_first_word_it_decodes_every_first_chunk_size():
+def test_until_the_stream_commits_its_first_word_it_decodes_every_first_chunk_size():
     s = session(schedule=Schedule(1.0, first_chunk_size=0.5, utterance_gap=1.0))
     feed(s, 0.0, 0.5)
     assert s.chunk() == pytest.approx(0.5) and s.due() is Step.DECODE
@@ -104,11 +105,27 @@ def test_until_a_buffer_commits_its_first_word_it_decodes_every_first_chunk_size
     feed(fresh, 0.0, 0.5)
     decoded_once(fresh, 0.8)
     assert fresh.chunk(share=1.0) == pytest.approx(1.0)
-    # speech after a long pause is a fresh buffer: its first word comes sooner again
+    # speech after a long pause is a fresh buffer, but not the stream's start: min_chunk_size
     s.push_pause()
     s.run_due()
     feed(s, 3.0, 3.5)
-    assert s.processor.buffer_words == 0 and s.due() is Step.DECODE
+    assert s.processor.buffer_words == 0 and s.chunk() == pytest.approx(1.0) and s.due() is None
+
+
+def test_until_a_fresh_buffer_commits_its_first_word_it_decodes_every_utterance_chunk_size():
+    s = session(schedule=Schedule(1.0, first_chunk_size=0.25, utterance_chunk_size=0.5, utterance_gap=1.0))
+    assert s.chunk() == pytest.approx(0.25)  # the stream's start: the shorter of the two
+    feed(s, 0.0, 1.0)
+    s.run_due()
+    feed(s, 1.0, 2.0)
+    assert committed(s.run_due())
+    assert s.chunk() == pytest.approx(1.0)
+    s.push_pause()
+    s.run_due()
+    feed(s, 3.2, 3.7)  # speech after a long pause: a fresh buffer, its first word sooner again
+    assert s.processor.buffer_words == 0 and s.chunk() == pytest.approx(0.5) and s.due() is Step.DECODE
+    with pytest.raises(ValueError, match="utterance_chunk_size"):
+        Schedule(utterance_chunk_size=-1)
 
 
 def test_audio_that_arrives_during_a_step_waits_in_the_inbox():
