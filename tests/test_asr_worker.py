@@ -95,6 +95,22 @@ def vad_heartbeat(worker, seq, streams=(), ended=()):
     send(worker, "status.vad", hb, 0.0)
 
 
+def test_messages_lost_on_the_way_are_said_on_the_stream_and_heartbeats_lost_are_only_counted():
+    worker = make_worker()
+    vad_heartbeat(worker, 0, streams=["s"])
+    vad_heartbeat(worker, 3, streams=["s"])  # two heartbeats lost: counted, nobody to tell
+    assert (worker.counters["gaps"], worker.counters["stream_gaps"]) == (2, 0)
+    seq = speech(worker, 0.0, 0.5, 0, 0.0)
+    speech(worker, 0.5, 1.0, seq + 3, 0.0)  # three frames of the stream lost before these
+    assert (worker.counters["gaps"], worker.counters["stream_gaps"]) == (5, 3)
+    st = worker.streams["s"]
+    assert st.held_report.startswith("3 message(s) of this stream were lost on the way")
+    worker._end_stream(st)  # the report goes out at the latest with the stream's end
+    said = [msg for t, msg in worker.pub.sent if t == "transcript.asr.s"]
+    assert [type(msg).__name__ for msg in said] == ["Error", "EndOfStream"]
+    assert said[0].message.startswith("3 message(s) of this stream were lost on the way")
+
+
 def test_eos_for_a_stream_without_speech_is_answered_with_eos_once_its_vad_confirms_it():
     worker = make_worker()
     vad_heartbeat(worker, 0, streams=["quiet"])

@@ -124,7 +124,7 @@ class ASRWorker(StreamAccounting, Actor):
             "commits": 0, "decodes": 0, "stream_errors": 0, "streams_total": 0,
             "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
             "marks_ignored": 0, "pauses_cancelled": 0, "pauses_taken": 0, "unconfirmed_eos": 0, "streams_evicted": 0,
-            "streams_joined": 0, "upstream_restarts": 0, **{c: 0 for c in CLOCK_COUNTERS.values()},
+            "streams_joined": 0, "upstream_restarts": 0, "stream_gaps": 0, **{c: 0 for c in CLOCK_COUNTERS.values()},
             "hints_ignored": 0,
             # decode scheduling: jobs started (a batch is one), steps in them, seconds steps waited when due
             "batches": 0, "batched_steps": 0, "queue_wait_s": 0.0,

@@ -39,6 +39,7 @@ class StreamAccounting:
         if not (restarted or self.missing):
             return
         self.counters["upstream_restarts"] += int(restarted)
+        self.counters["stream_gaps"] += self.missing  # of live streams (``gaps`` counts every topic, heartbeats too)
         st.lost += self.missing
         if time.monotonic() - st.lost_reported < LOSS_REPORT_S:
             return
