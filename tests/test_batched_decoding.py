@@ -242,7 +242,7 @@ def test_each_buffer_of_a_batch_keeps_its_own_language_task_and_detection(base_a
     detected in its own window) and task, and its segments report the detection, as alone."""
     # the same window length for all (no padding): detected, given, detected and translated, given
     buffers = [multilingual("de_bahnhof", 0.0, 5.0), multilingual("es_receta", 0.0, 5.0),
-               multilingual("fr_marche", 0.0, 5.0), multilingual("de_bahnhof", 6.0, 11.0)]
+               multilingual("fr_marche", 5.0, 10.0), multilingual("de_bahnhof", 6.0, 11.0)]
     languages = [None, "es", None, "de"]
     tasks = [None, None, "translate", None]
     batched = base_auto.transcribe_batch(buffers, [""] * 4, languages, tasks)
@@ -259,6 +259,7 @@ def test_each_buffer_of_a_batch_keeps_its_own_language_task_and_detection(base_a
         assert [s.language_prob for s in b] == pytest.approx([s.language_prob for s in a], abs=0.02)
     assert batched[1][0].language == "es" and batched[3][0].language == "de"
     # translated to English (the synthetic French voice is hard for base: its segments may even count as
-    # non-speech, but their text is English)
+    # non-speech, but their text is English). Its first five seconds are not used: on an AMD EPYC base
+    # took them for Thai (p 0.26) and "translated" them into French-sounding syllables; 5-10 s is French (0.96)
     en_words = set(" ".join(s.text for s in batched[2]).lower().replace(",", " ").replace(".", " ").split())
     assert en_words & {"the", "a", "to", "of", "in", "and", "is", "we", "you", "it", "on"}

@@ -49,6 +49,7 @@ log = logging.getLogger("voxpipe.web.page")
 REFRESH_S = 0.25  # how often a page's outputs are checked for changes
 KEEPALIVE_S = 5.0  # a page gets its outputs at least this often (a closed one is noticed)
 ARGS_TIMEOUT_S = 15.0  # how long the handler waits for the page's inputs (the token)
+NO_TOKEN_ARGS_S = 5.0  # the same without a token (the language and task are worth a short wait)
 EARLY_AUDIO_S = 10.0  # audio kept while the token is being checked
 DOWNLOAD_ROUTE = "/voxpipe/download"
 
@@ -163,19 +164,20 @@ def _handler_class():
 
         async def start_up(self) -> None:
             # Ask the page for its inputs: the answer (a "tick" event) tells the page which
-            # stream is its own, and carries the token. Only a token is worth waiting for.
-            if self.token:
-                try:
-                    await asyncio.wait_for(self.wait_for_args(), ARGS_TIMEOUT_S)
-                except (asyncio.TimeoutError, TimeoutError):
-                    log.warning("a browser connected but its page sent no inputs")
-            else:
-                await self.fetch_args()
+            # stream is its own, and carries the token and what the stream asks of the workers
+            # (language spoken, task). The audio that comes meanwhile is kept (EARLY_AUDIO_S), so
+            # the first frame already carries the page's choice.
+            try:
+                await asyncio.wait_for(self.wait_for_args(), ARGS_TIMEOUT_S if self.token else NO_TOKEN_ARGS_S)
+            except (asyncio.TimeoutError, TimeoutError):
+                log.warning("a browser connected but its page sent no inputs")
             stream = stream_id(self._webrtc_id())
-            given = self.latest_args[2] if len(self.latest_args) > 2 else None
-            if not token_ok(self.token, given):
+            args = list(self.latest_args) + [None] * 5
+            if not token_ok(self.token, args[2]):
                 self._refuse(stream, "access token missing or wrong: not streaming")
                 return
+            if isinstance(args[3], str) and isinstance(args[4], str):
+                self.hub.set_hints(stream, args[3].strip() or "auto", args[4])
             try:
                 self.hub.open_stream(stream)
             except SessionRefused as exc:
@@ -448,7 +450,7 @@ def build_app(hub: WebHub, settings: PageSettings):
         gr.HTML('<div id="voxpipe-capture" data-state="idle"></div>', elem_classes=["vp-live"])
         transcript = gr.HTML(render_transcript(hub.view(None)), elem_classes=["vp-live"])
         downloads = gr.HTML(render_downloads(hub.view(None)), elem_classes=["vp-live"])
-        mic.stream(_handler_class()(hub, settings.token), inputs=[mic, token], outputs=[mic],
+        mic.stream(_handler_class()(hub, settings.token), inputs=[mic, token, spoken, task], outputs=[mic],
                    concurrency_limit=settings.max_sessions, time_limit=None)
         quiet = {"show_progress": "hidden", "concurrency_limit": None, "queue": True, "api_name": False}
         mic.tick(bind, inputs=[mic], outputs=None, **quiet)
