@@ -140,6 +140,22 @@ def voxpipe_cli():
 WER_RESULTS: dict[tuple[str, str], float] = {}
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """The WER figures travel with the test's report, so the summary has them also when the
+    tests ran in xdist workers (scripts/test.sh runs two)."""
+    outcome = yield
+    if call.when == "call" and WER_RESULTS:
+        outcome.get_result().user_properties.append(
+            ("wer_results", [[clip, mode, value] for (clip, mode), value in WER_RESULTS.items()]))
+
+
+def pytest_runtest_logreport(report):
+    for key, value in getattr(report, "user_properties", ()):
+        if key == "wer_results":
+            WER_RESULTS.update({(clip, mode): wer for clip, mode, wer in value})
+
+
 def pytest_terminal_summary(terminalreporter):
     if not WER_RESULTS:
         return
@@ -148,3 +164,31 @@ def pytest_terminal_summary(terminalreporter):
         rows = {c: w for (c, m), w in WER_RESULTS.items() if m == mode}
         line = "  ".join(f"{c}={w:.3f}" for c, w in sorted(rows.items()))
         terminalreporter.write_line(f"{mode}: {line}  mean={sum(rows.values()) / len(rows):.3f}")
+
+
+# -- two lanes: real-time tests one at a time, everything else beside them ----
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (``scripts/test.sh`` runs ``-n 2 --dist loadgroup``) the tests marked ``realtime``
+    form one group, run one at a time in one worker, and every other test forms the other group in
+    the other worker, which runs at the lowest CPU priority (``offline_lane_is_nice``): the real-time
+    pipelines get the CPU they would get alone, and the CPU-bound tests use what they leave."""
+    for item in items:
+        lane = "realtime" if item.get_closest_marker("realtime") else "offline"
+        item.add_marker(pytest.mark.xdist_group(lane))
+
+
+_NICE = {"done": False}
+
+
+@pytest.fixture(autouse=True)
+def offline_lane_is_nice(request):
+    """In an xdist worker, the first test that is not ``realtime`` lowers its worker's priority for good
+    (that worker runs the offline lane only; the processes its tests start inherit the priority)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and not _NICE["done"] and not request.node.get_closest_marker("realtime"):
+        _NICE["done"] = True
+        try:
+            os.nice(19)
+        except OSError:
+            pass
+    yield

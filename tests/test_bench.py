@@ -57,6 +57,7 @@ def bench(tmp_path_factory):
 
 
 @pytest.mark.model
+@pytest.mark.realtime
 def test_every_figure_is_present_and_plausible(bench):
     out, r = bench
     speech = r["rounds"][0]
@@ -94,6 +95,7 @@ def test_every_figure_is_present_and_plausible(bench):
 
 
 @pytest.mark.model
+@pytest.mark.realtime
 def test_a_clip_without_commits_reports_no_latency(bench):
     _, r = bench
     silent = r["rounds"][1]

@@ -23,7 +23,7 @@ import pytest
 from tests import clips
 from tests.procs import DATA, ROOT, VOXPIPE, Bus, Session, child_env
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.realtime]
 
 CLIP = DATA / "kitchen.wav"  # 25 s: the SIGTERM test cuts it mid-stream
 

@@ -38,7 +38,7 @@ from tests.procs import (
     wait_ready,
 )
 
-pytestmark = [pytest.mark.model, pytest.mark.server]
+pytestmark = [pytest.mark.model, pytest.mark.realtime, pytest.mark.server]
 pytest.importorskip("deepgram")
 pytest.importorskip("openai")
 

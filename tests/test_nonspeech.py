@@ -25,7 +25,7 @@ from pipeline import messages as m
 from tests.nonspeech import KINDS, write_clip
 from tests.procs import Pipeline
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.realtime]
 
 SECONDS = 30.0
 WORKERS = ("asr", "raw")

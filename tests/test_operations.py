@@ -31,7 +31,7 @@ from pipeline import messages as m
 from tests.procs import DATA, ROOT, VOXPIPE, Pipeline, child_env, free_port
 from tests.test_operations_fast import http_get, sample, tmux, top_command
 
-pytestmark = [pytest.mark.model,
+pytestmark = [pytest.mark.model, pytest.mark.realtime,
               pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt: tmux)")]
 
 CLIP_SECONDS = 9.0

@@ -29,7 +29,7 @@ from pipeline.security import create_keys
 from tests.pool_checks import commits, jsonl, repeated, text, uncovered, words
 from tests.procs import DATA, Bus, Pipeline, child_env, free_port
 
-pytestmark = [pytest.mark.model,
+pytestmark = [pytest.mark.model, pytest.mark.realtime,
               pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and ip(8)")]
 
 CLIP = DATA / "kitchen.wav"

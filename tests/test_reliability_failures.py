@@ -17,7 +17,7 @@ from pipeline import messages as m
 from tests.faulty_backend import OOM, RAISE, mark
 from tests.procs import DATA, Pipeline
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.realtime]
 
 CLIP = DATA / "kitchen.wav"
 CLIP_S = 25.2

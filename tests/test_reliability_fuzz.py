@@ -156,6 +156,7 @@ def admitted(p, stream: str, timeout: float = 30.0) -> float:
 
 
 @pytest.mark.model
+@pytest.mark.realtime
 def test_fuzz_while_a_clip_is_transcribed(tmp_path):
     from apps.bench.evaluation import reference_text, wer
 

@@ -81,6 +81,7 @@ def words_after(records, worker: str, stream: str, t: float, offset: float = 0.0
                     and r["stream"] == stream for w in r["words"] if w[0] - offset >= t)
 
 
+@pytest.mark.realtime
 def test_kill_9_of_one_of_two_workers_under_up(tmp_path):
     from apps.bench.evaluation import wer
     from pipeline.client import Subscription

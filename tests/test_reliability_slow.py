@@ -27,7 +27,7 @@ from pipeline import messages as m
 from tests import clips
 from tests.procs import Pipeline
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.realtime]
 
 CLIP_SENTENCES = 3  # of kitchen.wav: 15.6 s, long enough to speak before, during and after the stall
 FLOOD_RATE = 1000  # messages a second

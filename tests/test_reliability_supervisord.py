@@ -20,7 +20,8 @@ import pytest
 from pipeline import messages as m
 from tests.procs import DATA, ROOT, Bus, Session, child_env
 
-pytestmark = [pytest.mark.model, pytest.mark.skipif(shutil.which("supervisord", path=os.pathsep.join(
+pytestmark = [pytest.mark.model, pytest.mark.realtime,
+              pytest.mark.skipif(shutil.which("supervisord", path=os.pathsep.join(
     [str(Path(sys.executable).parent), os.environ.get("PATH", "")])) is None, reason="supervisor is not installed")]
 
 CLIP = DATA / "kitchen.wav"

@@ -207,6 +207,7 @@ def test_curve_bus_admits_only_authorized_keys(tmp_path, keys):
 
 
 @pytest.mark.model
+@pytest.mark.realtime
 def test_curve_pipeline_transcribes_key_holders_only(tmp_path, keys):
     from apps.bench.evaluation import reference_text, wer
 

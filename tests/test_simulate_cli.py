@@ -108,6 +108,7 @@ def test_comp_unaware_output_is_one_line_per_commit_in_stream_order(voxpipe_cli,
 
 
 @pytest.mark.model
+@pytest.mark.realtime
 def test_real_time_mode_emits_in_wall_clock_order(voxpipe_cli, short_excerpt):
     proc = voxpipe_cli("simulate", str(short_excerpt), "--lan", "en", "--min-chunk-size", "1.0")
     assert proc.returncode == 0, proc.stderr

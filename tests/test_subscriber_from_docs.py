@@ -176,6 +176,7 @@ def clip(tmp_path_factory):
 
 
 @pytest.mark.model
+@pytest.mark.realtime
 def test_doc_subscribers_read_real_actors(tmp_path, clip):
     path, x = clip
     with Pipeline(tmp_path, ready_timeout=60) as pipe:

@@ -37,7 +37,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     pytest.skip("no chromium (apt-get install chromium)", allow_module_level=True)
 
-pytestmark = [pytest.mark.browser, pytest.mark.model]
+pytestmark = [pytest.mark.browser, pytest.mark.model, pytest.mark.realtime]
 
 DATA = ROOT / "tests" / "data"
 SHOTS = ROOT / "out" / "web"
