@@ -37,6 +37,7 @@ import html
 import logging
 import os
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -167,10 +168,12 @@ def _handler_class():
             # stream is its own, and carries the token and what the stream asks of the workers
             # (language spoken, task). The audio that comes meanwhile is kept (EARLY_AUDIO_S), so
             # the first frame already carries the page's choice.
+            t0 = time.monotonic()
             try:
                 await asyncio.wait_for(self.wait_for_args(), ARGS_TIMEOUT_S if self.token else NO_TOKEN_ARGS_S)
             except (asyncio.TimeoutError, TimeoutError):
                 log.warning("a browser connected but its page sent no inputs")
+            log.debug("the page sent its inputs after %.2fs", time.monotonic() - t0)
             stream = stream_id(self._webrtc_id())
             args = list(self.latest_args) + [None] * 5
             if not token_ok(self.token, args[2]):
