@@ -53,10 +53,8 @@ a pool are the worker's own (the pool defaults to the worker's name).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
-from asr_core.base import takes_per_call_settings
-from asr_core.keepup import BEHIND, KEEPING_UP, KeepUpMonitor
+from asr_core.keepup import KeepUpMonitor
 from asr_core.streaming import StepResult, StreamingSession
 from pipeline import messages as m
 from pipeline.config import check_backend_options
@@ -70,41 +68,13 @@ from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .decode_batches import DecodeScheduler
 from .decode_jobs import DecodeRunner
 from .pool_member import PoolMember, pin_to_core, usable_cores
-from .stream_accounting import CLOCK_COUNTERS, StreamAccounting
+from .stream_accounting import CLOCK_COUNTERS, StreamAccounting, StreamState
+from .stream_hints import follow_hints
 
 WARMUP_SECONDS = 1.0
 MAX_BACKLOG_S = 120.0  # undecoded audio per stream beyond which new frames are dropped (counted)
 BUSY_POLL_MS = 5  # loop period while decodes run on the pool, so results go out at once
 PAUSE_HOLD_MARGIN_S = 0.15  # automatic pause_hold: vad.min_silence_ms plus a frame and this margin
-
-
-@dataclass
-class StreamState:
-    """What the worker keeps per stream beside its session: the bus side."""
-
-    stream: str
-    session: StreamingSession
-    last_seen: float = 0.0
-    last_partial: str = ""
-    commits: int = 0
-    failures: int = 0
-    epoch: int | None = None  # a dispatched pool's assignment epoch
-    handoff: bool = False  # the stream moves to another worker when its session ends (no transcript eos)
-    frames: int = 0  # messages received
-    lost: int = 0  # messages lost on the way, not yet reported
-    lost_reported: float = 0.0
-    held_report: str | None = None  # a loss report waiting for the stream's next commit or end
-    language: dict = field(default_factory=dict)  # the last commit's language fields
-    hints: tuple = (None, None)  # (language, task) the source asks for, from its latest audio frame
-    followed: tuple | None = None  # the hints the processor follows (None: not applied yet)
-
-    @property
-    def processor(self):
-        return self.session.processor
-
-    @property
-    def wall0(self) -> float:
-        return self.session.wall0
 
 
 class ASRWorker(StreamAccounting, Actor):
@@ -364,31 +334,12 @@ class ASRWorker(StreamAccounting, Actor):
                 st.session.push_end()
 
     def _follow_hints(self, st: StreamState) -> None:
-        """The source's language and task for this stream, where this worker can follow them.
-
-        A worker configured with a language keeps it; one with ``auto`` takes the stream's
-        language (``auto``: detect it). An English-only model, or a backend that cannot change
-        language or task per call, ignores what it cannot do (counted: ``hints_ignored``).
-        """
+        """The source's language and task for this stream, where this worker can follow them
+        (:mod:`workers.stream_hints`); what it cannot do is counted (``hints_ignored``) and said."""
         if st.hints == st.followed:
             return
         st.followed = st.hints
-        language, task = st.hints
-        asr, proc = self.asr, st.processor
-        per_call = takes_per_call_settings(asr)
-        multilingual = getattr(asr, "multilingual", True)
-        ignored = []
-        if language is not None and not getattr(asr, "original_language", None):
-            wanted = None if language == "auto" else language
-            if wanted is None or (per_call and (multilingual or wanted == "en")):
-                proc.language.set_given(wanted)
-            else:
-                ignored.append(f"language {language}")
-        if task is not None:
-            if per_call and (multilingual or task == "transcribe"):
-                proc.task = task
-            else:
-                ignored.append(f"task {task}")
+        ignored = follow_hints(self.asr, st.processor, *st.hints)
         if ignored:
             self.counters["hints_ignored"] += 1
             self.limited.warning("hints", "stream %s asks for %s, which %s cannot do: ignored",
@@ -481,26 +432,6 @@ class ASRWorker(StreamAccounting, Actor):
                       st.commits, st.processor.stats.rtf)
         if st.handoff and self.member is not None:
             self.member.acknowledge(st.stream, st.epoch)
-
-    def _watch_speed(self, result: StepResult) -> None:
-        """Warn once when decoding stays slower than the audio (RTF > 1), and say when it keeps up again."""
-        verdict = self.keepup.add(time.monotonic(), result.decode_seconds, result.decoded_audio_seconds)
-        rtf = self.keepup.rtf
-        if verdict == BEHIND:
-            self.counters["fell_behind"] = self.counters.get("fell_behind", 0) + 1
-            self.log.warning(
-                "backend %s cannot keep up with live audio: real-time factor %.1f over the last %.0fs (decoding "
-                "1 s of audio takes %.1f s), so transcripts fall further and further behind the speaker; use a "
-                "smaller model, a faster device or more workers", self.asr.describe().get("backend", "?"), rtf,
-                max(self.keepup.window_seconds, result.decode_seconds), rtf)
-        elif verdict == KEEPING_UP:
-            self.log.info("backend keeps up with live audio again: real-time factor %.2f", rtf)
-
-    def _update_rtf(self) -> None:
-        """Decode seconds per second of audio received, over all streams so far."""
-        audio = self._ended_audio + sum(st.processor.stats.audio_seconds for st in self.streams.values())
-        self.counters["audio_seconds"] = round(audio, 3)
-        self.counters["rtf"] = round(self.counters["decode_seconds"] / audio, 3) if audio else 0.0
 
     # -- shutdown ----------------------------------------------------------------------
     def drain(self) -> None:

@@ -1,4 +1,8 @@
-"""What a worker counts and says about its streams beyond their transcripts (a part of :mod:`workers.asr_worker`).
+"""What a worker keeps, counts and says of its streams beyond their transcripts (a part of :mod:`workers.asr_worker`).
+
+* :class:`StreamState`: the bus side of a stream, beside its session;
+* the decode counters (``decodes``, ``decode_seconds``, ``rtf``) and the keep-up verdict: one warning when
+  decoding stays slower than the audio, one line when it keeps up again (:mod:`asr_core.keepup`);
 
 * the counts of each stream's rules (:class:`asr_core.streaming.StreamingSession` and its clock:
   ``marks_ignored``, ``pauses_cancelled``, ``out_of_step``, ``timeline_switches``, ``wall0_ignored``),
@@ -15,8 +19,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
-from asr_core.streaming import StreamingSession
+from asr_core.keepup import BEHIND, KEEPING_UP
+from asr_core.streaming import StepResult, StreamingSession
 from pipeline import messages as m
 from pipeline.bus import RECONNECT_MAX_MS
 
@@ -25,8 +31,38 @@ REPORT_HOLD_S = 2 * RECONNECT_MAX_MS / 1000 + 1.0  # a loss report waits at most
 CLOCK_COUNTERS = {"out_of_step": "out_of_step", "switches": "timeline_switches", "wall0_ignored": "wall0_ignored"}
 
 
+@dataclass
+class StreamState:
+    """What the worker keeps per stream beside its session: the bus side."""
+
+    stream: str
+    session: StreamingSession
+    last_seen: float = 0.0
+    last_partial: str = ""
+    commits: int = 0
+    failures: int = 0
+    epoch: int | None = None  # a dispatched pool's assignment epoch
+    handoff: bool = False  # the stream moves to another worker when its session ends (no transcript eos)
+    frames: int = 0  # messages received
+    lost: int = 0  # messages lost on the way, not yet reported
+    lost_reported: float = 0.0
+    held_report: str | None = None  # a loss report waiting for the stream's next commit or end
+    language: dict = field(default_factory=dict)  # the last commit's language fields
+    hints: tuple = (None, None)  # (language, task) the source asks for, from its latest audio frame
+    followed: tuple | None = None  # the hints the processor follows (None: not applied yet)
+
+    @property
+    def processor(self):
+        return self.session.processor
+
+    @property
+    def wall0(self) -> float:
+        return self.session.wall0
+
+
 class StreamAccounting:
-    """Mixin for the ASR worker (it has ``streams``, ``counters``, ``pub``, ``name``, ``limited``)."""
+    """Mixin for the ASR worker (it has ``streams``, ``counters``, ``pub``, ``name``, ``limited``, ``keepup``,
+    ``asr``, ``log``, ``_ended_audio``)."""
 
     _gone_counts: dict[str, int]
 
@@ -82,3 +118,22 @@ class StreamAccounting:
                 totals[key] = totals.get(key, 0) + n
         self.counters.update(totals)
 
+    def _watch_speed(self, result: StepResult) -> None:
+        """Warn once when decoding stays slower than the audio (RTF > 1), and say when it keeps up again."""
+        verdict = self.keepup.add(time.monotonic(), result.decode_seconds, result.decoded_audio_seconds)
+        rtf = self.keepup.rtf
+        if verdict == BEHIND:
+            self.counters["fell_behind"] = self.counters.get("fell_behind", 0) + 1
+            self.log.warning(
+                "backend %s cannot keep up with live audio: real-time factor %.1f over the last %.0fs (decoding "
+                "1 s of audio takes %.1f s), so transcripts fall further and further behind the speaker; use a "
+                "smaller model, a faster device or more workers", self.asr.describe().get("backend", "?"), rtf,
+                max(self.keepup.window_seconds, result.decode_seconds), rtf)
+        elif verdict == KEEPING_UP:
+            self.log.info("backend keeps up with live audio again: real-time factor %.2f", rtf)
+
+    def _update_rtf(self) -> None:
+        """Decode seconds per second of audio received, over all streams so far."""
+        audio = self._ended_audio + sum(st.processor.stats.audio_seconds for st in self.streams.values())
+        self.counters["audio_seconds"] = round(audio, 3)
+        self.counters["rtf"] = round(self.counters["decode_seconds"] / audio, 3) if audio else 0.0
