@@ -168,6 +168,7 @@ def pytest_terminal_summary(terminalreporter):
 
 # -- two lanes: real-time tests one at a time, everything else beside them ----
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its own hook of the same name)
 def pytest_collection_modifyitems(config, items):
     """Under xdist (``scripts/test.sh`` runs ``-n 2 --dist loadgroup``) the tests marked ``realtime``
     form one group, run one at a time in one worker, and every other test forms the other group in
@@ -178,20 +179,42 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group(lane))
 
 
-_NICE = {"done": False}
+_LANE: dict = {"lane": None, "mixed": False}
 
 
 @pytest.fixture(autouse=True)
 def offline_lane_is_nice(request):
-    """In an xdist worker, the first test that is not ``realtime`` lowers its worker's priority for good
-    (that worker runs the offline lane only; the processes its tests start inherit the priority)."""
-    if os.environ.get("PYTEST_XDIST_WORKER") and not _NICE["done"] and not request.node.get_closest_marker("realtime"):
-        _NICE["done"] = True
-        try:  # runs only when nothing else wants the CPU (weaker than nice 19)
+    """In an xdist worker, the first test of the offline lane lowers its worker's priority for good
+    (SCHED_IDLE, inherited by the processes its tests start). Should a worker get tests of both lanes
+    (xdist not grouping them: pytest-xdist#1386), it goes back to normal priority and says so."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or _LANE["mixed"]:
+        yield
+        return
+    lane = "realtime" if request.node.get_closest_marker("realtime") else "offline"
+    if _LANE["lane"] is None:
+        _LANE["lane"] = lane
+        if lane == "offline":
+            _set_idle(True)
+    elif lane != _LANE["lane"]:
+        _LANE["mixed"] = True
+        _set_idle(False)
+        import warnings
+
+        warnings.warn("this xdist worker got tests of both lanes (realtime and offline): --dist loadgroup is "
+                      "not grouping them; its tests run at normal priority from now on", stacklevel=1)
+    yield
+
+
+def _set_idle(idle: bool) -> None:
+    """SCHED_IDLE (runs only when nothing else wants the CPU; nice 19 where that is refused), or back."""
+    try:
+        if idle:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except (OSError, AttributeError):
+        else:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError):
+        if idle:
             try:
                 os.nice(19)
             except OSError:
                 pass
-    yield
