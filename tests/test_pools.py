@@ -19,7 +19,7 @@ from pipeline import messages as m
 from tests.pool_checks import commits, handovers, join_clips, jsonl, near, repeated, text, uncovered, words
 from tests.procs import DATA, Pipeline
 
-pytestmark = [pytest.mark.model, pytest.mark.realtime]
+pytestmark = [pytest.mark.model, pytest.mark.realtime, pytest.mark.alone]  # 6 to 12 streams on 2 cores
 
 # six streams of the clean clips (two of them twice, as streams of their own)
 SIX = {"s1": "history", "s2": "kitchen", "s3": "meeting", "s4": "weather", "s5": "history", "s6": "weather"}

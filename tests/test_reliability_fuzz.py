@@ -157,6 +157,7 @@ def admitted(p, stream: str, timeout: float = 30.0) -> float:
 
 @pytest.mark.model
 @pytest.mark.realtime
+@pytest.mark.alone  # floods and a WER compared with an undisturbed run
 def test_fuzz_while_a_clip_is_transcribed(tmp_path):
     from apps.bench.evaluation import reference_text, wer
 

@@ -82,6 +82,7 @@ def words_after(records, worker: str, stream: str, t: float, offset: float = 0.0
 
 
 @pytest.mark.realtime
+@pytest.mark.alone  # two workers (tiny.en, base) on two streams each
 def test_kill_9_of_one_of_two_workers_under_up(tmp_path):
     from apps.bench.evaluation import wer
     from pipeline.client import Subscription
