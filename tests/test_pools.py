@@ -100,12 +100,13 @@ sinks:
     scores = {s: (wer(reference_text(DATA / f"{c}.wav"), text(recs, "ref", s)),
                   wer(reference_text(DATA / f"{c}.wav"), text(recs, "duo", s))) for s, c in SIX.items()}
     print("\nWER one worker / pool of two: " + ", ".join(f"{s} {a:.3f}/{b:.3f}" for s, (a, b) in scores.items()))
-    # real-time runs on two shared cores differ by a few words now and then: each stream may be four words off
-    # (measured: up to three, on the 82-word meeting clip; four, 0.012 -> 0.061 there, in a full run with the
-    # offline tests beside it at idle priority), the six together at most 0.02 each
+    # real-time runs on two shared cores differ by a few words now and then: each stream may be three words off
+    # (measured: up to three, on the 82-word meeting clip), the six together at most 0.02 each. With other tests
+    # beside it, even at idle priority, four and six words were seen (0.012 -> 0.061, 0.024 -> 0.098 on meeting):
+    # the test is marked ``alone``
     for s, (one, two) in scores.items():
         ref_words = len(normalize(reference_text(DATA / f"{SIX[s]}.wav")).split())  # the words WER counts
-        assert two <= one + 4.0 / ref_words + 1e-9, f"{s}: WER {two:.3f} with the pool of two, {one:.3f} alone"
+        assert two <= one + 3.0 / ref_words + 1e-9, f"{s}: WER {two:.3f} with the pool of two, {one:.3f} alone"
     assert sum(two for _, two in scores.values()) <= sum(one for one, _ in scores.values()) + 0.02 * len(scores)
 
 
