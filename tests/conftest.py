@@ -195,7 +195,6 @@ def pytest_runtest_protocol(item, nextitem):
         yield
         return
     import fcntl
-    import tempfile
 
     lane = "realtime" if item.get_closest_marker("realtime") else "offline"
     if _LANE["lane"] is None:
@@ -215,12 +214,29 @@ def pytest_runtest_protocol(item, nextitem):
     if mode is None:
         yield
         return
-    with open(os.path.join(tempfile.gettempdir(), f"voxpipe-test-lanes-{run}.lock"), "a") as lock:
+    with open(_lanes_lock_path(run), "a") as lock:
         fcntl.flock(lock, mode)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _lanes_lock_path(run: str) -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"voxpipe-test-lanes-{run}.lock")
+
+
+def pytest_sessionfinish(session):
+    """A worker that has run all its tests removes the lanes' lock file (the other worker, if still
+    running, has the machine to itself from now on, so a lock of its own changes nothing)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if os.environ.get("PYTEST_XDIST_WORKER") and run:
+        try:
+            os.unlink(_lanes_lock_path(run))
+        except OSError:
+            pass
 
 
 def _priority(nice: int) -> None:
