@@ -176,8 +176,11 @@ def pytest_collection_modifyitems(config, items):
     CPU first, and the CPU-bound tests use what they leave. A test marked ``alone`` as well (it runs
     the machine at its capacity, or measures) has the machine to itself: the offline lane waits."""
     for item in items:
-        lane = "realtime" if item.get_closest_marker("realtime") else "offline"
-        item.add_marker(pytest.mark.xdist_group(lane))
+        item.add_marker(pytest.mark.xdist_group(_lane(item)))
+
+
+def _lane(item) -> str:
+    return "realtime" if item.get_closest_marker("realtime") else "offline"
 
 
 _LANE: dict = {"lane": None, "mixed": False}
@@ -196,7 +199,7 @@ def pytest_runtest_protocol(item, nextitem):
         return
     import fcntl
 
-    lane = "realtime" if item.get_closest_marker("realtime") else "offline"
+    lane = _lane(item)
     if _LANE["lane"] is None:
         _LANE["lane"] = lane
         if lane == "offline":

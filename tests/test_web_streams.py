@@ -212,3 +212,14 @@ def test_the_pages_language_and_task_go_with_every_frame_and_its_detected_langua
                                                     language_uncertain=True))
     v = hub.view("web-h", "asr")
     assert (v.language, v.language_prob, v.language_uncertain) == ("de", 0.42, True)
+
+
+def test_the_pages_choice_is_a_language_or_auto_and_a_task_or_transcribe():
+    """What the page's "Speaking" and "Task" menus (or a page that lies) send, as the workers get it."""
+    pytest.importorskip("gradio")
+    from workers.web_page import page_choice
+
+    assert page_choice(" de ", "translate") == ("de", "translate")
+    assert page_choice("auto", "transcribe") == ("auto", "transcribe")
+    assert page_choice("klingon!!", "dance") == ("auto", "transcribe")
+    assert page_choice(None, None) == ("auto", "transcribe")

@@ -138,6 +138,13 @@ def token_ok(expected: str | None, given) -> bool:
 
 
 # -- the FastRTC handler: one copy per WebRTC connection ------------------------------------------------
+def page_choice(spoken: str | None, task: str | None) -> tuple[str, str]:
+    """The page's "Speaking" and "Task" as the workers take them: a language code or ``auto``
+    (anything else: ``auto``), ``transcribe`` or ``translate`` (anything else: ``transcribe``)."""
+    spoken = (spoken or "auto").strip()
+    return (spoken if m.valid_language(spoken) else "auto", task if task in m.TASKS else "transcribe")
+
+
 def _handler_class():
     from fastrtc import AsyncStreamHandler
     from fastrtc.utils import create_message, current_context
@@ -180,7 +187,7 @@ def _handler_class():
                 self._refuse(stream, "access token missing or wrong: not streaming")
                 return
             if isinstance(args[3], str) and isinstance(args[4], str):
-                self.hub.set_hints(stream, args[3].strip() or "auto", args[4])
+                self.hub.set_hints(stream, *page_choice(args[3], args[4]))
             try:
                 self.hub.open_stream(stream)
             except SessionRefused as exc:
@@ -406,9 +413,8 @@ def build_app(hub: WebHub, settings: PageSettings):
         pages.update(request.session_hash, worker=worker_name, language=language_name or "any")
 
     def choose(spoken, task, request: gr.Request):
-        spoken = (spoken or "auto").strip()
-        pages.update(request.session_hash, spoken=spoken if m.valid_language(spoken) else "auto",
-                     task=task if task in m.TASKS else "transcribe")
+        spoken, task = page_choice(spoken, task)
+        pages.update(request.session_hash, spoken=spoken, task=task)
         ask(pages.get(request.session_hash))
 
     def leave(request: gr.Request):
