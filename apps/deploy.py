@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config, load_config, read_yaml
+from pipeline.config_schema import REPLICA_FROM_HOST
 
 from .plan import ActorProcess, actor_processes
 
@@ -104,9 +105,23 @@ def container_actors(cfg: Config, data: dict) -> list[ContainerActor]:
     metrics = MetricsConfig(**{k: v for k, v in data["metrics"].items() if k in {"name", "port", "host"}},
                             enabled=True)
     with_metrics = dataclasses.replace(cfg, metrics=metrics, path=cfg.path or CONFIG_PATH)
-    workers = {w.name: w for w in cfg.workers}
+    entries = {n: w for w in cfg.workers for n in w.actor_names()}
     out = []
+    seen_entries = set()
     for p in actor_processes(with_metrics):
+        w = entries.get(p.name) if p.role == "worker" else None
+        if w is not None:
+            # one container (Deployment, Compose service) per worker entry, its replicas the scheduler's;
+            # in a pool each copy joins under its host's name, so copies the autoscaler adds are named too
+            if w.name in seen_entries:
+                continue
+            seen_entries.add(w.name)
+            args = ["worker", "--config", CONFIG_PATH, "--name", w.name]
+            if cfg.dispatched:
+                args += ["--replica", REPLICA_FROM_HOST]
+            out.append(ContainerActor(w.name, "worker", args, HEALTH_PORT, w.replicas,
+                                      w.pool_name if cfg.dispatched else ""))
+            continue
         args = _args(p)
         ports: tuple = ()
         probe = HEALTH_PORT
@@ -120,10 +135,7 @@ def container_actors(cfg: Config, data: dict) -> list[ContainerActor]:
             ports = (("web", cfg.web.port),)
         elif p.role == "serve":
             ports = (("gateway", cfg.gateway.port),)
-        w = workers.get(p.name) if p.role == "worker" else None
-        replicas = int(getattr(w, "replicas", 1) or 1) if w is not None else 1
-        pool = str(getattr(w, "pool", None) or p.name) if w is not None else ""
-        out.append(ContainerActor(p.name, p.role, args, probe, replicas, pool, ports))
+        out.append(ContainerActor(p.name, p.role, args, probe, ports=ports))
     return out
 
 

@@ -10,10 +10,12 @@ Writes, into ``DIR`` (apply them with ``kubectl apply -k DIR``):
 
   - the broker: one replica (``Recreate``), behind a Service with the bus's two ports, which every
     other actor connects to by name;
-  - each worker pool: ``replicas`` from its config, a PodDisruptionBudget (at most one replica
-    down at a time) and a HorizontalPodAutoscaler on the pool's load as the metrics actor
-    publishes it (``voxpipe_pool_load``: live streams per slot, an external metric served by the
-    Prometheus Adapter; target 0.7, up to 4 times the configured replicas);
+  - each worker entry: one Deployment with ``replicas`` from its config and a PodDisruptionBudget
+    (at most one replica down at a time); in a dispatched pool each pod joins the pool under its
+    own name (``--replica auto``: ``<entry>-<pod name>``), and a HorizontalPodAutoscaler scales the
+    Deployment on the pool's load as the metrics actor publishes it (``voxpipe_pool_load``: live
+    streams per slot, an external metric served by the Prometheus Adapter; target 0.7, up to 4
+    times the configured replicas); a worker outside a pool hears every stream, so it is not scaled;
   - the metrics actor: behind a Service, annotated for Prometheus to scrape;
 
 * ``README.txt``: the commands that make the image and the keys Secret and apply the rest.
@@ -172,7 +174,9 @@ def render_kubernetes(actors: list[ContainerActor], app: str, data: dict, keys: 
         elif a.role in ("metrics", "web", "serve"):
             docs.append(service(app, a, f"{app}-{dns_name(a.name)}"))
         elif a.role == "worker":
-            docs += [disruption_budget(app, a), autoscaler(app, a)]
+            docs.append(disruption_budget(app, a))
+            if a.pool:  # a dispatched pool shares its streams; copies of an undispatched worker would each
+                docs.append(autoscaler(app, a))  # transcribe every stream, so only a pool is scaled
         files[f"{app}-{dns_name(a.name)}.yaml"] = dump_all(docs)
     files["kustomization.yaml"] = dump_yaml({"apiVersion": "kustomize.config.k8s.io/v1beta1",
                                              "kind": "Kustomization", "resources": list(files)})

@@ -289,6 +289,9 @@ class WorkerConfig:
             raise SectionError("slots", "must be >= 0 (0: from the measured real-time factor)")
 
 
+REPLICA_FROM_HOST = "auto"  # ``--replica auto``: the replica id is the host's name (replicated containers)
+
+
 def replica_name(name: str, replica: str | int) -> str:
     """The actor name of replica ``replica`` of worker entry ``name``."""
     return f"{name}-{replica}"

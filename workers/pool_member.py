@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections import deque
 
@@ -39,6 +40,19 @@ DRAIN_WAIT_S = 15.0  # a draining pool worker waits this long for the dispatcher
 SLOT_LOAD = 0.7  # share of the measured capacity offered as slots
 MIN_RTF_AUDIO_S = 20.0  # seconds of audio decoded before the real-time factor is trusted for slots
 KEEP_RELEASED = 64
+
+
+def host_replica_id(entry: str, host: str | None = None) -> str:
+    """``--replica auto``: this host's name as a replica id (a pod's or container's name is unique among its peers).
+
+    Characters an id may not hold become ``-``; a name too long for the actor id ``<entry>-<id>``
+    (64 characters) keeps its end, where a pod's name has its unique part.
+    """
+    import socket
+
+    raw = host if host is not None else socket.gethostname()
+    rid = re.sub(r"[^A-Za-z0-9_:@-]", "-", raw.split(".")[0]) or "host"
+    return rid[-max(1, 63 - len(entry)):]
 
 
 def pin_to_core(replica: str | None) -> int | None:
