@@ -9,7 +9,10 @@
   overrides ``transcribe`` alone is decoded one buffer at a time);
 * buffers are grouped by window length and prompt length (:func:`group_windows`);
 * the worker spreads due streams over its free threads, most urgent first, similar lengths
-  together (:func:`plan_batches`), and reports queue waits and batch sizes.
+  together (:func:`plan_batches`), and reports queue waits and batch sizes;
+* a batch takes along the streams most of the way to due (``JOIN_SHARE`` of their chunk), so
+  streams decoded together stay in step; without that, a due stream waits for another only
+  when it is due within the gathering window.
 """
 
 from __future__ import annotations
@@ -301,41 +304,58 @@ def test_the_in_process_capacity_search_bisects_after_the_first_failure():
     assert res["capacity"] == 21 and res["bound"] == "exact"
 
 
-def test_a_due_stream_waits_briefly_only_for_a_stream_about_to_be_due():
+def batching_worker(seconds: dict, window_ms: float = 50.0):
+    """A batching worker (one decode thread) holding ``seconds`` of speech per stream, nothing decoded yet."""
     from pipeline import messages as m
     from pipeline.config import BusConfig, WorkerConfig
     from tests.test_asr_worker import RecordingPublisher
     from workers.asr_worker import ASRWorker
     from workers.decode_jobs import DecodeRunner
 
-    def worker_with(seconds: dict):
-        worker = ASRWorker("asr", BusConfig(), WorkerConfig(name="asr", batch_window_ms=50.0, min_chunk_size=1.0,
-                                                            first_chunk_size=0.0,
-                                                            utterance_chunk_size=0.0))
-        worker.asr = BatchingTimeline(TIMELINE, start_of=lambda audio: 0.0)
-        worker.runner, worker.batching, worker.pub = DecodeRunner(1), True, RecordingPublisher()
-        for stream, secs in seconds.items():
-            samples, k = int(round(secs * 16000)), 0
-            while k * 1600 < samples:  # 0.1 s frames, the last one shorter
-                pcm = np.full(min(1600, samples - k * 1600), 100, dtype="<i2").tobytes()
-                worker.receive(m.encode(f"speech.{stream}", m.Audio(stream=stream, seq=k, t=k / 10, pcm=pcm)))
-                k += 1
-        return worker
+    worker = ASRWorker("asr", BusConfig(), WorkerConfig(name="asr", batch_window_ms=window_ms, min_chunk_size=1.0,
+                                                        first_chunk_size=0.0, utterance_chunk_size=0.0))
+    worker.asr = BatchingTimeline(TIMELINE, start_of=lambda audio: 0.0)
+    worker.runner, worker.batching, worker.pub = DecodeRunner(1), True, RecordingPublisher()
+    for stream, secs in seconds.items():
+        samples, k = int(round(secs * 16000)), 0
+        while k * 1600 < samples:  # 0.1 s frames, the last one shorter
+            pcm = np.full(min(1600, samples - k * 1600), 100, dtype="<i2").tobytes()
+            worker.receive(m.encode(f"speech.{stream}", m.Audio(stream=stream, seq=k, t=k / 10, pcm=pcm)))
+            k += 1
+    return worker
 
-    lone = worker_with({"a": 1.0, "b": 0.5})  # b is half a second from due: a goes at once
-    lone.tick(10.0)
-    assert lone.asr.batch_calls == [1]
-    near = worker_with({"a": 1.0, "b": 0.9})  # b is one frame (0.1 s) from due... beyond 50 ms: a goes at once
-    near.tick(10.0)
-    assert near.asr.batch_calls == [1]
-    close = worker_with({"a": 1.0, "b": 0.96})  # 40 ms from due: a waits for it
+
+def test_a_batch_takes_along_the_streams_most_of_the_way_to_due():
+    """So that streams decoded together are due together the next time, instead of drifting into batches of one."""
+    from workers.decode_batches import JOIN_SHARE
+
+    assert JOIN_SHARE == 0.6
+    along = batching_worker({"a": 1.0, "b": 0.9, "c": 0.6})  # b and c have 90% and 60% of their 1 s chunk
+    along.tick(10.0)
+    assert along.asr.batch_calls == [3] and along.counters["batched_steps"] == 3
+    behind = batching_worker({"a": 1.0, "b": 0.5})  # b has half its chunk: it waits for its own
+    behind.tick(10.0)
+    assert behind.asr.batch_calls == [1]
+    alone = batching_worker({"a": 1.0, "b": 0.9})
+    alone.scheduler.join_share = 0.0  # only due streams: b (0.1 s from due, beyond the 50 ms window) waits
+    alone.tick(10.0)
+    assert alone.asr.batch_calls == [1]
+
+
+def test_without_joining_a_due_stream_waits_briefly_only_for_a_stream_about_to_be_due():
+    from pipeline import messages as m
+
+    close = batching_worker({"a": 1.0, "b": 0.96})  # 40 ms from due: a waits for it
+    close.scheduler.join_share = 0.0
     close.tick(10.0)
     assert close.asr.batch_calls == [] and close.poll_ms <= 51
     pcm = np.full(1600, 100, dtype="<i2").tobytes()
     close.receive(m.encode("speech.b", m.Audio(stream="b", seq=10, t=0.96, pcm=pcm[:1280])))
     close.tick(10.02)
     assert close.asr.batch_calls == [2]
-
+    joined = batching_worker({"a": 1.0, "b": 0.96})  # with joining it need not wait: b comes along at once
+    joined.tick(10.0)
+    assert joined.asr.batch_calls == [2]
 
 
 class BatchingMultilingual(BatchingTimeline):

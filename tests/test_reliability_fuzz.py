@@ -1,7 +1,7 @@
 """Garbage and lies on the bus: every actor drops, counts and survives them, and the transcript does not change.
 
-One real-time run of the real pipeline (VAD, tiny.en worker, JSONL sink serving snapshots) on a clip,
-twice: first undisturbed, then while, at once,
+One real-time run of the real pipeline (VAD, tiny.en worker, JSONL sink serving snapshots) on a clip
+played as two streams at once, ``base`` (left alone) and ``real``, while, at once,
 
 * 10,000 malformed messages are sent (every actor rejects exactly those on its topics);
 * valid hostile ones: a flood of 10,000 stream ids from ten publishers that starts before the stream
@@ -11,8 +11,9 @@ twice: first undisturbed, then while, at once,
   ends of 2,000 streams that never existed, 300 commits of 62 KB, 1,000 commits for streams nobody
   serves, a forged seq.
 
-The stream's WER stays within 0.02 of the undisturbed run, each attack shows in a counter, and the
-JSONL holds the two streams' commits and one end each, nothing else.
+``real``'s WER stays within nine words (0.11) of ``base``'s, which ran beside it on the same loaded
+machine; each attack shows in a counter, and the JSONL holds the two streams' commits and one end
+each, nothing else.
 """
 
 from __future__ import annotations
@@ -189,10 +190,6 @@ sinks:
         p.wait_ready("vad", "asr", "out", timeout=120)
         sub = p.subscribe("transcript.asr.", timeout=60)
 
-        p.start("cap-base", ["capture", "--config", str(cfg), "--name", "base"])
-        base_text, _ = heard(sub, "base")
-        base_latency = max(c.latency for c in sub_commits(tmp_path / "t.jsonl", "base"))
-
         # one connection each: quotas are per publisher, and the garbage's few stream ids must all get through
         pubs = [BusPublisher(p.bus) for _ in range(3)]
         for pub in pubs:
@@ -203,6 +200,10 @@ sinks:
         flood = Flood(p.bus)
         for pub in flood.pubs:
             pub.wait_subscribed("audio.")
+        # the undisturbed stream plays beside the attacked one, through the same loaded machine (one clip's time,
+        # not two); the lies and the flood spare it (its id is protected)
+        p.start("cap-base", ["capture", "--config", str(cfg), "--name", "base"])
+        admitted(p, "base")  # served before the flood begins, as a stream already running would be
         flood.start()
         assert flood.started.wait(5)
         time.sleep(1.0)  # the stream starts one second into the flood
@@ -223,6 +224,15 @@ sinks:
             assert fuzzer.ended < real_eos, "the fuzz outlasted the clip"
         marks.thread.join(30)
         flood.join(30)
+        jsonl = tmp_path / "t.jsonl"
+        deadline = time.monotonic() + 30
+        while not any(r.get("kind") == "eos" and r.get("stream") == "base"
+                      for r in map(json.loads, jsonl.read_text().splitlines())):
+            assert time.monotonic() < deadline, "no eos for base"
+            time.sleep(0.2)
+        base_commits = sub_commits(jsonl, "base")
+        base_text = " ".join(c.text for c in base_commits)
+        base_latency = max(c.latency for c in base_commits)
 
         # every actor counted exactly the garbage sent to the topics it subscribes to (all of them: status.)
         want = {"vad": expected["audio"] + expected["status"], "asr": expected["speech"] + expected["status"],
@@ -284,7 +294,7 @@ sinks:
     assert {(r["stream"], r["kind"]) for r in records if r["kind"] != "error"} == {
         ("base", "commit"), ("real", "commit"), ("base", "eos"), ("real", "eos")}
     assert all(r.get("worker") == "asr" for r in errors) and len(errors) <= 300
-    assert [r["stream"] for r in records if r["kind"] == "eos"] == ["base", "real"]
+    assert sorted(r["stream"] for r in records if r["kind"] == "eos") == ["base", "real"]
     assert all(len(r.get("text", "")) < 1000 for r in records)
     assert real_latency < 30.0  # no wall0 from another century
     for name, log in logs.items():  # logged without flooding: a few lines per kind of problem

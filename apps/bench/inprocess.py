@@ -6,7 +6,8 @@ at wall-clock speed, each into its own :class:`~asr_core.streaming.StreamingSess
 one thread decodes them as the ASR worker does with one decode thread:
 
 * ``batch=True``: every due step goes into one batch (at most ``max_batch``, most urgent
-  first: :func:`workers.decode_batches.plan_batches`), decoded with the backend's
+  first: :func:`workers.decode_batches.plan_batches`), with the streams most of the way to due
+  (:func:`workers.decode_batches.join_gap`), decoded with the backend's
   ``transcribe_batch`` (:func:`asr_core.batching.run_steps`);
 * ``batch=False``: the most urgent due step alone (pending flushes first, then the oldest
   undecoded audio), with ``transcribe``.
@@ -26,8 +27,8 @@ from dataclasses import dataclass, field
 from asr_core.batching import BatchStats, run_steps
 from asr_core.online import OnlineASRProcessor, StreamingOptions
 from asr_core.replay import push_events
-from asr_core.streaming import Schedule, StreamingSession
-from workers.decode_batches import DecodeLoad, plan_batches
+from asr_core.streaming import Schedule, Step, StreamingSession
+from workers.decode_batches import DecodeLoad, join_gap, plan_batches
 
 from .evaluation import percentile
 
@@ -84,6 +85,11 @@ def run_round(asr, events: list, n: int, batch: bool, max_batch: int = 64, stagg
             time.sleep(max(0.0, min(waits, default=0.001)))
             continue
         due.sort(key=lambda item: item[1].session.priority())
+        if batch:  # and the streams most of the way to due, as the worker does (workers.decode_batches)
+            taken = {k for k, _, _ in due}
+            near = sorted((gap, k, st) for k, st in enumerate(streams)
+                          if k not in taken and (gap := join_gap(st.session, None)) is not None)
+            due += [(k, st, Step.DECODE) for _, k, st in near[:max(0, max_batch - len(due))]]
         chosen = plan_batches(due, 1, max_batch, length=lambda item: item[1].session.processor.buffer_duration)[0] \
             if batch else due[:1]
         for k, _, _ in chosen:
