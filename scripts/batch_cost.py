@@ -68,10 +68,11 @@ def main() -> int:
         b = buffers(n)
         half = max(1, n // 2)
         singles = timed(lambda b=b: list(pool.map(asr.transcribe, b)))
-        batches = timed(lambda b=b, h=half: list(pool.map(lambda part: asr.transcribe_batch(part, [""] * len(part)),
-                                                          [b[:h], b[h:]] if n > 1 else [b])))
+        parts = [b[:half], b[half:]] if n > 1 else [b]
+        batches = timed(lambda parts=parts: list(pool.map(lambda part: asr.transcribe_batch(part, [""] * len(part)),
+                                                          parts)))
         cpu_singles = timed(lambda b=b: [asr.transcribe(x) for x in b], time.process_time)
-        cpu_batch = timed(lambda b=b: asr.transcribe_batch(b, [""] * n), time.process_time)
+        cpu_batch = timed(lambda b=b, n=n: asr.transcribe_batch(b, [""] * n), time.process_time)
         print(f"| {n} | {singles:.3f} s | {batches:.3f} s | {singles / batches:.2f}x | "
               f"{cpu_batch:.3f} / {cpu_singles:.3f} = {cpu_batch / cpu_singles:.2f} |", flush=True)
     return 0
