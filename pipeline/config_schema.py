@@ -186,7 +186,7 @@ class WorkerConfig:
     # seconds of new audio that make a decode due with spare capacity (grows under load up to
     # max_chunk_size); 0.75 s: docs/benchmarks.md, "Words sooner"
     min_chunk_size: float = 0.75
-    first_chunk_size: float = 0.25  # the chunk until the stream's first word is committed (0: off); benchmarks.md
+    first_chunk_size: float = 0.2  # the chunk until the stream's first word is committed (0: off); benchmarks.md
     utterance_chunk_size: float = 0.5  # the chunk until the first word after a long pause is committed (0: off)
     buffer_trimming: str = _STREAMING.buffer_trimming
     buffer_trimming_sec: float = _STREAMING.buffer_trimming_sec
