@@ -10,7 +10,10 @@ per utterance instead (the streaming processor makes a new utterance at each fre
 * a language the user gave always wins: nothing is detected;
 * otherwise each decode's detection (the model's probabilities of its likeliest languages)
   is averaged over the utterance, weighted by the seconds of audio it heard, and the next
-  decode is made in the likeliest language so far;
+  decode is made in the likeliest language so far; a decode of less than
+  :data:`MIN_DETECT_SECONDS` of audio does not count (the short first chunks of a stream: on
+  0.2 s of the Spanish clip ``base`` was sure it heard Thai): until one that does, its
+  detection is reported as uncertain and the model detects afresh in the next decode;
 * once that average reaches :data:`SURE_PROB` for one language, the model is sure: the
   utterance keeps that language. Until then the language is reported as *uncertain*, and the
   streaming processor commits only what two hypotheses agree on.
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 
 # faster-whisper's language_detection_threshold: below it the model is not sure
 SURE_PROB = 0.5
+# seconds of audio a decode must have heard for its detection to count
+MIN_DETECT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class LanguageTracker:
         self._seconds = 0.0
         self._fixed: str | None = None  # a language the backend decoded in without detecting it
         self._locked: Language | None = None
+        self._glimpse: Language | None = None  # the last detection on too little audio to count
 
     @property
     def current(self) -> Language:
@@ -82,6 +88,8 @@ class LanguageTracker:
             code, weight = max(self._weights.items(), key=lambda kv: kv[1])
             prob = weight / self._seconds
             return Language(code, prob, prob >= self.sure_prob)
+        if self._glimpse is not None:
+            return self._glimpse  # reported, uncertain, but never decoded in
         return Language(self._fixed)
 
     @property
@@ -93,7 +101,7 @@ class LanguageTracker:
         if self.given:
             return self.given
         cur = self.current
-        return cur.code if cur.detected else None
+        return cur.code if cur.detected and cur is not self._glimpse else None
 
     def update(self, language: str | None, probs, seconds: float) -> None:
         """After a decode of ``seconds`` of audio in ``language``: ``probs`` is what the model
@@ -104,6 +112,10 @@ class LanguageTracker:
         if not probs:
             if language and not self._weights:
                 self._fixed = language  # e.g. an English-only model: always "en", nothing detected
+            return
+        if seconds < MIN_DETECT_SECONDS:  # too little audio to tell a language by
+            code, p = probs[0]
+            self._glimpse = Language(str(code), float(p), False)
             return
         w = max(float(seconds), 1e-3)
         for code, p in probs:

@@ -13,7 +13,8 @@ simulate``, the VAC processor, the bench's decode replay, the commit-policy swee
   ``share``; the chunk is then the stream's mean decode time over ``max_load x share``, at
   most ``max_chunk_size``), so a busy worker decodes each stream less often instead of
   falling behind; until the stream has committed its first word the chunk is
-  ``first_chunk_size`` instead, and until a later fresh buffer (an utterance after a long
+  ``first_chunk_size`` instead (``utterance_chunk_size`` for a stream translated on the
+  processor's ``task``), and until a later fresh buffer (an utterance after a long
   pause) has committed its first word it is ``utterance_chunk_size``, when these are
   shorter, so the first word comes sooner;
 * at a pause, ``at_pause`` says what happens: ``flush`` (the worker's rule: the tail is
@@ -320,8 +321,11 @@ class StreamingSession:
         sch = self.schedule
         base = sch.min_chunk_size
         proc = self.processor
-        if sch.first_chunk_size and not proc.history:
-            base = min(base, sch.first_chunk_size)
+        # a translation needs more than a fraction of a second to say anything: a translated
+        # stream starts as an utterance after a pause does (tests/test_multilingual.py)
+        first = sch.utterance_chunk_size if proc.task == "translate" else sch.first_chunk_size
+        if first and not proc.history:
+            base = min(base, first)
         if sch.utterance_chunk_size and not proc.buffer_words:
             base = min(base, sch.utterance_chunk_size)
         if share is None or self.decode_seconds <= 0:

@@ -2,7 +2,8 @@
 
 * a language the user gave always wins: nothing is detected, commits carry it;
 * with ``auto`` each decode's detection is averaged over the utterance, weighted by the
-  audio it heard; the next decode is made in the likeliest language so far;
+  audio it heard (a decode of less than a second counts for nothing); the next decode is
+  made in the likeliest language so far;
 * once that average reaches 0.5 the model is sure and the utterance keeps its language;
   before that the language is reported as uncertain, with its probability;
 * a fresh buffer (a new utterance) detects again;
@@ -49,6 +50,16 @@ def test_once_sure_the_utterance_keeps_its_language_until_the_next_one():
     assert t.current.code == "de" and t.current.prob == pytest.approx(0.68)
     t.reset()  # a new utterance
     assert t.current == Language(None) and t.choice() is None
+
+
+def test_a_decode_of_less_than_a_second_says_nothing_about_the_language():
+    """A stream's first chunks are a fraction of a second: there the model is sure of anything (Spanish as Thai)."""
+    t = LanguageTracker()
+    t.update("th", (("th", 0.91),), 0.2)
+    t.update("th", (("th", 0.85),), 0.4)
+    assert t.current == Language("th", 0.85, sure=False) and t.choice() is None  # reported, never decoded in
+    t.update("es", (("es", 0.72),), 1.2)
+    assert t.current.code == "es" and t.current.sure and t.current.prob == pytest.approx(0.72)
 
 
 def test_an_english_only_model_reports_english_without_a_probability():

@@ -6,7 +6,8 @@ processor's clock is checked against the truth):
 * a decode is due once ``min_chunk_size`` seconds of audio are new, never before; when the
   driver says the stream has only a share of its decode threads and decodes are slow, the
   chunk grows (the stream's decode time over ``max_load`` x share, up to ``max_chunk_size``);
-  until the stream has committed its first word, ``first_chunk_size`` is the chunk (when shorter),
+  until the stream has committed its first word, ``first_chunk_size`` is the chunk (when shorter;
+  a translated stream's is ``utterance_chunk_size``),
   and until a later fresh buffer has, ``utterance_chunk_size``;
 * audio that arrives while a step runs waits in the inbox and goes in afterwards;
 * a pause (``at_pause="flush"``) commits every word before it at once and keeps the audio
@@ -110,6 +111,19 @@ def test_until_the_stream_commits_its_first_word_it_decodes_every_first_chunk_si
     s.run_due()
     feed(s, 3.0, 3.5)
     assert s.processor.buffer_words == 0 and s.chunk() == pytest.approx(1.0) and s.due() is None
+
+
+def test_a_translated_stream_starts_with_the_utterance_chunk_not_the_first_chunk():
+    """A fraction of a second is too little to translate (the German clip's translation began "The his is about")."""
+    from pipeline.config_schema import WorkerConfig
+
+    s = session(schedule=Schedule(1.0, first_chunk_size=0.2, utterance_chunk_size=0.5))
+    assert s.chunk() == pytest.approx(0.2)
+    s.processor.task = "translate"  # the stream asked for it (its hints)
+    assert s.chunk() == pytest.approx(0.5)
+    w = WorkerConfig(model="base", task="translate")  # or the worker translates every stream
+    assert w.schedule().first_chunk_size == w.utterance_chunk_size == 0.5
+    assert WorkerConfig().schedule().first_chunk_size == 0.2
 
 
 def test_until_a_fresh_buffer_commits_its_first_word_it_decodes_every_utterance_chunk_size():
