@@ -13,8 +13,8 @@ A batch also takes the streams that are most of the way to due (:data:`JOIN_SHAR
 chunk heard and not decoded): decoded a little early, they are then due together with the
 others the next time, so the streams of a worker stay in step and its batches stay full
 instead of drifting apart into batches of one (on a 2-core CPU two batches of 4 to 12 short
-buffers decode 1.24 to 1.42 times as fast as the same buffers one at a time on both threads;
-docs/benchmarks.md, "Batched decoding across streams").
+buffers decode 1.1 to 1.5 times as fast as the same buffers one at a time on both threads:
+``scripts/batch_cost.py``, docs/benchmarks.md, "Batched decoding across streams").
 
 When the worker cannot keep up, more streams are due each time a thread frees up, so the
 batches grow and every stream's next decode covers more new audio, all together: no stream
