@@ -237,9 +237,7 @@ class WorkerConfig:
 
     def schedule(self) -> Schedule:
         # without the VAD (input: audio) there are no pauses to flush at
-        # a translating worker starts its streams as an utterance after a pause (asr_core/streaming.py)
-        first = self.utterance_chunk_size if self.task == "translate" else self.first_chunk_size
-        return Schedule(min_chunk_size=self.min_chunk_size, first_chunk_size=first,
+        return Schedule(min_chunk_size=self.min_chunk_size, first_chunk_size=self.first_chunk_size,
                         utterance_chunk_size=self.utterance_chunk_size,
                         utterance_gap=self.utterance_gap,
                         at_pause="flush" if self.input == "speech" else "ignore", pause_hold=self.pause_hold or 0.0)

@@ -115,15 +115,19 @@ def test_until_the_stream_commits_its_first_word_it_decodes_every_first_chunk_si
 
 def test_a_translated_stream_starts_with_the_utterance_chunk_not_the_first_chunk():
     """A fraction of a second is too little to translate (the German clip's translation began "The his is about")."""
-    from pipeline.config_schema import WorkerConfig
+    from pipeline.config import BusConfig, WorkerConfig
+    from workers.asr_worker import ASRWorker
 
     s = session(schedule=Schedule(1.0, first_chunk_size=0.2, utterance_chunk_size=0.5))
     assert s.chunk() == pytest.approx(0.2)
     s.processor.task = "translate"  # the stream asked for it (its hints)
     assert s.chunk() == pytest.approx(0.5)
-    w = WorkerConfig(model="base", task="translate")  # or the worker translates every stream
-    assert w.schedule().first_chunk_size == w.utterance_chunk_size == 0.5
-    assert WorkerConfig().schedule().first_chunk_size == 0.2
+    # or the worker translates every stream: its streams' processors say so
+    for task, first in (("translate", 0.5), ("transcribe", 0.2)):
+        worker = ASRWorker("asr", BusConfig(), WorkerConfig(name="asr", model="base", task=task))
+        worker.asr = TimelineASR(TIMELINE)
+        fresh = StreamingSession(worker._new_processor(), worker._schedule)
+        assert fresh.chunk() == pytest.approx(first), task
 
 
 def test_until_a_fresh_buffer_commits_its_first_word_it_decodes_every_utterance_chunk_size():

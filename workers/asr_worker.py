@@ -196,7 +196,10 @@ class ASRWorker(StreamAccounting, Actor):
     def _new_processor(self):
         from asr_core.online import OnlineASRProcessor
 
-        return OnlineASRProcessor(self.asr, options=self.wcfg.streaming_options())
+        processor = OnlineASRProcessor(self.asr, options=self.wcfg.streaming_options())
+        if self.wcfg.task == "translate":  # the schedule's translation rule reads the processor's task
+            processor.task = "translate"
+        return processor
 
     def _admit(self, stream: str) -> bool:
         """Room for a new stream: a free slot, else that of one that was never decoded (workers.admission)."""
