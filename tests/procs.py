@@ -92,7 +92,7 @@ class Proc:
         self.name = name
         self.argv = argv
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "ab")  # a process started again under the same name keeps the earlier log
         self.popen = subprocess.Popen(argv, stderr=self._log, env=env or child_env(), cwd=cwd or str(ROOT), **popen)
 
     @property
@@ -330,7 +330,7 @@ class Session:
 
     def __init__(self, argv: list[str], log_path: Path, env: dict | None = None, cwd: str | None = None):
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "ab")  # a process started again under the same name keeps the earlier log
         self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or str(ROOT),
                                       env=env or child_env(), start_new_session=True)
         self.known: dict[int, object] = {}

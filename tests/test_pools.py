@@ -141,6 +141,8 @@ sinks:
         wait_for(lambda: ended(jsonl(out), "main", "long") and ended(jsonl(out), "ref", "long"), p, 120,
                  "the end of the stream")
         disp = p.wait_heartbeat("dispatcher", lambda h: True)
+        sink = p.wait_heartbeat("out", lambda h: True)
+        logs = f"dispatcher: {disp.counters}\nsink: {sink.counters}\n{p.logs()}"  # for a failure's message
     recs = jsonl(out)
     assert sorted(restarted) == ["main-1", "main-2"], restarted
     assert disp.counters["handoffs"] >= 2 and disp.counters["failovers"] == 0, disp.counters
@@ -148,7 +150,8 @@ sinks:
     ws, ref_ws = words(recs, "main", "long"), words(recs, "ref", "long")
     assert len({w[3] for w in ws}) == 2
     assert not repeated(ws), repeated(ws)
-    assert not uncovered(ref_ws, ws), f"lost in the restarts: {uncovered(ref_ws, ws)}"
+    assert not uncovered(ref_ws, ws), (f"lost in the restarts: {uncovered(ref_ws, ws)}; handovers at {handovers(ws)}"
+                                       f"\n{logs}")
     # Two live workers on two cores never decode at quite the same moments, so the two texts differ here and
     # there wherever the clip is (0.02-0.03 WER apart between runs): what a handover could spoil is checked
     # where it happened, the whole text only for a loss of context that lasts (a prompt not carried over).

@@ -431,8 +431,9 @@ class ASRWorker(StreamAccounting, Actor):
         self._gone(st)
         self.streams.pop(st.stream, None)
         self.counters["streams_active"] = len(self.streams)
-        self.log.info("stream %s %s: %d commit(s), rtf %.2f", st.stream, "handed over" if st.handoff else "ended",
-                      st.commits, st.processor.stats.rtf)
+        self.log.info("stream %s %s: %d commit(s), committed until %.2fs, rtf %.2f", st.stream,
+                      "handed over" if st.handoff else "ended", st.commits, st.processor.hyp.last_committed_time,
+                      st.processor.stats.rtf)
         if st.handoff and self.member is not None:
             self.member.acknowledge(st.stream, st.epoch)
 
