@@ -5,7 +5,8 @@ hypothesis is compared with the previous one; their longest common prefix is
 committed. Three deliberate departures from the textbook rule:
 
 * words are compared by a *key* that ignores case and punctuation, so that
-  "word" and "word," agree (the newer spelling is the one committed);
+  "word" and "word," agree (the newer spelling is the one committed), and only
+  where both hypotheses place them about the same time (:data:`AGREE_SHIFT_S`);
 * a phrase repeated in a loop ("and the and the and the"), or a hypothesis
   that ends by replaying an earlier stretch of itself, is cut before
   comparison, so a stable loop can never commit;
@@ -23,6 +24,11 @@ Word = tuple  # (beg, end, text)
 
 # how far back (s) a new word may start before the last commit and still count
 COMMIT_TOLERANCE = 0.1
+# two hypotheses agree on a word only where they place it within this many seconds of each other: a
+# hypothesis cut short ("moving in" for 4.7 s of speech) can put one of its words seconds away, and its
+# text alone would agree with a word of the previous hypothesis there and commit it at the wrong time
+# (every word between the two places was then lost behind the commit)
+AGREE_SHIFT_S = 1.0
 MAX_NGRAM = 5
 REPLAY_MIN = 3  # words in a copy of an earlier stretch, at the end of a hypothesis, that mark a replay
 
@@ -162,10 +168,12 @@ class HypothesisBuffer:
         if held:
             self.new = self.new[:-1]
         while self.new and self.previous:
-            cand = self.new[0]
-            if word_key(cand[2]) != word_key(self.previous[0][2]) or not word_key(cand[2]):
+            cand, before = self.new[0], self.previous[0]
+            if abs(cand[0] - before[0]) > AGREE_SHIFT_S:
+                break  # the same word, or another said elsewhere: not an agreement on this one
+            if word_key(cand[2]) != word_key(before[2]) or not word_key(cand[2]):
                 # punctuation-only words agree on their text
-                if not (cand[2].strip() == self.previous[0][2].strip() and cand[2].strip()):
+                if not (cand[2].strip() == before[2].strip() and cand[2].strip()):
                     break
             commit.append(cand)
             self.last_committed_time = cand[1]

@@ -3,7 +3,8 @@
 Rules specified here:
 
 * nothing is committed on the first hypothesis;
-* the longest common prefix of two consecutive hypotheses is committed;
+* the longest common prefix of two consecutive hypotheses is committed (a word
+  agrees only where both place it within a second of each other);
 * words before the last commit are never committed again;
 * a word really said twice ("very very") survives the de-duplication of
   re-transcribed words, and a re-transcribed word does not;
@@ -91,6 +92,33 @@ def test_the_newer_hypothesis_is_the_one_compared_next():
     step(proc)
     assert step(proc).text == "the cat sat"
     assert step(proc).text == "in the"
+
+
+def test_the_same_word_seconds_apart_in_two_hypotheses_is_no_agreement():
+    # measured in a rolling restart: the 4th decode of a buffer came back cut short as "moving in", its "in"
+    # placed 2 s after the "In" that began the previous hypothesis; agreeing on the text committed "In" at
+    # 10.3 s, and "the afternoon the wind will" (8.5-9.8 s) fell behind the commit, lost
+    proc = OnlineASRProcessor(ScriptedASR([]), options=rules(settle_sec=0.0, early_commit_sec=0.0))
+    hyp = proc.hyp
+    hyp.insert([(8.24, 8.46, " In"), (8.46, 8.6, " the"), (8.6, 8.94, " afternoon"), (8.96, 9.4, " the"),
+                (9.4, 9.56, " wind"), (9.56, 9.8, " will")], 0.0)
+    assert hyp.flush() == []
+    hyp.insert([(10.3, 10.58, " in")], 0.0)
+    assert hyp.flush() == []  # not the same "in"
+    hyp.insert([(8.24, 8.46, " In"), (8.46, 8.6, " the"), (8.6, 8.94, " afternoon"), (8.96, 9.4, " the"),
+                (9.4, 9.56, " wind"), (9.56, 9.8, " will"), (9.8, 10.1, " turn")], 0.0)
+    assert [w[2] for w in hyp.flush()] == []  # compared with the cut-short one: nothing agrees yet
+    hyp.insert([(8.26, 8.48, " In"), (8.48, 8.6, " the"), (8.6, 8.94, " afternoon"), (8.96, 9.4, " the"),
+                (9.4, 9.56, " wind"), (9.56, 9.8, " will"), (9.8, 10.1, " turn"), (10.1, 10.3, " to")], 0.0)
+    assert [w[2].strip() for w in hyp.flush()] == "In the afternoon the wind will turn".split()
+
+
+def test_a_word_placed_a_little_differently_by_the_next_hypothesis_still_agrees():
+    proc = OnlineASRProcessor(ScriptedASR([]), options=rules(settle_sec=0.0, early_commit_sec=0.0))
+    proc.hyp.insert([(1.0, 1.3, " cat"), (1.3, 1.6, " sat")], 0.0)
+    proc.hyp.flush()
+    proc.hyp.insert([(1.6, 1.9, " cat"), (1.9, 2.2, " sat"), (2.2, 2.5, " down")], 0.0)  # 0.6 s later
+    assert [w[2].strip() for w in proc.hyp.flush()] == ["cat", "sat"]
 
 
 def test_words_before_the_last_commit_are_not_committed_again():
