@@ -30,6 +30,14 @@ COMMIT_TOLERANCE = 0.1
 # (every word between the two places was then lost behind the commit)
 AGREE_SHIFT_S = 1.0
 MAX_NGRAM = 5
+# A decode cut short: the new hypothesis has fewer than half the words the previous one still had
+# unconfirmed (and that one had at least CUT_SHORT_MIN_WORDS). Seen in rolling restarts: a buffer that
+# begins with already committed speech came back as "moving in" for 6 s of audio, twice in a row, its
+# "in" stretched to the end of the audio; compared as usual it agreed with itself and was committed
+# there, and the words before it were lost. Such a hypothesis is set aside (at most
+# CUT_SHORT_MAX_SKIPS in a row: after that the shorter text is believed).
+CUT_SHORT_MIN_WORDS = 4
+CUT_SHORT_MAX_SKIPS = 2
 REPLAY_MIN = 3  # words in a copy of an earlier stretch, at the end of a hypothesis, that mark a replay
 
 _PUNCT = re.compile(r"[^\w']+", re.UNICODE)
@@ -102,6 +110,8 @@ class HypothesisBuffer:
         self.last_committed_time = 0.0
         self.looping = False
         self.sure: set[Word] = set()  # words of the new hypothesis the model is sure of
+        self.skipped_short = 0  # hypotheses set aside in a row as cut short (CUT_SHORT_MIN_WORDS)
+        self.set_aside = False
 
     def insert(self, words: list[Word], offset: float, probs=None, sure_prob: float = 1.0) -> None:
         """Take a new hypothesis (times relative to ``offset``).
@@ -125,6 +135,17 @@ class HypothesisBuffer:
             shifted = shifted[:loop_at]
         new = [w for w in shifted if w[0] > self.last_committed_time - COMMIT_TOLERANCE]
         self.new = self._drop_recommitted(new)
+        if self.cut_short() and self.skipped_short < CUT_SHORT_MAX_SKIPS:
+            self.skipped_short += 1
+            self.new, self.sure = list(self.previous), set()  # as if this decode had not happened
+            self.set_aside = True
+        else:
+            self.skipped_short = 0
+            self.set_aside = False
+
+    def cut_short(self) -> bool:
+        """Is the new hypothesis far shorter than the unconfirmed one before it (a decode that stopped early)?"""
+        return len(self.previous) >= CUT_SHORT_MIN_WORDS and 2 * len(self.new) < len(self.previous)
 
     def _drop_recommitted(self, new: list[Word]) -> list[Word]:
         if not new or not self.committed_in_buffer:
@@ -163,6 +184,10 @@ class HypothesisBuffer:
         (again never from a looping hypothesis).
         """
         commit: list[Word] = []
+        if self.set_aside:  # a cut-short decode: nothing agrees, nothing settles, the previous one stays
+            self.set_aside = False
+            self.new = []
+            return commit
         had_previous = bool(self.previous)
         held = self.new[-1:] if hold_marked_end and self.new and ends_with_mark(self.new[-1][2]) else []
         if held:

@@ -140,6 +140,7 @@ class ProcessorStats:
     committed_words: int = 0
     forced_cuts: int = 0
     loops_cut: int = 0
+    cut_short: int = 0  # hypotheses set aside as decodes that stopped early (asr_core.hypothesis)
 
     @property
     def rtf(self) -> float:
@@ -290,6 +291,9 @@ class OnlineASRProcessor:
                 self.buffer_duration, seconds, "".join(w[2] for w in words),
                 "".join(w[2] for w in self.hyp.new), " (loop cut)" if self.hyp.looping else "",
             )
+        if self.hyp.set_aside:
+            self.stats.cut_short += 1
+            log.debug("hypothesis at %.2fs set aside: cut short", self.buffer_time_offset)
         if self.hyp.looping:
             self.stats.loops_cut += 1
             log.debug("repetition loop cut from hypothesis at %.2fs", self.buffer_time_offset)

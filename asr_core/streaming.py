@@ -137,6 +137,7 @@ class StepResult:
     decode_seconds: float = 0.0  # wall seconds spent in the backend during the step
     decoded_audio_seconds: float = 0.0  # seconds of audio handed to the backend
     decodes: int = 0
+    set_aside: int = 0  # hypotheses set aside as cut short (asr_core.hypothesis.CUT_SHORT_MIN_WORDS)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class StepRun:
         self.error: BaseException | None = None
         stats = session.processor.stats
         self._stats = stats
-        self._before = (stats.decode_seconds, stats.decoded_audio_seconds, stats.decodes)
+        self._before = (stats.decode_seconds, stats.decoded_audio_seconds, stats.decodes, stats.cut_short)
         self._step: ProcessorStep | None = None
         try:
             self._step = session.processor.begin(PROCESSOR_STEP[step])
@@ -198,7 +199,8 @@ class StepRun:
             raise RuntimeError("the step still waits for a decode")
         stats, before = self._stats, self._before
         return StepResult(self.step, self._step.commit or Commit(), None, stats.decode_seconds - before[0],
-                          stats.decoded_audio_seconds - before[1], stats.decodes - before[2])
+                          stats.decoded_audio_seconds - before[1], stats.decodes - before[2],
+                          stats.cut_short - before[3])
 
 
 class StreamingSession:

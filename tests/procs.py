@@ -424,11 +424,15 @@ class BusPublisher:
     subscriber you wait for its own prefix.
     """
 
-    def __init__(self, bus: Bus, vouch: bool = False):
-        """``vouch``: heartbeat as the workers whose transcripts it sends (:class:`Vouching`)."""
+    def __init__(self, bus: Bus, vouch: bool = False, queue_all: bool = False):
+        """``vouch``: heartbeat as the workers whose transcripts it sends (:class:`Vouching`).
+        ``queue_all``: no send limit (ZeroMQ's high-water mark, 1000 messages, would drop a flood's
+        messages on a loaded machine before the broker sees them)."""
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.LINGER, 1000)
+        if queue_all:
+            self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.sock.connect(bus.xsub)
         self.seen: set[bytes] = set()

@@ -5,6 +5,8 @@ Rules specified here:
 * nothing is committed on the first hypothesis;
 * the longest common prefix of two consecutive hypotheses is committed (a word
   agrees only where both place it within a second of each other);
+* a decode cut short (fewer than half the words still unconfirmed) is set aside,
+  at most twice in a row;
 * words before the last commit are never committed again;
 * a word really said twice ("very very") survives the de-duplication of
   re-transcribed words, and a re-transcribed word does not;
@@ -94,23 +96,69 @@ def test_the_newer_hypothesis_is_the_one_compared_next():
     assert step(proc).text == "in the"
 
 
+AFTERNOON = [(8.34, 8.48, " In"), (8.48, 8.62, " the"), (8.62, 8.92, " afternoon"), (8.96, 9.38, " the"),
+             (9.38, 9.56, " wind"), (9.56, 9.8, " will"), (9.8, 10.1, " turn"), (10.06, 10.3, " to"),
+             (10.3, 10.44, " the")]
+
+
 def test_the_same_word_seconds_apart_in_two_hypotheses_is_no_agreement():
-    # measured in a rolling restart: the 4th decode of a buffer came back cut short as "moving in", its "in"
-    # placed 2 s after the "In" that began the previous hypothesis; agreeing on the text committed "In" at
-    # 10.3 s, and "the afternoon the wind will" (8.5-9.8 s) fell behind the commit, lost
+    # a decode cut short can put a word seconds away from where the previous hypothesis had it ("in" at
+    # 10.3 s for the "In" at 8.34 s); agreeing on the text alone would commit it there and leave the words
+    # between behind the commit
     proc = OnlineASRProcessor(ScriptedASR([]), options=rules(settle_sec=0.0, early_commit_sec=0.0))
     hyp = proc.hyp
-    hyp.insert([(8.24, 8.46, " In"), (8.46, 8.6, " the"), (8.6, 8.94, " afternoon"), (8.96, 9.4, " the"),
-                (9.4, 9.56, " wind"), (9.56, 9.8, " will")], 0.0)
+    hyp.insert(AFTERNOON[:3], 0.0)
     assert hyp.flush() == []
     hyp.insert([(10.3, 10.58, " in")], 0.0)
-    assert hyp.flush() == []  # not the same "in"
-    hyp.insert([(8.24, 8.46, " In"), (8.46, 8.6, " the"), (8.6, 8.94, " afternoon"), (8.96, 9.4, " the"),
-                (9.4, 9.56, " wind"), (9.56, 9.8, " will"), (9.8, 10.1, " turn")], 0.0)
-    assert [w[2] for w in hyp.flush()] == []  # compared with the cut-short one: nothing agrees yet
-    hyp.insert([(8.26, 8.48, " In"), (8.48, 8.6, " the"), (8.6, 8.94, " afternoon"), (8.96, 9.4, " the"),
-                (9.4, 9.56, " wind"), (9.56, 9.8, " will"), (9.8, 10.1, " turn"), (10.1, 10.3, " to")], 0.0)
-    assert [w[2].strip() for w in hyp.flush()] == "In the afternoon the wind will turn".split()
+    assert not hyp.set_aside and hyp.flush() == []  # not the same "in"
+    hyp.insert(AFTERNOON, 0.0)
+    assert hyp.flush() == []  # compared with the misplaced one: nothing agrees yet
+    hyp.insert(AFTERNOON, 0.0)
+    assert [w[2].strip() for w in hyp.flush()] == "In the afternoon the wind will turn to the".split()
+
+
+def test_a_decode_cut_short_twice_in_a_row_is_set_aside_and_nothing_is_lost():
+    # measured in a rolling restart: after "in the afternoon the wind will turn to the", two decodes of 5.3 and
+    # 6.1 s came back as "moving in", the "in" stretched to 11.96 s; agreeing with each other, they committed it
+    # there, and "the wind will turn to the west and the sky" was lost behind it
+    proc = OnlineASRProcessor(ScriptedASR([]), options=rules(settle_sec=0.0, early_commit_sec=0.0))
+    hyp = proc.hyp
+    hyp.insert(AFTERNOON[:3], 0.0)
+    assert hyp.flush() == []
+    hyp.insert(AFTERNOON, 0.0)
+    assert [w[2].strip() for w in hyp.flush()] == "In the afternoon".split()
+    for _ in range(2):
+        hyp.insert([(11.96, 11.98, " in")], 0.0)
+        assert hyp.set_aside and hyp.flush() == []
+    assert [w[2].strip() for w in hyp.pending()] == "the wind will turn to the".split()
+    hyp.insert(AFTERNOON + [(10.44, 10.8, " west"), (10.8, 11.08, " and")], 0.0)
+    assert not hyp.set_aside
+    assert [w[2].strip() for w in hyp.flush()] == "the wind will turn to the".split()
+
+
+def test_a_short_hypothesis_is_believed_after_two_set_aside():
+    proc = OnlineASRProcessor(ScriptedASR([]), options=rules(settle_sec=0.0, early_commit_sec=0.0))
+    hyp = proc.hyp
+    hyp.insert([(1.0, 1.2, " thank"), (1.2, 1.4, " you"), (1.4, 1.6, " for"), (1.6, 1.9, " watching")], 0.0)
+    hyp.flush()  # a hallucination over noise, say: the next decodes disagree with it
+    short = [(1.0, 1.3, " okay")]
+    outcomes = []
+    for _ in range(4):
+        hyp.insert(short, 0.0)
+        outcomes.append(hyp.set_aside)
+        hyp.flush()
+    assert outcomes == [True, True, False, False]
+    assert [w[2].strip() for w in hyp.pending()] == []  # "okay" agreed with itself and was committed
+    assert [w[2].strip() for w in hyp.committed_in_buffer] == ["okay"]
+
+
+def test_a_pause_flush_after_a_cut_short_decode_commits_the_longer_hypothesis():
+    hyp = OnlineASRProcessor(ScriptedASR([]), options=rules()).hyp
+    hyp.insert(AFTERNOON, 0.0)
+    hyp.flush()
+    hyp.insert([(10.2, 10.44, " in")], 0.0)
+    assert hyp.set_aside
+    assert [w[2].strip() for w in hyp.commit_all()] == "In the afternoon the wind will turn to the".split()
 
 
 def test_a_word_placed_a_little_differently_by_the_next_hypothesis_still_agrees():

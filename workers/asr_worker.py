@@ -91,7 +91,7 @@ class ASRWorker(StreamAccounting, Actor):
         self.runner: DecodeRunner | None = None
         self.streams: dict[str, StreamState] = {}
         self.counters.update({
-            "commits": 0, "decodes": 0, "stream_errors": 0, "streams_total": 0,
+            "commits": 0, "decodes": 0, "stream_errors": 0, "streams_total": 0, "hypotheses_set_aside": 0,
             "decode_seconds": 0.0, "decoded_audio_seconds": 0.0, "audio_seconds": 0.0, "rtf": 0.0,
             "marks_ignored": 0, "pauses_cancelled": 0, "pauses_taken": 0, "unconfirmed_eos": 0, "streams_evicted": 0,
             "streams_joined": 0, "upstream_restarts": 0, "stream_gaps": 0, **{c: 0 for c in CLOCK_COUNTERS.values()},
@@ -360,6 +360,7 @@ class ASRWorker(StreamAccounting, Actor):
         """A finished step's outcome, on the actor's thread: publish, then feed on."""
         c = self.counters
         c["decodes"] += result.decodes
+        c["hypotheses_set_aside"] += result.set_aside  # decodes cut short (asr_core.hypothesis)
         c["decode_seconds"] = round(c["decode_seconds"] + result.decode_seconds, 3)
         c["decoded_audio_seconds"] = round(c["decoded_audio_seconds"] + result.decoded_audio_seconds, 3)
         self._watch_speed(result)
