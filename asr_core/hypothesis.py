@@ -30,12 +30,13 @@ COMMIT_TOLERANCE = 0.1
 # (every word between the two places was then lost behind the commit)
 AGREE_SHIFT_S = 1.0
 MAX_NGRAM = 5
-# A decode cut short: the new hypothesis has fewer than half the words the previous one still had
-# unconfirmed (and that one had at least CUT_SHORT_MIN_WORDS). Seen in rolling restarts: a buffer that
-# begins with already committed speech came back as "moving in" for 6 s of audio, twice in a row, its
-# "in" stretched to the end of the audio; compared as usual it agreed with itself and was committed
-# there, and the words before it were lost. Such a hypothesis is set aside (at most
-# CUT_SHORT_MAX_SKIPS in a row: after that the shorter text is believed).
+# A decode cut short: the same buffer (same start), with more audio than at the last decode, came back
+# with fewer than half the words of the last hypothesis (which had at least CUT_SHORT_MIN_WORDS).
+# Seen in rolling restarts: a buffer that begins with speech already committed came back as "moving in"
+# for 5 and 6 s of audio, twice in a row, where the decode before had heard 13 words; its "in" was
+# stretched to the end of the audio, the two agreed, and the commit there left "turn to the west and
+# the sky should" behind it. Such a hypothesis is set aside (at most CUT_SHORT_MAX_SKIPS in a row:
+# after that the shorter text is believed).
 CUT_SHORT_MIN_WORDS = 4
 CUT_SHORT_MAX_SKIPS = 2
 REPLAY_MIN = 3  # words in a copy of an earlier stretch, at the end of a hypothesis, that mark a replay
@@ -110,8 +111,10 @@ class HypothesisBuffer:
         self.last_committed_time = 0.0
         self.looping = False
         self.sure: set[Word] = set()  # words of the new hypothesis the model is sure of
+        self.heard: tuple[float, int] = (-1.0, 0)  # the last hypothesis believed: (buffer start, words)
         self.skipped_short = 0  # hypotheses set aside in a row as cut short (CUT_SHORT_MIN_WORDS)
         self.set_aside = False
+        self.aside: tuple[list, set] = ([], set())  # the hypothesis set aside, and its sure words
 
     def insert(self, words: list[Word], offset: float, probs=None, sure_prob: float = 1.0) -> None:
         """Take a new hypothesis (times relative to ``offset``).
@@ -133,19 +136,31 @@ class HypothesisBuffer:
         self.looping = loop_at is not None
         if loop_at is not None:
             shifted = shifted[:loop_at]
+        heard = (offset, len(shifted))  # the whole hypothesis (a loop once): what this decode of the buffer heard
         new = [w for w in shifted if w[0] > self.last_committed_time - COMMIT_TOLERANCE]
         self.new = self._drop_recommitted(new)
-        if self.cut_short() and self.skipped_short < CUT_SHORT_MAX_SKIPS:
+        if self.cut_short(heard) and self.skipped_short < CUT_SHORT_MAX_SKIPS:
             self.skipped_short += 1
+            self.aside = (self.new, self.sure)
             self.new, self.sure = list(self.previous), set()  # as if this decode had not happened
             self.set_aside = True
         else:
             self.skipped_short = 0
             self.set_aside = False
+            self.heard = heard
 
-    def cut_short(self) -> bool:
-        """Is the new hypothesis far shorter than the unconfirmed one before it (a decode that stopped early)?"""
-        return len(self.previous) >= CUT_SHORT_MIN_WORDS and 2 * len(self.new) < len(self.previous)
+    def believe_latest(self) -> None:
+        """Take the latest hypothesis as it is, set aside or not (a decode of the whole buffer at a pause or
+        the end: what it heard supersedes the guesses before it, asr_core.online)."""
+        if self.set_aside:
+            self.new, self.sure = self.aside
+            self.set_aside = False
+
+    def cut_short(self, heard: tuple[float, int]) -> bool:
+        """Did this decode of the same buffer hear far fewer words than the last one (it stopped early)?"""
+        (offset, words), (last_offset, last_words) = heard, self.heard
+        return (abs(offset - last_offset) < 1e-6 and last_words >= CUT_SHORT_MIN_WORDS
+                and 2 * words < last_words)
 
     def _drop_recommitted(self, new: list[Word]) -> list[Word]:
         if not new or not self.committed_in_buffer:

@@ -348,6 +348,8 @@ class OnlineASRProcessor:
             yield from self._decode()
             # this decode heard the whole buffer: it supersedes the unconfirmed
             # tail of the previous one, also when it heard nothing new at all
+            # (even if it heard far fewer words: no cut-short rule here)
+            self.hyp.believe_latest()
             self.hyp.previous = []
         return self.hyp.commit_all()
 
