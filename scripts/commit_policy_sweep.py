@@ -4,7 +4,8 @@
 Each setting is a keyword dict of changes to the pipeline's ``StreamingOptions``
 and schedule (from the worker's defaults, ``WorkerConfig``: ``dict()`` is today's policy);
 ``min_chunk_size``, ``first_chunk_size``, ``utterance_chunk_size``, ``utterance_gap``,
-``max_load`` and ``max_chunk_size`` go to the ``Schedule``, ``vad_*`` keys
+``max_load`` and ``max_chunk_size`` go to the ``Schedule``, ``beam_size`` to the backend (the
+offline pass keeps the default beam), ``vad_*`` keys
 (``vad_min_silence_ms``, ...) to the VAD's ``VADOptions`` (``vad=None``: no VAD, every frame
 goes to the session). Per clip, the audio goes through exactly what ``voxpipe simulate
 --comp-unaware`` runs (the pipeline's 100 ms frames, VAD and
@@ -63,6 +64,7 @@ from pipeline.config_schema import WorkerConfig  # noqa: E402
 
 SCHEDULE_KEYS = ("min_chunk_size", "utterance_gap", "at_pause", "max_load", "max_chunk_size", "first_chunk_size",
                 "utterance_chunk_size")
+BACKEND_KEYS = ("beam_size",)
 
 
 def parse_setting(text: str) -> dict:
@@ -73,7 +75,7 @@ def parse_setting(text: str) -> dict:
 
 
 def split_setting(setting: dict) -> tuple[StreamingOptions, Schedule, Feed]:
-    rest = dict(setting)
+    rest = {k: v for k, v in setting.items() if k not in BACKEND_KEYS}
     worker = WorkerConfig()  # dict() is the worker's policy: its schedule and streaming options
     schedule = dataclasses.replace(worker.schedule(), **{k: rest.pop(k) for k in SCHEDULE_KEYS if k in rest})
     rest = {**dataclasses.asdict(worker.streaming_options()), **rest}
@@ -145,8 +147,12 @@ def main() -> int:
         clips[name] = (audio, reference_text(path), offline)
     results: list[dict] = []
     for text in args.settings:
-        options, schedule, feed = split_setting(parse_setting(text))
-        runs = {n: run_clip(asr, clips[n][0], options, schedule, feed, args.clock) for n in names}
+        setting = parse_setting(text)
+        options, schedule, feed = split_setting(setting)
+        backend_opts = {k: setting[k] for k in BACKEND_KEYS if k in setting}
+        streaming_asr = create_backend("faster-whisper", lan="en", model=args.model, device="cpu",
+                                       **backend_opts) if backend_opts else asr
+        runs = {n: run_clip(streaming_asr, clips[n][0], options, schedule, feed, args.clock) for n in names}
         print(text, flush=True)
         for group in ("clean", "noisy", "gaps"):
             members = [n for n in names if group_of(n) == group]

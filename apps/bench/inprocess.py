@@ -1,16 +1,14 @@
-"""Live streams decoded in one process, at real time, with the worker's scheduling rule.
+"""Live streams decoded in one process, at real time, by the worker's own scheduler.
 
 For machines where the pipeline itself cannot run (a GPU machine without ZeroMQ, say):
 ``n`` streams replay one clip's speech (as the VAD forwards it: :mod:`asr_core.replay`)
 at wall-clock speed, each into its own :class:`~asr_core.streaming.StreamingSession`, and
-one thread decodes them as the ASR worker does with one decode thread:
-
-* ``batch=True``: every due step goes into one batch (at most ``max_batch``, most urgent
-  first: :func:`workers.decode_batches.plan_batches`), with the streams most of the way to due
-  (:func:`workers.decode_batches.join_gap`), decoded with the backend's
-  ``transcribe_batch`` (:func:`asr_core.batching.run_steps`);
-* ``batch=False``: the most urgent due step alone (pending flushes first, then the oldest
-  undecoded audio), with ``transcribe``.
+are decoded as the ASR worker with one decode thread decodes them: the same
+:class:`workers.decode_batches.DecodeScheduler` picks the steps (``batch=True``: the due
+streams and those most of the way to due, in batches of at most ``max_batch``, after a
+gathering window of ``window_ms``; ``batch=False``: the most urgent step alone), and the
+same :class:`workers.decode_jobs.DecodeRunner` runs them inline, batches through the
+backend's ``transcribe_batch`` (:func:`asr_core.batching.run_steps`).
 
 A committed word's latency is the wall time of its commit minus the wall time its audio
 ended (the stream's start plus the word's end). :func:`round_figures` says whether the
@@ -24,17 +22,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from asr_core.batching import BatchStats, run_steps
 from asr_core.online import OnlineASRProcessor, StreamingOptions
 from asr_core.replay import push_events
-from asr_core.streaming import Schedule, Step, StreamingSession
-from workers.decode_batches import DecodeLoad, join_gap, plan_batches
+from asr_core.streaming import Schedule, StreamingSession
+from workers.decode_batches import DecodeScheduler
+from workers.decode_jobs import DecodeRunner
 
 from .evaluation import percentile
 
 
 @dataclass
 class LiveStream:
+    stream: str  # its id, as the scheduler knows it
     start: float  # wall seconds after the round's start at which its audio begins
     session: StreamingSession
     next_event: int = 0
@@ -45,81 +44,65 @@ class LiveStream:
 
 def run_round(asr, events: list, n: int, batch: bool, max_batch: int = 64, stagger: float = 0.0,
               options: StreamingOptions | None = None, schedule: Schedule | None = None,
-              timeout: float = 120.0) -> dict:
+              timeout: float = 120.0, window_ms: float = 50.0) -> dict:
     """``n`` live streams of ``events`` (``speech_events`` of one clip, ending with the stream's end)."""
     options, schedule = options or StreamingOptions(), schedule or Schedule()
-    streams = [LiveStream(k * stagger / max(1, n), StreamingSession(OnlineASRProcessor(asr, options=options),
-                                                                    schedule)) for k in range(n)]
+    streams = {}
+    for k in range(n):
+        sid = f"s{k}"
+        session = StreamingSession(OnlineASRProcessor(asr, options=options), schedule)
+        streams[sid] = LiveStream(sid, k * stagger / max(1, n), session)
     duration = events[-1][0]
-    load, stats = DecodeLoad(), BatchStats()
+    counters = {"queue_wait_s": 0.0, "batches": 0, "batched_steps": 0}
+    scheduler = DecodeScheduler(counters, prepare=lambda st: None, max_batch=max_batch, window_ms=window_ms)
+    runner = DecodeRunner(1)  # inline, as a worker with one decode thread
+    calls = items = 0
     t0 = time.monotonic()
 
     def now() -> float:
         return time.monotonic() - t0
 
-    def emit(st: LiveStream, commit) -> None:
-        at = now()
-        st.last_emit = at
-        st.text.append(commit.text)
-        st.words += [(w[1], at - (st.start + w[1])) for w in commit.words]
+    def collect() -> None:
+        nonlocal calls, items
+        for sid, result in runner.done():
+            if result.error is not None:
+                raise result.error
+            st = streams[sid]
+            commit = st.session.complete(result)
+            if commit:
+                at = now()
+                st.last_emit = at
+                st.text.append(commit.text)
+                st.words += [(w[1], at - (st.start + w[1])) for w in commit.words]
+        for stats in runner.batch_stats:
+            calls, items = calls + stats.calls, items + stats.items
+        scheduler.collected(runner)
 
-    due_since: dict[int, float] = {}
-    while not all(st.session.ended for st in streams):
+    while not all(st.session.ended for st in streams.values()):
         t = now()
         if t > duration + timeout:
             break
-        for st in streams:  # the audio that has arrived by now
+        for st in streams.values():  # the audio that has arrived by now
             while st.next_event < len(events) and st.start + events[st.next_event][0] <= t:
                 push_events(st.session, events[st.next_event][1])
                 st.next_event += 1
-        due = []
-        for k, st in enumerate(streams):
-            step = st.session.due()
-            if step is None:
-                due_since.pop(k, None)
-                continue
-            due_since.setdefault(k, t)
-            due.append((k, st, step))
-        if not due:
-            waits = [st.start + events[st.next_event][0] - t for st in streams if st.next_event < len(events)]
-            time.sleep(max(0.0, min(waits, default=0.001)))
+        started = counters["batched_steps"]
+        gather_ms = scheduler.tick(streams, t, runner, asr, batch)
+        collect()
+        if counters["batched_steps"] > started:
             continue
-        due.sort(key=lambda item: item[1].session.priority())
-        if batch:  # and the streams most of the way to due, as the worker does (workers.decode_batches)
-            taken = {k for k, _, _ in due}
-            near = sorted((gap, k, st) for k, st in enumerate(streams)
-                          if k not in taken and (gap := join_gap(st.session, None)) is not None)
-            due += [(k, st, Step.DECODE) for _, k, st in near[:max(0, max_batch - len(due))]]
-        chosen = plan_batches(due, 1, max_batch, length=lambda item: item[1].session.processor.buffer_duration)[0] \
-            if batch else due[:1]
-        for k, _, _ in chosen:
-            load.started(t - due_since.pop(k, t))
-        load.batch(len(chosen))
-        if batch:
-            runs = []
-            for _, st, step in chosen:
-                st.session.start(step)
-                runs.append(st.session.begin(step))
-            run_steps(asr, runs, stats)
-            results = [run.result() for run in runs]
-        else:
-            _, st, step = chosen[0]
-            st.session.start(step)
-            results = [st.session.run(step)]
-        for (_, st, _), result in zip(chosen, results, strict=True):
-            if result.error is not None:
-                raise result.error
-            commit = st.session.complete(result)
-            if commit:
-                emit(st, commit)
+        waits = [st.start + events[st.next_event][0] - t for st in streams.values() if st.next_event < len(events)]
+        if gather_ms is not None:
+            waits.append(gather_ms / 1000.0)
+        time.sleep(max(0.0, min(waits, default=0.001)))
+    live = list(streams.values())
     return {"streams": n, "batch": batch, "wall_s": round(now(), 2), "duration_s": round(duration, 2),
-            "finished": all(st.session.ended for st in streams),
-            "latencies": [lat for st in streams for _, lat in st.words],
-            "tail_lags": [st.last_emit - (st.start + duration) for st in streams],
-            "transcripts": [" ".join(x.strip() for x in st.text if x.strip()) for st in streams],
-            "decode_queue": load.summary(),
-            "backend_calls": stats.calls, "backend_call_size_mean": round(stats.items / stats.calls, 2)
-            if stats.calls else None}
+            "finished": all(st.session.ended for st in live),
+            "latencies": [lat for st in live for _, lat in st.words],
+            "tail_lags": [st.last_emit - (st.start + duration) for st in live],
+            "transcripts": [" ".join(x.strip() for x in st.text if x.strip()) for st in live],
+            "decode_queue": scheduler.load.summary(),
+            "backend_calls": calls, "backend_call_size_mean": round(items / calls, 2) if calls else None}
 
 
 def round_figures(rr: dict, reference: str | None, max_p90: float, max_tail_lag: float, wer=None) -> dict:
