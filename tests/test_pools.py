@@ -104,14 +104,21 @@ sinks:
     assert audio > 0.6 * speech and disp.counters["assigned"] == 12 and disp.counters["failovers"] == 0
     scores = {s: (wer(cut[c][1], text(recs, "ref", s)), wer(cut[c][1], text(recs, "duo", s))) for s, c in SIX.items()}
     print("\nWER one worker / pool of two: " + ", ".join(f"{s} {a:.3f}/{b:.3f}" for s, (a, b) in scores.items()))
-    # real-time runs on two shared cores differ by a few words now and then: each stream may be three words off
-    # (measured: up to three, on the 82-word meeting clip), the six together at most 0.02 each. With other tests
-    # beside it, even at idle priority, four and six words were seen (0.012 -> 0.061, 0.024 -> 0.098 on meeting):
-    # the test is marked ``alone``
+    for s, (one, two) in scores.items():
+        if two > one:
+            print(f"{s} one worker:  {text(recs, 'ref', s)}\n{s} pool of two: {text(recs, 'duo', s)}")
+    # real-time runs on two shared cores differ by a few words, more often against the pool: its workers hold three
+    # streams each, the one worker six, and a less loaded worker decodes with shorter chunks (asr_core.streaming's
+    # load rule), which now and then mishear a word at a chunk's edge (meeting's "twelve percent" as "well percent";
+    # likely, not proven). Measured in five runs (two in full suite runs, three alone): per stream -2 to +4 words,
+    # the six together -2 to +6. So each stream may be four words off and the six together nine: a pool that hears
+    # less (a stream resumed without its context, a lost sentence) costs far more.
+    extra = 0.0
     for s, (one, two) in scores.items():
         ref_words = len(normalize(cut[SIX[s]][1]).split())  # the words WER counts
-        assert two <= one + 3.0 / ref_words + 1e-9, f"{s}: WER {two:.3f} with the pool of two, {one:.3f} alone"
-    assert sum(two for _, two in scores.values()) <= sum(one for one, _ in scores.values()) + 0.02 * len(scores)
+        assert two <= one + 4.0 / ref_words + 1e-9, f"{s}: WER {two:.3f} with the pool of two, {one:.3f} alone"
+        extra += (two - one) * ref_words
+    assert extra <= 9.0 + 1e-6, f"the pool of two made {extra:.0f} more word errors than one worker in all"
 
 
 # -- a rolling restart ------------------------------------------------------------------------------------------
