@@ -226,6 +226,50 @@ def test_eight_deepgram_clients_at_once_each_get_only_their_own_transcript(serve
     assert len({r.of("Metadata")[0]["request_id"] for r in runs}) == len(runs)
 
 
+# -- Deepgram pre-recorded --------------------------------------------------------------------------------
+def test_deepgram_sdk_transcribes_a_file_with_words_utterances_and_paragraphs(served):
+    import hashlib
+
+    from deepgram.core.api_error import ApiError
+    from deepgram.types.listen_v1response import ListenV1Response
+
+    pcm, ref = gc.sentences("history_gaps", [0, 1, 2])  # three sentences, 2 s of silence between them
+    seconds, wav = len(pcm) / 16000, gc.wav_bytes(pcm)
+    media = gc.deepgram_client(served.port, KEY).listen.v1.media
+    with cf.ThreadPoolExecutor(2) as pool:  # a WAV file with every extra, and the same audio as raw linear16
+        as_wav = pool.submit(media.transcribe_file, request=wav, model="nova-3", punctuate=True, utterances=True,
+                             paragraphs=True)
+        as_raw = pool.submit(media.transcribe_file, request=pcm.astype("<i2").tobytes(), encoding="linear16",
+                             sample_rate=16000)
+        r, raw = as_wav.result(), as_raw.result()
+    assert isinstance(r, ListenV1Response) and isinstance(raw, ListenV1Response)
+    alt = r.results.channels[0].alternatives[0]
+    assert wer(ref, alt.transcript) <= 0.3, alt.transcript
+    assert wer(ref, raw.results.channels[0].alternatives[0].transcript) <= 0.3
+    assert alt.transcript[0].isupper() and alt.transcript.rstrip().endswith((".", "!", "?"))  # punctuate=true
+    assert r.metadata.sha256 == hashlib.sha256(wav).hexdigest() and abs(r.metadata.duration - seconds) < 0.1
+    assert r.metadata.models[0] in r.metadata.model_info
+    starts = [w.start for w in alt.words]
+    assert starts == sorted(starts) and all(0 <= w.start <= w.end <= seconds for w in alt.words)
+    assert [w.word for w in alt.words] == [w.word.strip(".,?!;:").lower() for w in alt.words]
+    # the 2 s pauses between the sentences split utterances and paragraphs (utt_split 0.8 s)
+    utts = r.results.utterances
+    assert 3 <= len(utts) <= 4, [u.transcript for u in utts]
+    assert " ".join(u.transcript for u in utts) == alt.transcript
+    assert all(a.end < b.start for a, b in zip(utts, utts[1:], strict=False))
+    paras = alt.paragraphs.paragraphs
+    assert len(paras) == len(utts) and sum(p.num_words for p in paras) == len(alt.words)
+    assert sum(len(p.sentences) for p in paras) >= 3
+    assert alt.paragraphs.transcript.split() == alt.transcript.split()
+    # what the gateway cannot do is refused in Deepgram's error shape, and a bad key is a 401
+    with pytest.raises(ApiError) as url:
+        media.transcribe_url(url="https://example.com/talk.wav")
+    assert url.value.status_code == 400 and "URL" in url.value.body["err_msg"]
+    with pytest.raises(ApiError) as key:
+        gc.deepgram_client(served.port, "wrong-key").listen.v1.media.transcribe_file(request=wav)
+    assert key.value.status_code == 401 and key.value.body["err_code"] == "INVALID_AUTH"
+
+
 # -- OpenAI -------------------------------------------------------------------------------------------------
 def test_openai_transcribes_a_wav_and_an_mp3_in_every_response_format(served):
     import openai

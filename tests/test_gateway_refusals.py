@@ -67,6 +67,25 @@ def test_a_bad_query_parameter_is_refused_before_any_worker_is_needed(lone_gatew
     assert b"sample_rate is required" in refused.value.response.body
 
 
+def test_deepgrams_pre_recorded_endpoint_refuses_in_deepgrams_shape_what_it_cannot_serve(lone_gateway):
+    import httpx
+
+    _, port, _, _ = lone_gateway
+    url = f"http://127.0.0.1:{port}/v1/listen"
+    audio = {"content": b"RIFF" + bytes(100), "headers": {"content-type": "audio/wav"}}
+    cases = [  # (what is sent, status, words of the message): the bad request first, the missing worker last
+        (httpx.post(url, json={"url": "https://example.com/a.wav"}), 400, "URL source is not supported"),
+        (httpx.post(url + "?callback=https://example.com/hook", **audio), 400, "callback is not supported"),
+        (httpx.post(url + "?utt_split=soon", **audio), 400, "utt_split"),
+        (httpx.post(url, content=b""), 400, "no audio"),
+        (httpx.post(url, **audio), 503, "no worker of pool 'nobody' is up"),
+    ]
+    for r, status, says in cases:
+        body = r.json()
+        assert r.status_code == status and says in body["err_msg"], (status, body)
+        assert set(body) == {"err_code", "err_msg", "request_id"} and r.headers["dg-request-id"] == body["request_id"]
+
+
 def test_binding_beyond_loopback_needs_a_key(voxpipe_cli):
     r = voxpipe_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()))
     assert r.returncode == 3, r.stderr

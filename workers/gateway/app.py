@@ -3,6 +3,7 @@
 | route | protocol |
 | --- | --- |
 | ``WS /v1/listen`` | Deepgram live streaming (:mod:`.deepgram`) |
+| ``POST /v1/listen`` | Deepgram pre-recorded transcription (:mod:`.deepgram_rest`) |
 | ``POST /v1/audio/transcriptions``, ``/v1/audio/translations`` | OpenAI REST (:mod:`.openai_rest`) |
 | ``WS /v1/realtime`` | OpenAI Realtime transcription (:mod:`.realtime`) |
 | ``GET /v1/models`` | the pools, as OpenAI models (clients that list models first) |
@@ -24,7 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from . import deepgram, openai_rest, realtime, tcp
+from . import deepgram, deepgram_rest, openai_rest, realtime, tcp
 from .context import Gateway, Refused
 
 
@@ -41,6 +42,9 @@ def build_app(gw: Gateway, tcp_sock: socket.socket | None = None) -> Starlette:
 
     async def listen(ws: WebSocket) -> None:
         await deepgram.listen(ws, gw)
+
+    async def listen_file(request: Request):
+        return await deepgram_rest.listen_file(request, gw)
 
     async def rt(ws: WebSocket) -> None:
         await realtime.realtime(ws, gw)
@@ -67,6 +71,7 @@ def build_app(gw: Gateway, tcp_sock: socket.socket | None = None) -> Starlette:
 
     return Starlette(routes=[
         WebSocketRoute("/v1/listen", listen),
+        Route("/v1/listen", listen_file, methods=["POST"]),
         Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
         Route("/v1/audio/translations", translations, methods=["POST"]),
         WebSocketRoute("/v1/realtime", rt),

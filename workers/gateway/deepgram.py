@@ -115,11 +115,39 @@ class ListenOptions:
         )
 
 
-async def deny(ws: WebSocket, status: int, message: str, request_id: str) -> None:
-    code = {400: "Bad Request", 401: "INVALID_AUTH", 429: "TOO_MANY_REQUESTS"}.get(status, "SERVICE_UNAVAILABLE")
+def error_response(status: int, message: str, request_id: str) -> JSONResponse:
+    """Deepgram's error reply, before a WebSocket upgrade and from the REST endpoint alike."""
+    code = {400: "Bad Request", 401: "INVALID_AUTH", 413: "PAYLOAD_TOO_LARGE", 429: "TOO_MANY_REQUESTS",
+            504: "TIMEOUT"}.get(status, "SERVICE_UNAVAILABLE")
     body = {"err_code": code, "err_msg": message, "request_id": request_id}
-    await ws.send_denial_response(JSONResponse(body, status_code=status,
-                                               headers={"dg-error": message, "dg-request-id": request_id}))
+    return JSONResponse(body, status_code=status, headers={"dg-error": message, "dg-request-id": request_id})
+
+
+def result_words(words, punctuated: bool) -> list[dict]:
+    """Deepgram's word items: ``word`` lower case without marks, ``punctuated_word`` as written when asked."""
+    out = []
+    for w in words:
+        item = {"word": w.text.strip(PUNCTUATION).lower() or w.text, "start": round(w.beg, 3),
+                "end": round(w.end, 3), "confidence": 1.0}
+        if punctuated:
+            item["punctuated_word"] = w.text
+        out.append(item)
+    return out
+
+
+def transcript_of(items: list[dict], punctuated: bool) -> str:
+    return " ".join(w["punctuated_word"] if punctuated else w["word"] for w in items)
+
+
+def model_identity(admitted: Admitted) -> tuple[str, str, str]:
+    """The model's name, architecture and a stable uuid, as Deepgram's ``model_info`` lists them."""
+    model = admitted.worker.model or admitted.pool
+    return model, admitted.worker.backend or "voxpipe", str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                                                     f"voxpipe:{admitted.pool}:{model}"))
+
+
+async def deny(ws: WebSocket, status: int, message: str, request_id: str) -> None:
+    await ws.send_denial_response(error_response(status, message, request_id))
 
 
 async def listen(ws: WebSocket, gw: Gateway) -> None:
@@ -150,9 +178,7 @@ class ListenSession:
         self.stream = BusStream(gw.hub, "dg", self.results)
         self.sha = hashlib.sha256()
         self.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-        self.model = admitted.worker.model or admitted.pool
-        self.arch = admitted.worker.backend or "voxpipe"
-        self.model_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"voxpipe:{admitted.pool}:{self.model}"))
+        self.model, self.arch, self.model_uuid = model_identity(admitted)
         self.send_lock = asyncio.Lock()
         self.last_client = time.monotonic()
         self.close_requested = False  # CloseStream (or shutdown): nothing more is taken from the client
@@ -335,14 +361,8 @@ class ListenSession:
 
     def _results(self, r, is_final: bool, speech_final: bool, from_finalize: bool) -> dict:
         shown = self.opts.punctuate or self.opts.smart_format
-        words = []
-        for w in r.words:
-            plain = w.text.strip(PUNCTUATION).lower() or w.text
-            item = {"word": plain, "start": round(w.beg, 3), "end": round(w.end, 3), "confidence": 1.0}
-            if shown:
-                item["punctuated_word"] = w.text
-            words.append(item)
-        transcript = " ".join(w["punctuated_word"] if shown else w["word"] for w in words)
+        words = result_words(r.words, shown)
+        transcript = transcript_of(words, shown)
         return {
             "type": "Results", "channel_index": [0, 1], "duration": round(max(r.end - r.start, 0.0), 3),
             "start": round(r.start, 3), "is_final": is_final, "speech_final": speech_final,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 
 import numpy as np
 from starlette.requests import Request
@@ -35,9 +34,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from pipeline.formats import CueBuilder, join_commit_texts, render_srt, render_vtt
 
 from .audio_in import SR, AudioError, decode_file
-from .bus_stream import UPLOAD_FRAME_S, BusStream
 from .context import Admitted, Gateway, Refused
-from .results import Final, Results, SegmentDone
+from .results import Final
+from .uploads import run_file, timed_words, upload_timeout
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 ERROR_TYPES = {401: ("invalid_request_error", "invalid_api_key"), 429: ("requests", "rate_limit_exceeded"),
@@ -107,7 +106,7 @@ async def _handle(request: Request, gw: Gateway, translate: bool) -> Response:
         if duration > cfg.max_session_s:
             gw.hub.reject("duration")
             return error(400, f"the audio is {duration:.0f} s long (at most {cfg.max_session_s:.0f} s)", "file")
-        timeout = max(120.0, 3.0 * duration)
+        timeout = upload_timeout(duration)
         if stream:
             handed_over = True
             return StreamingResponse(_events(gw, admitted, pcm, timeout), media_type="text/event-stream")
@@ -121,36 +120,6 @@ async def _handle(request: Request, gw: Gateway, translate: bool) -> Response:
     finally:
         if not handed_over:
             gw.hub.release()
-
-
-async def run_file(gw: Gateway, admitted: Admitted, pcm: np.ndarray, timeout: float):
-    """The commits of ``pcm`` sent through the pool at full speed, as they arrive (raises TimeoutError)."""
-    results = Results(admitted.pool)
-    stream = BusStream(gw.hub, "oa", results, frame_s=UPLOAD_FRAME_S)
-    deadline = time.monotonic() + timeout
-    sent = 0
-    try:
-        if not len(pcm):
-            return
-        while True:
-            now = time.monotonic()
-            while sent < len(pcm) and results.progress.may_send(stream.seconds, now):
-                stream.push(pcm[sent: sent + stream.frame])
-                sent += stream.frame
-            if sent >= len(pcm) and stream.stream is not None:
-                stream.end_segment()
-            item = await stream.next_message(0.02)
-            out = results.feed(item[0], item[1], time.monotonic()) if item else []
-            out += results.tick(time.monotonic())
-            for r in out:
-                if isinstance(r, Final) and r.words:
-                    yield r
-                elif isinstance(r, SegmentDone):
-                    return
-            if now > deadline:
-                raise TimeoutError
-    finally:
-        stream.close()
 
 
 async def _events(gw: Gateway, admitted: Admitted, pcm: np.ndarray, timeout: float):
@@ -172,7 +141,7 @@ def _usage(duration: float) -> dict:
 def render(finals: list[Final], fmt: str, granularities: set, duration: float, task: str,
            language: str) -> Response:
     text = join_commit_texts(f.text for f in finals)
-    words = _timed_words(finals, duration)
+    words = timed_words(finals, duration)
     if fmt == "text":
         return PlainTextResponse(text + "\n")
     cues = CueBuilder()
@@ -192,18 +161,3 @@ def render(finals: list[Final], fmt: str, granularities: set, duration: float, t
         body["words"] = [{"word": w.text, "start": round(w.beg, 3), "end": round(w.end, 3)} for w in words]
     body["usage"] = _usage(duration)
     return JSONResponse(body)
-
-
-def _timed_words(finals: list[Final], duration: float) -> list:
-    """Every committed word, in order, with times made monotonic and kept inside the audio."""
-    from pipeline.formats import Word
-
-    out: list[Word] = []
-    last = 0.0
-    for f in finals:
-        for w in f.words:
-            beg = min(max(w.beg, last), duration)
-            end = min(max(w.end, beg), duration)
-            out.append(Word(beg, end, w.text))
-            last = beg
-    return out
