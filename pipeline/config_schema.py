@@ -374,6 +374,14 @@ def pool_of(worker: WorkerConfig) -> str:
     return getattr(worker, "pool", None) or worker.name
 
 
+GATEWAY_PREFIX_CHARS = 40  # of the gateway's name, at the start of every stream id it makes
+
+
+def gateway_stream_prefix(name: str) -> str:
+    """How every stream id of the gateway ``name`` begins (what its audio topics, and its key's rights, are)."""
+    return f"{name[:GATEWAY_PREFIX_CHARS]}-"
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     """``voxpipe serve``: Deepgram-, OpenAI- and whisper_streaming-compatible endpoints (workers/gateway)."""

@@ -31,6 +31,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .config_schema import gateway_stream_prefix
+
 QUOTA_IDLE_S = 5.0  # a stream id nobody published on for this long no longer counts against its publisher
 MAX_IDENTITIES = 1024  # identities whose rights and quotas are remembered (least recent forgotten first)
 
@@ -69,6 +71,8 @@ def rights_for(cfg, identity: str) -> Rights:
             return Rights(frozenset(own), tuple(b(fam, n) + b"." for n in names for fam in ("transcript", "partial")))
     if cfg.web.enabled and cfg.web.name == identity:
         return Rights(frozenset(own), (b"audio.",))
+    if cfg.gateway.name == identity:  # in the config, or `voxpipe serve --config` beside it: its clients' audio
+        return Rights(frozenset(own), (b("audio", gateway_stream_prefix(identity)),))
     if identity in cfg.actor_names():  # broker, sinks: heartbeats only
         return Rights(frozenset(own))
     return Rights(probes=True, actors=frozenset(n.encode() for n in cfg.actor_names()))

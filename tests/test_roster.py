@@ -137,6 +137,15 @@ def test_a_worker_of_a_pool_may_publish_under_the_pool_too(cfg):
     assert rights.allows(b"transcript.fleet.mic") and rights.allows(b"transcript.asr.mic")
 
 
+def test_the_gateway_may_publish_the_audio_of_its_own_client_streams_only(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("workers:\n  - name: asr\ngateway:\n  enabled: true\n  name: gw\n")
+    rights = rights_for(load_config(path, check_files=False), "gw")
+    assert rights.allows(b"audio.gw-dg-0a1b2c3d4e") and rights.allows(b"status.gw")
+    for topic in (b"audio.mic", b"audio.gw2-dg-0a", b"transcript.asr.gw-dg-0a", b"speech.gw-dg-0a", b"status.asr"):
+        assert not rights.allows(topic), topic
+
+
 def test_a_publisher_keeps_only_so_many_stream_ids_live():
     q = PublisherQuota({b"audio": 3}, idle=5.0)
     assert [q.admit("conn:1", f"audio.s{i}".encode(), 0.0) for i in range(5)] == [True] * 3 + [False] * 2

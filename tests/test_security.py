@@ -298,3 +298,40 @@ sinks:
             sub.close()
             pub.close()
             ctx.term()
+
+
+@pytest.mark.model
+@pytest.mark.realtime
+def test_curve_lets_the_gateway_publish_its_clients_audio(tmp_path):
+    """With CURVE (as the container exports run it) a client of the gateway is transcribed: the broker lets the
+    gateway's key publish ``audio.<gateway>-*``, its clients' streams (and nothing else, tests/test_roster.py)."""
+    import openai
+
+    from apps.bench.evaluation import wer
+    from tests import gateway_clients as gc
+    from tests.procs import free_port
+
+    keys = tmp_path / "keys"
+    create_keys(keys, ["client", "vad", "asr", "gw"])
+    port = free_port()
+    body = f"""
+workers:
+  - name: asr
+    partials: false
+gateway:
+  enabled: true
+  name: gw
+  port: {port}
+"""
+    with Pipeline(tmp_path / "p", curve_keys=keys, actors=body) as p:
+        cfg = p.write_config(body)
+        for name, args in (("vad", ["vad"]), ("asr", ["worker", "--name", "asr"]), ("gw", ["serve"])):
+            p.start(name, [*args, "--config", str(cfg)], env={"HF_HUB_OFFLINE": "1"})
+        p.wait_ready("vad", "asr", "gw", timeout=120)
+        pcm, ref = gc.sentences("weather_gaps", [0, 1])
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        text = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", gc.wav_bytes(pcm))).text
+        hb = p.wait_heartbeat("asr", lambda h: h.counters.get("streams_total", 0) >= 1)
+    print(f"\nCURVE gateway: {text!r}")
+    assert wer(ref, text) <= 0.3, text
+    assert hb.counters["streams_total"] == 1

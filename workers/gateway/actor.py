@@ -31,13 +31,12 @@ import socket
 
 from pipeline import messages as m
 from pipeline.config import GatewayConfig
+from pipeline.config_schema import gateway_stream_prefix
 from pipeline.errors import RuntimeFailure, UsageError
 
 from ..base import Actor, actor_config, add_actor_arguments, run_actor
 from .context import Gateway
 from .hub import GatewayHub
-
-PREFIX_CHARS = 40  # of the gateway's name, at the start of every stream id it makes
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -60,7 +59,7 @@ class GatewayActor(Actor):
     def __init__(self, name, bus, gcfg: GatewayConfig, config=None):
         super().__init__(name, bus, config)
         self.gcfg = gcfg
-        self.hub = GatewayHub(f"{name[:PREFIX_CHARS]}-", gcfg.max_connections)
+        self.hub = GatewayHub(gateway_stream_prefix(name), gcfg.max_connections)
         self.gw = Gateway(self.hub, gcfg)
         self.server = None
         self.tcp_sock: socket.socket | None = None
