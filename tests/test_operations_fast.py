@@ -70,8 +70,13 @@ def test_heartbeats_and_commits_become_prometheus_metrics():
     bm = BusMetrics(interval=1.0)
     t0 = time.monotonic()
     bm.observe("status.asr", heartbeat("asr", "worker", 0, {"streams_active": 1, "decodes": 7, "rtf": 0.3,
-                                                            "streams_refused": 2, "queue_wait_s_p90": 0.12},
-                                       {"host": "box", "pool": "en", "max_streams": 4}), now=t0)
+                                                            "streams_refused": 2, "queue_wait_s_p90": 0.12,
+                                                            "queue_wait_s": 4.5, "batches": 3, "batched_steps": 8},
+                                       {"host": "box", "pool": "en", "max_streams": 4, "decode_queue": {
+                                           "recent_steps": 9, "queue_wait_ms": {"p50": 10.0, "p90": 250.0,
+                                                                                "max": 400.0},
+                                           "batch_size": {"mean": 2.67, "max": 3, "counts": {"2": 1, "3": 2}}}}),
+               now=t0)
     bm.observe("status.broker", heartbeat("broker", "broker", 0, {"messages": 50}), now=t0)
     wall0 = time.time() - 10
     commit = m.Commit(stream="s", seq=0, beg=1.0, end=2.0, text="hello world", worker="asr",
@@ -87,6 +92,13 @@ def test_heartbeats_and_commits_become_prometheus_metrics():
     assert sample(fams, "voxpipe_worker_real_time_factor", **lab) == pytest.approx(0.3)
     assert sample(fams, "voxpipe_worker_stream_slots", **lab) == 4
     assert sample(fams, "voxpipe_actor_counter", counter="queue_wait_s_p90", **lab) == pytest.approx(0.12)
+    # the decode queue: waits and batches in all (counters), and over the recent steps (the heartbeat's summary)
+    assert sample(fams, "voxpipe_worker_queue_wait_seconds", "voxpipe_worker_queue_wait_seconds_total",
+                  **lab) == pytest.approx(4.5)
+    assert sample(fams, "voxpipe_worker_batched_steps", "voxpipe_worker_batched_steps_total", **lab) == 8
+    assert sample(fams, "voxpipe_worker_batches", "voxpipe_worker_batches_total", **lab) == 3
+    assert sample(fams, "voxpipe_worker_queue_wait_p90_seconds", **lab) == pytest.approx(0.25)
+    assert sample(fams, "voxpipe_worker_batch_size_mean", **lab) == pytest.approx(2.67)
     assert sample(fams, "voxpipe_pool_load", pool="en") == pytest.approx(0.25)
     assert sample(fams, "voxpipe_broker_messages", "voxpipe_broker_messages_total", actor="broker") == 50
     assert sample(fams, "voxpipe_commits", "voxpipe_commits_total", **lab) == 1

@@ -69,10 +69,11 @@ ROLE_COUNTERS = {
                                  "Decodes cut short (far fewer words than the hypothesis before), not compared.",
                                  "counter"),
         "streams_total": ("voxpipe_worker_streams_started_total", "Streams the worker has started.", "counter"),
-        "queue_wait_seconds": ("voxpipe_worker_queue_wait_seconds",
-                               "How long due decodes waited for a decode thread.", "gauge"),
-        "batch_size": ("voxpipe_worker_batch_size", "Streams per batched decode.", "gauge"),
+        "queue_wait_s": ("voxpipe_worker_queue_wait_seconds_total",
+                         "Seconds due decodes waited for a decode thread, all streams together.", "counter"),
         "batches": ("voxpipe_worker_batches_total", "Batched decoder calls.", "counter"),
+        "batched_steps": ("voxpipe_worker_batched_steps_total", "Stream decodes that ran inside a batch.",
+                          "counter"),
     },
     "broker": {
         "messages": ("voxpipe_broker_messages_total", "Messages the broker forwarded.", "counter"),
@@ -201,6 +202,15 @@ class BusMetrics(Collector):
                 }.items():
                     if _number(peer.info.get(key)):
                         add(name, help_, "gauge", labels, peer.info[key])
+                queue = peer.info.get("decode_queue")  # recent steps (workers.decode_batches.DecodeLoad.summary)
+                queue = queue if isinstance(queue, dict) else {}
+                wait, size = queue.get("queue_wait_ms"), queue.get("batch_size")
+                if isinstance(wait, dict) and _number(wait.get("p90")):
+                    add("voxpipe_worker_queue_wait_p90_seconds", "90th percentile of how long the recent due "
+                        "decodes waited for a decode thread.", "gauge", labels, wait["p90"] / 1000.0)
+                if isinstance(size, dict) and _number(size.get("mean")):
+                    add("voxpipe_worker_batch_size_mean", "Mean streams per decode over the recent steps.", "gauge",
+                        labels, size["mean"])
                 pools.setdefault(labels["pool"], []).append((peer, up))
         for pool, members in pools.items():
             live = [p for p, up in members if up]
