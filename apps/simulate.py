@@ -2,11 +2,12 @@
 
 The commit policy (``--policy``):
 
-* ``pipeline`` (default): exactly what ``voxpipe up`` does with the clip: 100 ms frames
-  through the Silero VAD (the VAD actor's speech gate), and the ASR worker's streaming
-  session (a decode every ``--min-chunk-size`` seconds of speech, a flush at each pause,
-  a fresh buffer after a long pause) with the worker's commit options (settling and early
-  commits);
+* ``pipeline`` (default): the ASR worker's streaming session on whisper_online's schedule,
+  otherwise what ``voxpipe up`` does with the clip: 100 ms frames through the Silero VAD
+  (the VAD actor's speech gate), a decode every ``--min-chunk-size`` seconds of speech (1.0
+  by default, and no shorter first or utterance chunk; the worker's are 0.75, 0.2 and
+  0.5 s), a flush at each pause, a fresh buffer after a long pause, and the worker's commit
+  options (settling and early commits);
 * ``la2``: whisper_streaming's whisper_online.py: no VAD, chunks of ``--min-chunk-size``,
   LocalAgreement-2 only.
 
@@ -69,7 +70,8 @@ def add_model_arguments(p: argparse.ArgumentParser, defaults: bool = True) -> No
                    help="language code, or 'auto' to detect (default auto)")
     p.add_argument("--task", default=d("transcribe"), choices=["transcribe", "translate"])
     p.add_argument("--min-chunk-size", type=float, default=d(1.0),
-                   help="seconds of new audio per decode (minimum; default 1.0)")
+                   help="seconds of new audio per decode (minimum; default "
+                        + ("1.0)" if defaults else "the worker's, 0.75)"))
     p.add_argument("--buffer-trimming", "--buffer_trimming", dest="buffer_trimming", default=d("segment"),
                    choices=["segment", "sentence"], help="cut the buffer at a segment or a sentence end")
     p.add_argument("--buffer-trimming-sec", "--buffer_trimming_sec", dest="buffer_trimming_sec", type=float,
