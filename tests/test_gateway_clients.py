@@ -240,7 +240,7 @@ def test_deepgram_sdk_transcribes_a_file_with_words_utterances_and_paragraphs(se
         as_wav = pool.submit(media.transcribe_file, request=wav, model="nova-3", punctuate=True, utterances=True,
                              paragraphs=True)
         as_raw = pool.submit(media.transcribe_file, request=pcm.astype("<i2").tobytes(), encoding="linear16",
-                             sample_rate=16000)
+                             request_options={"additional_query_parameters": {"sample_rate": 16000}})
         r, raw = as_wav.result(), as_raw.result()
     assert isinstance(r, ListenV1Response) and isinstance(raw, ListenV1Response)
     alt = r.results.channels[0].alternatives[0]
