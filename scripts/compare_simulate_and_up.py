@@ -8,8 +8,11 @@ real tiny.en model on this machine:
   pipeline's policy), computationally aware (or ``--comp-unaware``),
   its WER and the latency of each commit (``EMIT_MS - END_MS``), and the
   offline WER (``--offline``) of the same model on the same clip;
-* up: the whole process pipeline (broker, capture, VAD, worker, JSONL sink),
-  its WER and the latency of each commit (``emitted - wall0 - end``).
+* up: the whole process pipeline (broker, capture, VAD, worker, JSONL sink) of
+  ``configs/file.yaml`` with the worker on simulate's schedule (1.0 s chunks, no
+  shorter first or utterance chunk: :data:`SIMULATE_SCHEDULE`), so that the two differ
+  only in being one process or several; its WER and the latency of each commit
+  (``emitted - wall0 - end``).
 
 Usage: scripts/compare_simulate_and_up.py [CORPUS_DIR] [--clips a,b] [--no-up] [--comp-unaware]
 Prints a Markdown table; the figures are the same kind as the closing notes quote.
@@ -33,6 +36,20 @@ sys.path.insert(0, str(ROOT))
 from apps.bench.evaluation import percentile, reference_text, wer  # noqa: E402
 
 VOXPIPE = [sys.executable, "-m", "apps.cli"]
+# the worker keys that give it simulate's (whisper_online's) schedule instead of the worker's defaults
+SIMULATE_SCHEDULE = {"min_chunk_size": 1.0, "first_chunk_size": 0, "utterance_chunk_size": 0}
+
+
+def up_config(tmp: Path) -> Path:
+    """configs/file.yaml with its worker on simulate's schedule."""
+    text = (ROOT / "configs" / "file.yaml").read_text()
+    anchor = "    model: tiny.en\n"
+    if text.count(anchor) != 1:
+        raise SystemExit("configs/file.yaml: expected one worker line 'model: tiny.en'")
+    keys = "".join(f"    {k}: {v}\n" for k, v in SIMULATE_SCHEDULE.items())
+    path = tmp / "file-simulate-schedule.yaml"
+    path.write_text(text.replace(anchor, anchor + keys))
+    return path
 
 
 def simulate(clip: Path, *extra: str) -> list[tuple[float, float, float, str]]:
@@ -50,7 +67,7 @@ def up(clip: Path, timeout: float = 240.0) -> list[dict]:
         out = Path(tmp) / "t.jsonl"
         env = dict(os.environ, VOXPIPE_AUDIO=str(clip), VOXPIPE_OUT=str(out),
                    VOXPIPE_XSUB="tcp://127.0.0.1:7761", VOXPIPE_XPUB="tcp://127.0.0.1:7762")
-        proc = subprocess.Popen(VOXPIPE + ["up", "configs/file.yaml"], cwd=ROOT, env=env,
+        proc = subprocess.Popen(VOXPIPE + ["up", str(up_config(Path(tmp)))], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         records: list[dict] = []
