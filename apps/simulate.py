@@ -164,8 +164,11 @@ def build_session(asr, args):
 
 
 def load_backend(args):
-    from asr_core.registry import create_backend
+    from asr_core.registry import create_backend, offline_options
 
+    options = parse_options(args.option)
+    if args.offline:  # a normal offline transcription (faster-whisper: its own loop, beam 5); --option still wins
+        options = {**offline_options(args.backend), **options}
     return create_backend(
         args.backend,
         args.lan,
@@ -174,7 +177,7 @@ def load_backend(args):
         model_dir=args.model_dir,
         task=args.task,
         vad=args.vad,
-        **parse_options(args.option),
+        **options,
     )
 
 
