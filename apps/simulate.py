@@ -164,11 +164,8 @@ def build_session(asr, args):
 
 
 def load_backend(args):
-    from asr_core.registry import create_backend, offline_options
+    from asr_core.registry import create_backend
 
-    options = parse_options(args.option)
-    if args.offline:  # a normal offline transcription (faster-whisper: its own loop, beam 5); --option still wins
-        options = {**offline_options(args.backend), **options}
     return create_backend(
         args.backend,
         args.lan,
@@ -177,7 +174,7 @@ def load_backend(args):
         model_dir=args.model_dir,
         task=args.task,
         vad=args.vad,
-        **options,
+        **parse_options(args.option),
     )
 
 

@@ -141,10 +141,6 @@ class ASRBase:
     #: the options the backend takes, for config validation: option -> ``int``, ``float``, ``str``, ``bool``
     #: or a tuple of the allowed values. Options not listed are passed on unchecked.
     option_types: dict[str, Any] = {}
-    #: the options that make :meth:`transcribe` of a whole file a normal offline transcription (the
-    #: engine's own defaults) where the streaming defaults differ: the reference that streaming is judged
-    #: against (``voxpipe bench``, ``simulate --offline``, the sweeps; :func:`asr_core.registry.offline_options`)
-    offline_reference_options: dict[str, Any] = {}
 
     @classmethod
     def check_options(cls, options: dict) -> list[tuple[str, str]]:

@@ -111,12 +111,6 @@ def _is_builtin(cls: type) -> bool:
     return any(cls.__module__ == path.partition(":")[0] for path in BUILTIN_BACKENDS.values())
 
 
-def offline_options(name: str, options: dict | None = None) -> dict:
-    """``options`` with the backend's :attr:`~asr_core.base.ASRBase.offline_reference_options` over them: the
-    backend as a normal offline transcription of a whole file (whatever the streaming worker is tuned to)."""
-    return {**(options or {}), **backend_class(name).offline_reference_options}
-
-
 def create_backend(
     name: str,
     lan: str = "en",

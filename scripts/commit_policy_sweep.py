@@ -5,7 +5,7 @@ Each setting is a keyword dict of changes to the pipeline's ``StreamingOptions``
 and schedule (from the worker's defaults, ``WorkerConfig``: ``dict()`` is today's policy);
 ``min_chunk_size``, ``first_chunk_size``, ``utterance_chunk_size``, ``utterance_gap``,
 ``max_load`` and ``max_chunk_size`` go to the ``Schedule``, ``beam_size`` to the backend (the
-offline pass is always the normal offline transcription), ``vad_*`` keys
+offline pass keeps the default beam), ``vad_*`` keys
 (``vad_min_silence_ms``, ...) to the VAD's ``VADOptions`` (``vad=None``: no VAD, every frame
 goes to the session). Per clip, the audio goes through exactly what ``voxpipe simulate
 --comp-unaware`` runs (the pipeline's 100 ms frames, VAD and
@@ -16,9 +16,7 @@ took, as a one-stream worker with a core to itself).
 Printed per setting and per group of clips (clean, ``*_noisy``, ``*_gaps``):
 
 * WER: word errors summed over reference words (Whisper normalisation), beside the
-  offline pass's (one ``transcribe`` of the whole clip, same model, as a normal offline
-  transcription: :func:`asr_core.registry.offline_options`, faster-whisper's own loop and
-  beam 5);
+  offline pass's (one ``transcribe`` of the whole clip, same model);
 * fWER: the same without normalisation (case and punctuation count), beside offline's;
 * marks: the share of the offline pass's sentence ends found at the same words;
 * latency p50/p90 of each committed word (the audio time at which it was committed
@@ -58,7 +56,7 @@ from apps.bench.evaluation import (  # noqa: E402
 )
 from asr_core.audio import load_audio  # noqa: E402
 from asr_core.online import OnlineASRProcessor, StreamingOptions  # noqa: E402
-from asr_core.registry import create_backend, offline_options  # noqa: E402
+from asr_core.registry import create_backend  # noqa: E402
 from asr_core.replay import Feed, stream_audio  # noqa: E402
 from asr_core.streaming import Schedule, StreamingSession  # noqa: E402
 from asr_core.vad import VADOptions  # noqa: E402
@@ -140,14 +138,12 @@ def main() -> int:
     ap.add_argument("--plot", metavar="PNG", help="also draw latency against WER for the clean clips (CPU beside each)")
     args = ap.parse_args()
     asr = create_backend("faster-whisper", lan="en", model=args.model, device="cpu")
-    reference = create_backend("faster-whisper", lan="en", model=args.model,
-                               **offline_options("faster-whisper", {"device": "cpu"}))
     names = args.clips.split(",")
     clips = {}
     for name in names:
         path = Path(args.corpus) / f"{name}.wav"
         audio = load_audio(path)
-        offline = "".join(w[2] for w in reference.ts_words(reference.transcribe(audio))).strip()
+        offline = "".join(w[2] for w in asr.ts_words(asr.transcribe(audio))).strip()
         clips[name] = (audio, reference_text(path), offline)
     results: list[dict] = []
     for text in args.settings:

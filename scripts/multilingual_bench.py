@@ -73,11 +73,10 @@ def score(mode: str, clip: dict, text: str) -> dict:
 def offline(clips: list[dict], model: str, modes: list[str]) -> dict:
     """Per clip and mode: one pass over the whole clip (in-process, the worker's backend)."""
     from asr_core.audio import load_audio
-    from asr_core.registry import create_backend, offline_options
+    from asr_core.registry import create_backend
 
     out: dict = {}
-    # language and task per call; a normal offline transcription (faster-whisper's own loop, beam 5)
-    asr = create_backend("faster-whisper", "auto", model, **offline_options("faster-whisper", {"device": "cpu"}))
+    asr = create_backend("faster-whisper", "auto", model, device="cpu")  # language and task per call
     asr.transcribe(np.zeros(16000, dtype=np.float32))  # warm-up
     for clip in clips:
         audio = load_audio(clip["wav"])

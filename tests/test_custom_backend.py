@@ -19,14 +19,7 @@ import numpy as np
 import pytest
 
 from asr_core.base import ASRBase
-from asr_core.registry import (
-    UnknownBackend,
-    available_backends,
-    backend_class,
-    create_backend,
-    is_known_backend,
-    offline_options,
-)
+from asr_core.registry import UnknownBackend, available_backends, backend_class, create_backend, is_known_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "custom_backend"
@@ -161,14 +154,6 @@ def test_simulate_cli_streams_the_example_engine(example_target):
 
 
 # -- registry errors ---------------------------------------------------------------
-def test_the_offline_reference_is_the_engines_normal_transcription_whatever_the_worker_is_tuned_to(example_target):
-    # faster-whisper streams with short windows and beam 3; its offline reference is its own loop with beam 5
-    ref = offline_options("faster-whisper", {"device": "cpu", "beam_size": 1, "window": "short"})
-    assert ref == {"device": "cpu", "beam_size": 5, "window": "full"}
-    assert offline_options("faster-whisper") == {"window": "full", "beam_size": 5}
-    assert offline_options("example-energy", {"threshold": 0.2}) == {"threshold": 0.2}  # nothing to change: as is
-
-
 def test_unknown_name_lists_the_known_backends():
     with pytest.raises(UnknownBackend) as info:
         backend_class("no-such-engine")

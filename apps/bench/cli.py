@@ -286,14 +286,13 @@ class Bench:
         bar = self.bar("offline pass and decode replay", len(self.clips) * 2, "steps")
         try:
             asr = load_backend(self.worker)
-            reference = load_backend(self.worker, offline=True)
         except (BackendError, ValueError) as exc:
             bar.close()
             why = {"wer": f"the backend could not be loaded in-process: {exc}"}
             return {c.name: {"wer": None, "missing": why} for c in self.clips}, {}
         offline, replay = {}, {}
         for clip in self.clips:
-            offline[clip.name] = offline_clip(reference, clip)
+            offline[clip.name] = offline_clip(asr, clip)
             bar.update(1)
         for rr in rounds:
             events = rr.streams[0].speech_events

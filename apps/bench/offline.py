@@ -1,12 +1,9 @@
 """In-process measurements with the worker's own backend, model and options.
 
 * :func:`offline_clip`: one pass over the whole clip (``transcribe`` +
-  ``ts_words``) by the worker's backend and model as a normal offline
-  transcription (``load_backend(w, offline=True)``: the backend's
-  ``offline_reference_options`` over the worker's, e.g. faster-whisper's own
-  loop with beam 5): the offline WER (and formatted WER, and the sentence
-  ends) beside which the streaming transcript is judged, and what that pass
-  costs in CPU seconds per second of audio.
+  ``ts_words``): the offline WER (and formatted WER, and the sentence ends)
+  beside which the streaming transcript is judged, and what that pass costs
+  in CPU seconds per second of audio.
 * :func:`decode_replay`: the speech the worker was sent during a round
   (recorded from ``speech.<stream>``) fed again to an
   :class:`asr_core.streaming.StreamingSession` with the worker's schedule and
@@ -26,13 +23,11 @@ import time
 from .metrics import _r, formatted_errors, ratio, word_errors
 
 
-def load_backend(w, offline: bool = False):
-    """The worker's backend as the worker runs it, or (``offline``) as a normal offline transcription."""
-    from asr_core.registry import create_backend, offline_options
+def load_backend(w):
+    from asr_core.registry import create_backend
 
-    options = offline_options(w.backend, dict(w.options)) if offline else dict(w.options)
     asr = create_backend(w.backend, w.language, w.model, cache_dir=w.cache_dir, model_dir=w.model_dir, task=w.task,
-                         **options)
+                         **dict(w.options))
     import numpy as np
 
     asr.transcribe(np.zeros(16000, dtype=np.float32))  # warm-up, as the worker does

@@ -14,10 +14,6 @@ Options (all optional, given as keyword arguments or in the worker's
                   batched call (``transcribe_batch``, the worker's ``batch: true``)
                   buffers whose short windows are this close run as one batch, padded
                   to the longest; others run in batches of their own
-``max_initial_timestamp``  the latest start (s) of a short window's first timestamp (1.0)
-
-The offline reference (what streaming is judged against) is faster-whisper's own
-transcription: ``window: full``, beam 5 (:attr:`offline_reference_options`).
 """
 
 from __future__ import annotations
@@ -57,7 +53,6 @@ class FasterWhisperASR(SegmentResults, ASRBase):
     backend_name = "faster-whisper"
     sep = ""  # words carry their own leading space
     capabilities = Capabilities(quality_signals=True, concurrent=True, per_call_settings=True, batch=True)
-    offline_reference_options = {"window": "full", "beam_size": 5}  # faster-whisper's transcribe() defaults
     option_types = {"device": ("auto", "cpu", "cuda"), "compute_type": str, "beam_size": int, "cpu_threads": int,
                     "num_workers": int, "window": ("short", "full"), "max_initial_timestamp": float,
                     "batch_pad": float}
