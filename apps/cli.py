@@ -8,18 +8,14 @@ heavy imports (models, numpy-heavy code) stay inside each ``func``.
 
 from __future__ import annotations
 
-import os
+from asr_core.blas import one_blas_thread
 
-# numpy's BLAS threads spin while they wait; the matrix products on voxpipe's
-# hot paths (mel filters, small VAD tensors) are far too small to gain from
-# them, and the spinning cost a worker ~50% more CPU per decode (0.32 vs 0.20
-# CPU s for 5 s of audio). Set before numpy is imported; users may override.
-for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+one_blas_thread()  # before numpy is imported: less CPU, and the same numerics in every process (asr_core/blas.py)
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 # subcommand modules, in the order they appear in --help

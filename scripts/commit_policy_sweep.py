@@ -35,17 +35,16 @@ import argparse
 import ast
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-# as the voxpipe command does (apps/cli.py): spinning BLAS threads would add ~50% to every decode's CPU
-for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from asr_core.blas import one_blas_thread  # noqa: E402
+
+one_blas_thread()  # as the voxpipe command does, before numpy: the same CPU cost and numerics as the worker
 
 from apps.bench.evaluation import (  # noqa: E402
     formatted_wer,

@@ -34,10 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from asr_core.blas import one_blas_thread  # noqa: E402
+
+one_blas_thread()  # before numpy: the offline pass with the numerics of the pipeline it is compared with
+
+import numpy as np  # noqa: E402
 
 from apps.bench.evaluation import content_word_share, wer  # noqa: E402
 
