@@ -14,6 +14,7 @@ Options (all optional, given as keyword arguments or in the worker's
                   batched call (``transcribe_batch``, the worker's ``batch: true``)
                   buffers whose short windows are this close run as one batch, padded
                   to the longest; others run in batches of their own
+``max_initial_timestamp``  the latest start (s) of a short window's first timestamp (1.0)
 """
 
 from __future__ import annotations
