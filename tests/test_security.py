@@ -300,8 +300,7 @@ sinks:
             ctx.term()
 
 
-@pytest.mark.model
-@pytest.mark.realtime
+@pytest.mark.model  # no timing in it (the upload goes at the worker's speed): it runs in the offline lane
 def test_curve_lets_the_gateway_publish_its_clients_audio(tmp_path):
     """With CURVE (as the container exports run it) a client of the gateway is transcribed: the broker lets the
     gateway's key publish ``audio.<gateway>-*``, its clients' streams (and nothing else, tests/test_roster.py)."""
@@ -329,7 +328,7 @@ gateway:
             p.start(name, [*args, "--config", str(cfg)], env={"HF_HUB_OFFLINE": "1"})
         p.wait_ready("vad", "asr", "gw", timeout=120)
         pcm, ref = gc.sentences("weather_gaps", [0, 1])
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=90)
         text = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", gc.wav_bytes(pcm))).text
         hb = p.wait_heartbeat("asr", lambda h: h.counters.get("streams_total", 0) >= 1)
     print(f"\nCURVE gateway: {text!r}")
