@@ -32,7 +32,9 @@ def main() -> int:
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--blas-threads", type=int, default=1)
     args = ap.parse_args()
-    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy is imported
+    from asr_core.blas import VARIABLES  # (imports no numpy)
+
+    for name in VARIABLES:  # before numpy is imported
         os.environ[name] = str(args.blas_threads)
 
     from apps.bench.evaluation import reference_text

@@ -50,7 +50,7 @@ class OptionError(ValueError):
     pass
 
 
-def _bool(query, name: str, default: bool) -> bool:
+def query_flag(query, name: str, default: bool) -> bool:
     value = query.get(name)
     if value is None:
         return default
@@ -97,7 +97,7 @@ class ListenOptions:
         rate = _int(query, "sample_rate", None, 1000, 384000)
         if encoding in RAW_ENCODINGS and rate is None:
             raise OptionError(f"sample_rate is required with encoding={encoding}")
-        if _bool(query, "multichannel", False):
+        if query_flag(query, "multichannel", False):
             raise OptionError("multichannel=true is not supported: send one channel (or several, mixed to one)")
         channels = _int(query, "channels", 1, 1, 8) or 1
         if encoding in ("mulaw", "alaw") and channels > 2:
@@ -108,10 +108,10 @@ class ListenOptions:
         return cls(
             encoding=encoding, sample_rate=rate or 16000, channels=channels,
             language=query.get("language"), model=query.get("model"),
-            interim_results=_bool(query, "interim_results", False), endpointing=endpointing,
+            interim_results=query_flag(query, "interim_results", False), endpointing=endpointing,
             utterance_end_ms=_int(query, "utterance_end_ms", None, 1, 60000),
-            vad_events=_bool(query, "vad_events", False), punctuate=_bool(query, "punctuate", False),
-            smart_format=_bool(query, "smart_format", False),
+            vad_events=query_flag(query, "vad_events", False), punctuate=query_flag(query, "punctuate", False),
+            smart_format=query_flag(query, "smart_format", False),
         )
 
 

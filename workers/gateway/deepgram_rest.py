@@ -41,9 +41,17 @@ from starlette.responses import JSONResponse, Response
 
 from pipeline.formats import Word, join_words
 
-from .audio_in import SR, AudioError, RawAudio, decode_file
+from .audio_in import RAW_ENCODINGS, SR, AudioError, RawAudio, decode_file
 from .context import Gateway, Refused
-from .deepgram import ListenOptions, OptionError, error_response, model_identity, result_words, transcript_of
+from .deepgram import (
+    ListenOptions,
+    OptionError,
+    error_response,
+    model_identity,
+    query_flag,
+    result_words,
+    transcript_of,
+)
 from .uploads import run_file, timed_words, upload_timeout
 
 SENTENCE_END = (".", "?", "!", "…", "。", "？", "！")
@@ -68,13 +76,8 @@ class FileOptions:
             raise OptionError(f"utt_split={split!r} is not a number of seconds") from None
         if not 0.0 < utt_split <= 60.0:
             raise OptionError(f"utt_split={utt_split:g} is out of range (0..60 s)")
-        flags = {}
-        for name in ("utterances", "paragraphs"):
-            value = (query.get(name) or "false").lower()
-            if value not in ("true", "false", "1", "0"):
-                raise OptionError(f"{name}={query.get(name)!r} is not true or false")
-            flags[name] = value in ("true", "1")
-        return cls(listen, utt_split=utt_split, **flags)
+        return cls(listen, utterances=query_flag(query, "utterances", False), utt_split=utt_split,
+                   paragraphs=query_flag(query, "paragraphs", False))
 
 
 def split_utterances(words: list[Word], gap: float) -> list[list[Word]]:
@@ -120,7 +123,7 @@ async def read_body(request: Request, limit: int) -> bytes | None:
 
 
 async def decode_body(data: bytes, opts: ListenOptions) -> np.ndarray:
-    if opts.encoding is None or opts.encoding not in ("linear16", "mulaw", "alaw"):
+    if opts.encoding not in RAW_ENCODINGS:  # none, or a container's name: the file says what it is
         return await asyncio.to_thread(decode_file, data)
     parts: list[np.ndarray] = []
     raw = RawAudio(opts.encoding, opts.sample_rate, opts.channels, parts.append)

@@ -111,7 +111,7 @@ async def _handle(request: Request, gw: Gateway, translate: bool) -> Response:
             handed_over = True
             return StreamingResponse(_events(gw, admitted, pcm, timeout), media_type="text/event-stream")
         try:
-            finals = [f async for f in run_file(gw, admitted, pcm, timeout)]
+            finals = [f async for f in run_file(gw, admitted, pcm, timeout, "oa")]
         except TimeoutError:
             gw.hub.reject("flush_timeout")
             return error(504, "the worker did not finish in time")
@@ -125,7 +125,7 @@ async def _handle(request: Request, gw: Gateway, translate: bool) -> Response:
 async def _events(gw: Gateway, admitted: Admitted, pcm: np.ndarray, timeout: float):
     texts = []
     try:
-        async for f in run_file(gw, admitted, pcm, timeout):
+        async for f in run_file(gw, admitted, pcm, timeout, "oa"):
             texts.append(f.text)
             yield f"data: {json.dumps({'type': 'transcript.text.delta', 'delta': f.text})}\n\n"
         done = {"type": "transcript.text.done", "text": join_commit_texts(texts), "usage": _usage(len(pcm) / SR)}

@@ -26,8 +26,10 @@ def upload_timeout(duration: float) -> float:
     return max(120.0, 3.0 * duration)
 
 
-async def run_file(gw: Gateway, admitted: Admitted, pcm: np.ndarray, timeout: float, kind: str = "oa"):
-    """The commits of ``pcm`` sent through the pool at full speed, as they arrive (raises TimeoutError)."""
+async def run_file(gw: Gateway, admitted: Admitted, pcm: np.ndarray, timeout: float, kind: str):
+    """The commits of ``pcm`` sent through the pool at full speed, as they arrive (raises TimeoutError).
+
+    ``kind`` goes into the bus stream's id (``<gateway>-<kind>-<id>``), saying which API it came from."""
     results = Results(admitted.pool)
     stream = BusStream(gw.hub, kind, results, frame_s=UPLOAD_FRAME_S)
     deadline = time.monotonic() + timeout
